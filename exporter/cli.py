@@ -1,0 +1,208 @@
+"""Command line: `run` (the daemon), `check` (one poll, a summary), `simulate`, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from exporter import __version__
+from exporter.config import Settings, load_settings
+from exporter.contract import PARTS
+from exporter.errors import AuthError, ConfigError
+from exporter.logs import configure_logging
+from exporter.poller import PollReport
+from exporter.server import build_app
+from exporter.service import Exporter
+
+log = structlog.get_logger(__name__)
+
+#: Flags shared by `run` and `check`: (flag, config key, help).
+_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--emqx-url", "emqx_url", "EMQX dashboard/API base URL, e.g. http://emqx:18083 (env EMQX_URL)"),
+    ("--api-key", "api_key", "v5 API key or v3/v4 application id (env EMQX_API_KEY)"),
+    ("--api-secret", "api_secret",
+     "secret of the API key (env EMQX_API_SECRET, or EMQX_API_SECRET_FILE for a file)"),
+    ("--username", "username", "dashboard user instead of an API key (env EMQX_USERNAME)"),
+    ("--password", "password", "dashboard password (env EMQX_PASSWORD or EMQX_PASSWORD_FILE)"),
+    ("--listen", "listen", "HOST:PORT of the scrape endpoint (default 0.0.0.0:9877)"),
+    ("--interval", "interval", "seconds between polls (default 30)"),
+    ("--timeout", "timeout", "seconds allowed per API request, body included (default 10)"),
+    ("--api", "api", "API generation: auto, v3, v4 or v5 (default auto: detected from /nodes)"),
+    ("--listing", "listing", "v5 listing: auto, page or cursor (default auto)"),
+    ("--shard", "shard", "INDEX/COUNT: poll only this replica's share of the nodes"),
+    ("--log-level", "log_level", "debug, info, warning or error (default info)"),
+    ("--log-format", "log_format", "console or json (default console)"),
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emqx-client-exporter",
+        description="Prometheus exporter for per-client metrics of EMQX MQTT brokers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    parts = ", ".join(f"{p.name}{'*' if p.default else ''}" for p in PARTS)
+    for name, text in (("run", "poll EMQX in the background and serve /metrics"),
+                       ("check", "poll once, print a summary, exit 0 (ok), 1 (failed) or 2 (config)")):
+        sub = commands.add_parser(name, help=text, description=text,
+                                  epilog=f"Per-client parts (* = on by default): {parts}")
+        sub.add_argument("--config", help="YAML configuration file")
+        for flag, key, help_text in _OPTIONS:
+            sub.add_argument(flag, dest=key, help=help_text)
+    sim = commands.add_parser("simulate", help="serve a simulated EMQX cluster")
+    sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5")
+    sim.add_argument("--emqx-version", dest="emqx_version", help="EMQX version to imitate")
+    sim.add_argument("--nodes", type=int, default=3)
+    sim.add_argument("--clients", type=int, default=1000)
+    sim.add_argument("--listen", default="127.0.0.1:18083")
+    sim.add_argument("--api-key", default="exporter")
+    sim.add_argument("--api-secret", default="secret")
+    sim.add_argument("--frozen", action="store_true",
+                     help="stop the clock: identical pages on every walk (benchmarks)")
+    demo = commands.add_parser("demo", help="a simulated cluster and the exporter, one process")
+    demo.add_argument("--listen", default="127.0.0.1:9877")
+    demo.add_argument("--clients", type=int, default=2000)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {key: getattr(args, key) for _, key, _ in _OPTIONS}
+    return load_settings(flags, os.environ, args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            settings = _settings(args)
+            configure_logging(settings.log_level, settings.log_format)
+            asyncio.run(_serve(settings))
+            return EXIT_OK
+        if args.command == "check":
+            settings = _settings(args)
+            configure_logging("error", settings.log_format)
+            return asyncio.run(_check(settings))
+        if args.command == "simulate":
+            configure_logging()
+            asyncio.run(_simulate(args))
+            return EXIT_OK
+        configure_logging()
+        asyncio.run(_demo(args))
+        return EXIT_OK
+    except ConfigError as exc:
+        print(f"emqx-client-exporter: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _serve(settings: Settings, banner: str | None = None) -> None:
+    exporter = Exporter(settings)
+    runner = web.AppRunner(build_app(exporter), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError("listen", f"cannot listen on {settings.listen_host}:"
+                                        f"{settings.listen_port}: {exc.strerror}") from exc
+        log.info("serving", listen=f"{settings.listen_host}:{settings.listen_port}",
+                 clusters=[c.name or c.url for c in settings.clusters])
+        if banner:
+            print(banner, flush=True)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def describe(report: PollReport, label: str) -> str:
+    """The human summary `check` prints for one cluster."""
+    lines = [f"cluster {label}:"]
+    if report.error is not None and not report.outcomes:
+        cause = str(report.error)
+        if isinstance(report.error, AuthError):
+            cause = f"{cause} (check the credentials given)"
+        lines.append(f"  FAILED: {cause}")
+        return "\n".join(lines)
+    version = next((n.version for n in report.nodes if n.version), "unknown")
+    lines.append(f"  EMQX {version}, API dialect {report.dialect}")
+    for o in report.outcomes:
+        if o.error is None and o.walk is not None:
+            lines.append(f"  node {o.node or '(no node)'}: {len(o.walk.records)} clients, "
+                         f"{o.walk.pages} pages, {o.seconds:.2f} s")
+        else:
+            lines.append(f"  node {o.node}: FAILED: {o.error}")
+    lines.append(f"  clients: {report.clients} (duplicates dropped: {report.duplicates})")
+    if report.result is not None:
+        lines.append(f"  series: {report.result.per_client_series} per-client, "
+                     f"{report.result.aggregate_series} aggregate")
+    lines.append(f"  poll took {report.duration:.2f} s")
+    if report.error is not None:
+        lines.append(f"  FAILED: {report.error}")
+    return "\n".join(lines)
+
+
+async def _check(settings: Settings) -> int:
+    exporter = Exporter(settings)
+    try:
+        reports = await exporter.poll_all_once()
+    finally:
+        await exporter.stop()
+    for poller, report in zip(exporter.pollers, reports, strict=True):
+        print(describe(report, poller.label))
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    from exporter.simulator import SimSettings, run_simulator
+
+    host, port = _host_port(args.listen)
+    settings = SimSettings(api=args.api, version=args.emqx_version, nodes=args.nodes,
+                           clients=args.clients, api_key=args.api_key,
+                           api_secret=args.api_secret, frozen=args.frozen)
+    await run_simulator(settings, host, port)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    from exporter.simulator import SimSettings, run_simulator
+
+    sim_port = _free_port()
+    sim = SimSettings(api="v5", nodes=3, clients=args.clients)
+    simulator = asyncio.create_task(run_simulator(sim, "127.0.0.1", sim_port))
+    host, port = _host_port(args.listen)
+    flags = {"emqx_url": f"http://127.0.0.1:{sim_port}", "api_key": sim.api_key,
+             "api_secret": sim.api_secret, "interval": 15, "listen": f"{host}:{port}"}
+    settings = load_settings(flags, {}, None)
+    banner = (f"\nDemo running: a simulated EMQX {sim.api} cluster with {sim.clients} clients "
+              f"on {sim.nodes} nodes.\n"
+              f"  metrics:    http://{host}:{port}/metrics\n"
+              f"  status:     http://{host}:{port}/\n"
+              f"  simulator:  http://127.0.0.1:{sim_port}/api/v5/nodes "
+              f"(user {sim.api_key})\nPress Ctrl-C to stop.\n")
+    try:
+        await _serve(settings, banner)
+    finally:
+        simulator.cancel()

@@ -1,0 +1,151 @@
+"""The metric contract: every family name, type and HELP text, and the table of per-client parts.
+
+Names follow Prometheus conventions (base units, `_total` on counters, `_timestamp_seconds` for
+points in time). None of them reuses a family name of EMQX's own Prometheus endpoints.
+Sample exposition:
+
+    # HELP emqx_client_mqueue_messages Messages waiting in the client's session queue.
+    # TYPE emqx_client_mqueue_messages gauge
+    emqx_client_mqueue_messages{clientid="sensor-17"} 12
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MetricType = Literal["gauge", "counter", "info"]
+
+# Appended to every HELP text of data that comes from a poll, so nobody mistakes it for live data.
+_POLLED = " Polled in the background; a scrape never triggers a poll."
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric family: its sample name as exposed in text format 0.0.4, type and help."""
+
+    name: str
+    type: MetricType
+    help: str
+
+    @property
+    def om_name(self) -> str:
+        """The family name in OpenMetrics, where counters and infos drop their sample suffix."""
+        if self.type == "counter":
+            return self.name.removesuffix("_total")
+        if self.type == "info":
+            return self.name.removesuffix("_info")
+        return self.name
+
+
+def _g(name: str, text: str) -> Family:
+    return Family(name, "gauge", text + _POLLED)
+
+
+def _c(name: str, text: str) -> Family:
+    return Family(name, "counter", text + _POLLED)
+
+
+# --- per-client families --------------------------------------------------------------------
+CLIENT_INFO = Family("emqx_client_info", "info", "Descriptive labels of an MQTT client; value 1." + _POLLED)
+CLIENT_ONLINE = _g("emqx_client_online", "1 when the client is connected, 0 when it is not (a watched client not found is 0).")
+CLIENT_CONNECTED_TS = _g("emqx_client_connected_timestamp_seconds", "When the client's current connection was established, Unix time.")
+CLIENT_DISCONNECTED_TS = _g("emqx_client_disconnected_timestamp_seconds", "When an offline persistent session disconnected, Unix time.")
+CLIENT_CREATED_TS = _g("emqx_client_created_timestamp_seconds", "When the client's session was created, Unix time.")
+CLIENT_LAST_SEEN_TS = _g("emqx_client_last_seen_timestamp_seconds", "Last poll that saw a watched client online, Unix time.")
+CLIENT_RECEIVED_BYTES = _c("emqx_client_received_bytes_total", "Bytes received from the client on its current connection.")
+CLIENT_SENT_BYTES = _c("emqx_client_sent_bytes_total", "Bytes sent to the client on its current connection.")
+CLIENT_RECEIVED_PACKETS = _c("emqx_client_received_packets_total", "MQTT packets received from the client on its current connection.")
+CLIENT_SENT_PACKETS = _c("emqx_client_sent_packets_total", "MQTT packets sent to the client on its current connection.")
+CLIENT_RECEIVED_MESSAGES = _c("emqx_client_received_messages_total", "PUBLISH messages received from the client (label qos when the split is enabled).")
+CLIENT_SENT_MESSAGES = _c("emqx_client_sent_messages_total", "PUBLISH messages sent to the client (label qos when the split is enabled).")
+CLIENT_RECEIVED_DROPPED = _c("emqx_client_received_messages_dropped_total", "Messages from the client that EMQX dropped (label reason when the split is enabled).")
+CLIENT_SENT_DROPPED = _c("emqx_client_sent_messages_dropped_total", "Messages to the client that EMQX dropped (label reason when the split is enabled).")
+CLIENT_MQUEUE = _g("emqx_client_mqueue_messages", "Messages waiting in the client's session queue.")
+CLIENT_MQUEUE_CAPACITY = _g("emqx_client_mqueue_capacity_messages", "Capacity of the client's session queue (absent when unlimited).")
+CLIENT_MQUEUE_DROPPED = _c("emqx_client_mqueue_dropped_messages_total", "Messages dropped because the client's session queue was full.")
+CLIENT_INFLIGHT = _g("emqx_client_inflight_messages", "QoS 1/2 messages sent to the client and not yet acknowledged.")
+CLIENT_INFLIGHT_CAPACITY = _g("emqx_client_inflight_capacity_messages", "Size of the client's inflight window.")
+CLIENT_AWAITING_REL = _g("emqx_client_awaiting_rel_messages", "QoS 2 messages from the client awaiting PUBREL.")
+CLIENT_AWAITING_REL_CAPACITY = _g("emqx_client_awaiting_rel_capacity_messages", "Limit of QoS 2 messages awaiting PUBREL (absent when unlimited).")
+CLIENT_SUBSCRIPTIONS = _g("emqx_client_subscriptions", "Subscriptions the client holds.")
+CLIENT_SUBSCRIPTIONS_CAPACITY = _g("emqx_client_subscriptions_capacity", "Maximum subscriptions allowed to the client (absent when unlimited).")
+CLIENT_KEEPALIVE = _g("emqx_client_keepalive_seconds", "Keepalive interval the client asked for.")
+CLIENT_SESSION_EXPIRY = _g("emqx_client_session_expiry_seconds", "Session expiry interval of the client.")
+CLIENT_MAILBOX = _g("emqx_client_process_mailbox_messages", "Messages in the Erlang mailbox of the client's connection process.")
+CLIENT_HEAP = _g("emqx_client_process_heap_bytes", "Heap of the client's connection process (EMQX reports words; 8 bytes each).")
+CLIENT_REDUCTIONS = _c("emqx_client_process_reductions_total", "Reductions (Erlang work units) of the client's connection process.")
+
+# --- aggregate families ---------------------------------------------------------------------
+CLIENTS_ONLINE = _g("emqx_clients_online", "Clients connected.")
+CLIENTS_SESSIONS = _g("emqx_clients_sessions", "Sessions listed, including offline persistent ones.")
+CLIENTS_RECEIVED_BYTES = _c("emqx_clients_received_bytes_total", "Bytes received from clients; stays monotonic across client reconnects.")
+CLIENTS_SENT_BYTES = _c("emqx_clients_sent_bytes_total", "Bytes sent to clients; stays monotonic across client reconnects.")
+CLIENTS_RECEIVED_MESSAGES = _c("emqx_clients_received_messages_total", "PUBLISH messages received from clients; monotonic across reconnects.")
+CLIENTS_SENT_MESSAGES = _c("emqx_clients_sent_messages_total", "PUBLISH messages sent to clients; monotonic across reconnects.")
+CLIENTS_DROPPED = _c("emqx_clients_dropped_messages_total", "Messages dropped by EMQX, by direction and reason; monotonic across reconnects.")
+CLIENTS_MQUEUE_DROPPED = _c("emqx_clients_mqueue_dropped_messages_total", "Messages dropped because session queues were full; monotonic across reconnects.")
+CLIENTS_MQUEUE = _g("emqx_clients_mqueue_messages", "Messages waiting in session queues, summed.")
+CLIENTS_INFLIGHT = _g("emqx_clients_inflight_messages", "Unacknowledged QoS 1/2 messages, summed.")
+CLIENTS_SUBSCRIPTIONS = _g("emqx_clients_subscriptions", "Subscriptions, summed.")
+CLIENTS_MQUEUE_SATURATED = _g("emqx_clients_mqueue_saturated", "Clients whose session queue is filled at or above the saturation threshold.")
+CLIENTS_INFLIGHT_SATURATED = _g("emqx_clients_inflight_saturated", "Clients whose inflight window is filled at or above the saturation threshold.")
+CLIENTS_CONNECTS = _c("emqx_clients_connects_total", "New client connections seen between polls (a lower bound).")
+
+# --- exporter self-metrics --------------------------------------------------------------------
+SELF_PREFIX = "emqx_client_exporter_"
+
+#: Label names a user may choose for per-client identity and aggregates.
+IDENTITY_LABEL_CHOICES = ("username", "node", "listener", "zone", "proto_name", "ip_address")
+INFO_LABEL_CHOICES = (
+    "username", "node", "listener", "zone", "mountpoint", "proto_name", "proto_ver", "clean_start",
+    "ip_address",
+)
+AGGREGATE_LABEL_CHOICES = ("node", "class", "listener", "proto_name")
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A group of per-client families that is switched on or off as one."""
+
+    name: str
+    default: bool
+    help: str
+    families: tuple[Family, ...]
+
+
+PARTS: tuple[Part, ...] = (
+    Part("info", True, "emqx_client_info with descriptive labels", (CLIENT_INFO,)),
+    Part("online", True, "online flag, connected and disconnected time",
+         (CLIENT_ONLINE, CLIENT_CONNECTED_TS, CLIENT_DISCONNECTED_TS)),
+    Part("bytes", True, "received and sent bytes", (CLIENT_RECEIVED_BYTES, CLIENT_SENT_BYTES)),
+    Part("messages", True, "received and sent PUBLISH messages",
+         (CLIENT_RECEIVED_MESSAGES, CLIENT_SENT_MESSAGES)),
+    Part("messages_qos", False, "split messages by a qos label (v4.4+, v5)", ()),
+    Part("dropped", True, "dropped messages per direction",
+         (CLIENT_RECEIVED_DROPPED, CLIENT_SENT_DROPPED)),
+    Part("dropped_reasons", False, "split dropped messages by a reason label (v4.4+, v5)", ()),
+    Part("mqueue", True, "session queue length, capacity and drops",
+         (CLIENT_MQUEUE, CLIENT_MQUEUE_CAPACITY, CLIENT_MQUEUE_DROPPED)),
+    Part("inflight", True, "inflight window use and size", (CLIENT_INFLIGHT, CLIENT_INFLIGHT_CAPACITY)),
+    Part("subscriptions", True, "subscriptions and their limit",
+         (CLIENT_SUBSCRIPTIONS, CLIENT_SUBSCRIPTIONS_CAPACITY)),
+    Part("packets", False, "received and sent MQTT packets",
+         (CLIENT_RECEIVED_PACKETS, CLIENT_SENT_PACKETS)),
+    Part("awaiting_rel", False, "QoS 2 messages awaiting PUBREL and their limit",
+         (CLIENT_AWAITING_REL, CLIENT_AWAITING_REL_CAPACITY)),
+    Part("session", False, "keepalive, session expiry and session creation time",
+         (CLIENT_KEEPALIVE, CLIENT_SESSION_EXPIRY, CLIENT_CREATED_TS)),
+    Part("process", False, "Erlang process internals: mailbox, heap, reductions",
+         (CLIENT_MAILBOX, CLIENT_HEAP, CLIENT_REDUCTIONS)),
+)
+PARTS_BY_NAME = {part.name: part for part in PARTS}
+DEFAULT_PARTS = frozenset(part.name for part in PARTS if part.default)
+
+AGGREGATE_FAMILIES: tuple[Family, ...] = (
+    CLIENTS_ONLINE, CLIENTS_SESSIONS, CLIENTS_RECEIVED_BYTES, CLIENTS_SENT_BYTES,
+    CLIENTS_RECEIVED_MESSAGES, CLIENTS_SENT_MESSAGES, CLIENTS_DROPPED, CLIENTS_MQUEUE_DROPPED,
+    CLIENTS_MQUEUE, CLIENTS_INFLIGHT, CLIENTS_SUBSCRIPTIONS, CLIENTS_MQUEUE_SATURATED,
+    CLIENTS_INFLIGHT_SATURATED, CLIENTS_CONNECTS,
+)
+CLIENT_FAMILIES: tuple[Family, ...] = (*tuple(f for part in PARTS for f in part.families), CLIENT_LAST_SEEN_TS)

@@ -1,0 +1,113 @@
+"""What every API generation's dialect provides, and helpers they share."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from exporter.api import Request, Response
+from exporter.errors import DecodeError
+from exporter.records import ClientRecord, Generation, lenient_record
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A cluster node as `/nodes` lists it."""
+
+    name: str
+    running: bool
+    version: str | None = None
+    connections: int | None = None
+    live_connections: int | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    """One decoded page of a client listing."""
+
+    records: list[ClientRecord]
+    next: Request | None
+    bad_rows: int = 0
+    bad_values: int = 0
+    #: The server's own total, when it gives one (to detect truncated walks); -1 or None: unknown.
+    total: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Dialect(Protocol):
+    """One API generation's paths, paging and decoding, yielding normalized records."""
+
+    name: str            # "v3", "v4", "v5", "v5-cursor": shown in `check` and build_info
+    generation: Generation
+    per_node: bool       # False: one walk covers the whole cluster (cursor without node=)
+
+    def nodes_request(self) -> Request: ...
+
+    def parse_nodes(self, response: Response) -> list[NodeInfo]: ...
+
+    def list_request(self, node: str | None) -> Request: ...
+
+    def parse_list(self, response: Response, request: Request) -> Page: ...
+
+    def lookup_request(self, clientid: str) -> Request: ...
+
+    def parse_lookup(self, response: Response) -> ClientRecord | None: ...
+
+
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str | None) -> tuple[int, int, int]:
+    """`"e5.10.2"` → (5, 10, 2); unknown → (0, 0, 0)."""
+    if not text:
+        return (0, 0, 0)
+    match = _VERSION.search(text)
+    if match is None:
+        return (0, 0, 0)
+    return (int(match[1]), int(match[2]), int(match[3] or 0))
+
+
+def require_json(response: Response) -> None:
+    """Reject bodies that are certainly not EMQX JSON, such as a proxy's HTML error page."""
+    kind = response.content_type
+    if "html" in kind:
+        raise DecodeError(response.endpoint, "html_page",
+                          f"HTTP {response.status} answered with an HTML page, not JSON")
+
+
+T = TypeVar("T")
+
+
+def decode(response: Response, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode a JSON body with a typed decoder; map failures to DecodeError."""
+    require_json(response)
+    try:
+        return decoder.decode(response.body)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(response.endpoint, "bad_shape", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise DecodeError(response.endpoint, "bad_json", f"{exc} ({len(response.body)} bytes)") from exc
+
+
+class RowDecoder:
+    """Decode a list of client rows fast, falling back to row-by-row leniency on bad values."""
+
+    def __init__(self, record_cls: type[ClientRecord], generation: Generation) -> None:
+        self.record_cls = record_cls
+        self.generation = generation
+
+    def lenient(self, rows: list[Any]) -> tuple[list[ClientRecord], int, int]:
+        """Records from generic rows; returns (records, bad rows, bad values)."""
+        records: list[ClientRecord] = []
+        bad_rows = bad_values = 0
+        for row in rows:
+            result = lenient_record(self.record_cls, self.generation, row)
+            if result.record is None:
+                bad_rows += 1
+            else:
+                records.append(result.record)
+            bad_values += len(result.bad_values) if result.record is not None else 0
+        return records, bad_rows, bad_values

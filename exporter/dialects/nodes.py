@@ -1,0 +1,58 @@
+"""Decoding `/nodes` answers of every generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from exporter.api import Response
+from exporter.dialects.base import NodeInfo, decode
+from exporter.dialects.paged import check_envelope
+from exporter.errors import DecodeError
+
+
+class _Node(msgspec.Struct):
+    node: str | None = None
+    name: str | None = None  # v3 calls it `name` (and `node` in the list only)
+    node_status: str | None = None
+    version: str | None = None
+    connections: Any = None
+    live_connections: Any = None
+
+
+class _Envelope(msgspec.Struct):
+    code: int | str | None = None
+    message: str | None = None
+    data: list[_Node] = []
+
+
+_BARE = msgspec.json.Decoder(list[_Node])
+_ENVELOPED = msgspec.json.Decoder(_Envelope)
+
+
+def _info(node: _Node, endpoint: str) -> NodeInfo:
+    name = node.node or node.name
+    if not name:
+        raise DecodeError(endpoint, "bad_shape", "a node without a name")
+    status = (node.node_status or "running").lower()
+    return NodeInfo(
+        name=name,
+        running=status == "running",
+        version=node.version,
+        connections=node.connections if isinstance(node.connections, int) else None,
+        live_connections=(node.live_connections
+                          if isinstance(node.live_connections, int) else None),
+    )
+
+
+def parse_bare_nodes(response: Response) -> list[NodeInfo]:
+    """v5: a bare JSON array; a stopped node has only three keys."""
+    return [_info(n, response.endpoint) for n in decode(response, _BARE)]
+
+
+def parse_enveloped_nodes(response: Response) -> list[NodeInfo]:
+    """v3/v4: `{"code":0,"data":[...]}`."""
+    envelope = decode(response, _ENVELOPED)
+    check_envelope(response, envelope.code, envelope.message)
+    return [_info(n, response.endpoint) for n in envelope.data]

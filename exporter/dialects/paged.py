@@ -1,0 +1,115 @@
+"""Shared decoding of page-numbered listings (`_page`/`page` + limit) for v3, v4 and v5."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import msgspec
+
+from exporter.api import Request, Response
+from exporter.dialects.base import Page, RowDecoder, decode, require_json
+from exporter.errors import ApiError, DecodeError
+from exporter.records import ClientRecord
+
+
+class Meta(msgspec.Struct):
+    """The `meta` object of any generation; every key is optional."""
+
+    page: int | None = None
+    limit: int | None = None
+    count: int | None = None
+    hasnext: bool | None = None
+    cursor: str | None = None
+
+
+class GenericPage(msgspec.Struct):
+    """A listing decoded without types, for the slow path over rows with bad values."""
+
+    data: list[Any] = []
+    meta: Meta = msgspec.field(default_factory=Meta)
+    code: int | str | None = None
+    message: str | None = None
+
+
+def page_decoders(record_cls: type[ClientRecord]) -> msgspec.json.Decoder[Any]:
+    """A decoder of a whole listing into typed records."""
+    typed = msgspec.defstruct(
+        f"Page{record_cls.__name__}",
+        [
+            ("data", list[record_cls], msgspec.field(default_factory=list)),  # type: ignore[valid-type]
+            ("meta", Meta, msgspec.field(default_factory=Meta)),
+            ("code", int | str | None, None),
+            ("message", str | None, None),
+        ],
+    )
+    return msgspec.json.Decoder(typed)
+
+
+_GENERIC = msgspec.json.Decoder(GenericPage)
+
+
+def decode_listing(
+    response: Response, decoder: msgspec.json.Decoder[Any], rows: RowDecoder,
+) -> tuple[list[ClientRecord], Meta, int | str | None, str | None, int, int]:
+    """Decode a listing: (records, meta, code, message, bad rows, bad values)."""
+    require_json(response)
+    try:
+        page = decoder.decode(response.body)
+        return page.data, page.meta, page.code, page.message, 0, 0
+    except msgspec.ValidationError:
+        pass  # some row has a wrong-typed value: redo this page slowly, row by row
+    except msgspec.DecodeError as exc:
+        raise DecodeError(response.endpoint, "bad_json",
+                          f"{exc} ({len(response.body)} bytes)") from exc
+    generic = decode(response, _GENERIC)
+    records, bad_rows, bad_values = rows.lenient(generic.data)
+    return records, generic.meta, generic.code, generic.message, bad_rows, bad_values
+
+
+def check_envelope(response: Response, code: int | str | None, message: str | None) -> None:
+    """v3/v4 report errors as HTTP 200 with a non-zero `code`."""
+    if code not in (None, 0):
+        raise ApiError(response.endpoint, response.status, code, message or "")
+
+
+def with_param(request: Request, key: str, value: str) -> Request:
+    """The same request with one query parameter set (added or replaced)."""
+    params = (*tuple((k, v) for k, v in request.params if k != key), (key, value))
+    return replace(request, params=params)
+
+
+def param(request: Request, key: str) -> str | None:
+    for k, v in request.params:
+        if k == key:
+            return v
+    return None
+
+
+def next_page(
+    request: Request, meta: Meta, got: int, page_key: str, limit: int,
+) -> Request | None:
+    """The next page, or None when this was the last.
+
+    Stops on an empty page as well as on `hasnext: false`: v5's hasnext can be a false positive
+    at a node boundary. Versions without hasnext (v3, v4.0, v5 < 5.0.15) stop on a short page or
+    when the server's count is reached.
+    """
+    if got == 0:
+        return None
+    if meta.hasnext is not None:
+        if not meta.hasnext:
+            return None
+    else:
+        current = int(param(request, page_key) or "1")
+        if got < limit or (meta.count is not None and meta.count >= 0
+                           and current * limit >= meta.count):
+            return None
+    current = int(param(request, page_key) or "1")
+    return with_param(request, page_key, str(current + 1))
+
+
+def paged_result(records: list[ClientRecord], meta: Meta, nxt: Request | None,
+                 bad_rows: int, bad_values: int) -> Page:
+    return Page(records, nxt, bad_rows, bad_values, total=meta.count)
+

@@ -1,0 +1,171 @@
+"""The exporter's own metrics (`emqx_client_exporter_*`), rendered by prometheus_client.
+
+State lives in plain objects the pollers update; a custom collector turns it into metric
+families at scrape time, so labels such as `cluster` appear only when clusters are named.
+
+    emqx_client_exporter_node_up{node="emqx@10.0.0.2"} 0
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter import __version__
+from exporter.contract import SELF_PREFIX
+
+#: Request latency buckets in seconds: EMQX pages take from milliseconds to tens of seconds.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(slots=True)
+class _Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if value <= bound:
+                self.buckets[i] += 1
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    """Everything the self-metrics say about one cluster."""
+
+    name: str | None
+    interval: float
+    up: bool = False
+    polled: bool = False
+    node_up: dict[str, bool] = field(default_factory=dict)
+    clients_listed: dict[str, int] = field(default_factory=dict)
+    poll_duration: float | None = None
+    last_success: float | None = None
+    api_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    api_durations: dict[str, _Histogram] = field(default_factory=dict)
+    api_errors: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    series: dict[str, int] = field(default_factory=dict)
+    series_dropped: int = 0
+    emqx_version: str = ""
+    api: str = ""
+
+    def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
+        self.api_requests[(endpoint, outcome)] += 1
+        histogram = self.api_durations.get(endpoint)
+        if histogram is None:
+            histogram = self.api_durations[endpoint] = _Histogram()
+        histogram.observe(seconds)
+
+    def count_error(self, reason: str, amount: int = 1) -> None:
+        self.api_errors[reason] += amount
+
+
+class SelfMetrics:
+    """Collector over every cluster's stats plus the snapshot's age."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clusters: list[ClusterStats] = []
+        self.snapshot_created: float | None = None
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # collect() does no I/O, so registering is safe
+
+    def add_cluster(self, stats: ClusterStats) -> ClusterStats:
+        self.clusters.append(stats)
+        return stats
+
+    def text(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+    def openmetrics(self) -> bytes:
+        return bytes(generate_openmetrics(self.registry))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        named = any(s.name for s in self.clusters)
+        base = ["cluster"] if named else []
+
+        def labels(stats: ClusterStats, *rest: str) -> list[str]:
+            return ([stats.name or ""] if named else []) + list(rest)
+
+        def gauge(name: str, doc: str, extra: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(SELF_PREFIX + name, doc, labels=base + extra)
+
+        up = gauge("up", "1 when the last poll reached EMQX and listed nodes.", [])
+        node_up = gauge("node_up", "1 when the last poll walked this node's clients completely.",
+                        ["node"])
+        listed = gauge("clients_listed", "Clients listed per node in the last poll.", ["node"])
+        duration = gauge("poll_duration_seconds", "Duration of the last poll.", [])
+        success = gauge("last_poll_success_timestamp_seconds",
+                        "When the last successful poll finished, Unix time.", [])
+        interval = gauge("poll_interval_seconds", "Configured poll interval.", [])
+        series = gauge("series", "Series in the current snapshot, by kind.", ["kind"])
+        dropped = gauge("series_dropped",
+                        "Per-client series left out by the series cap in the last poll.", [])
+        build = gauge("build_info", "Exporter version, EMQX version and API dialect in use.",
+                      ["version", "emqx_version", "api"])
+        requests = CounterMetricFamily(SELF_PREFIX + "api_requests",
+                                       "HTTP requests to EMQX by endpoint and outcome.",
+                                       labels=[*base, "endpoint", "code"])
+        errors = CounterMetricFamily(SELF_PREFIX + "api_errors",
+                                     "Failed API calls and rejected data, by reason.",
+                                     labels=[*base, "reason"])
+        duplicates = CounterMetricFamily(SELF_PREFIX + "duplicate_clients",
+                                         "Client rows listed twice in one poll and dropped.",
+                                         labels=base)
+        latency = HistogramMetricFamily(SELF_PREFIX + "api_request_duration_seconds",
+                                        "Duration of HTTP requests to EMQX, body included.",
+                                        labels=[*base, "endpoint"])
+        for s in self.clusters:
+            interval.add_metric(labels(s), s.interval)
+            if s.polled:
+                up.add_metric(labels(s), 1.0 if s.up else 0.0)
+            for node, ok in sorted(s.node_up.items()):
+                node_up.add_metric(labels(s, node), 1.0 if ok else 0.0)
+            for node, count in sorted(s.clients_listed.items()):
+                listed.add_metric(labels(s, node), count)
+            if s.poll_duration is not None:
+                duration.add_metric(labels(s), s.poll_duration)
+            if s.last_success is not None:
+                success.add_metric(labels(s), s.last_success)
+            for kind, count in sorted(s.series.items()):
+                series.add_metric(labels(s, kind), count)
+            dropped.add_metric(labels(s), s.series_dropped)
+            build.add_metric(labels(s, __version__, s.emqx_version, s.api), 1.0)
+            for (endpoint, code), count in sorted(s.api_requests.items()):
+                requests.add_metric(labels(s, endpoint, code), count)
+            for reason, count in sorted(s.api_errors.items()):
+                errors.add_metric(labels(s, reason), count)
+            duplicates.add_metric(labels(s), s.duplicates)
+            for endpoint, h in sorted(s.api_durations.items()):
+                cumulative = [(str(b), float(n)) for b, n in zip(DURATION_BUCKETS, h.buckets,
+                                                                   strict=True)]
+                cumulative.append(("+Inf", float(h.count)))
+                latency.add_metric(labels(s, endpoint), cumulative, h.total)
+        age = gauge("snapshot_age_seconds",
+                    "Seconds since the served snapshot was rendered (scrapes never poll).", [])
+        if self.snapshot_created is not None:
+            age_value = max(0.0, self.clock() - self.snapshot_created)
+            if named:
+                # One snapshot serves every cluster; its age is the same for each.
+                for s in self.clusters:
+                    age.add_metric(labels(s), age_value)
+            else:
+                age.add_metric([], age_value)
+        yield from (up, node_up, listed, duration, success, interval, age, series, dropped,
+                    build, requests, errors, duplicates, latency)

@@ -1,0 +1,132 @@
+"""The scrape endpoint: serves the latest snapshot; a scrape never triggers a poll.
+
+Routes: /metrics (text 0.0.4 or OpenMetrics by Accept, gzip by Accept-Encoding), /-/healthy,
+/-/ready (503 until a first poll succeeded), and / (a small status page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from exporter import __version__
+from exporter.service import Exporter
+from exporter.snapshot import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    Format,
+    gzip_bytes,
+)
+
+EXPORTER_KEY = web.AppKey("exporter", Exporter)
+
+
+def negotiate(accept: str) -> Format:
+    """OpenMetrics when the scraper lists it (Prometheus does by default), else text 0.0.4."""
+    for item in accept.split(","):
+        media = item.split(";")[0].strip().lower()
+        if media == "application/openmetrics-text":
+            quality = 1.0
+            for param in item.split(";")[1:]:
+                key, _, value = param.strip().partition("=")
+                if key == "q":
+                    try:
+                        quality = float(value)
+                    except ValueError:
+                        quality = 0.0
+            if quality > 0:
+                return "openmetrics"
+    return "text"
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    return any(part.split(";")[0].strip().lower() == "gzip" for part in accept_encoding.split(","))
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    exporter = request.app[EXPORTER_KEY]
+    fmt = negotiate(request.headers.get("Accept", ""))
+    gzipped = wants_gzip(request.headers.get("Accept-Encoding", ""))
+    snapshot = exporter.snapshot
+    own = exporter.metrics.openmetrics() if fmt == "openmetrics" else exporter.metrics.text()
+    pieces: tuple[bytes, ...]
+    if gzipped:
+        exporter.wanted_gzip.add(fmt)
+        if snapshot.has_gzipped(fmt):
+            data = snapshot.gzipped(fmt)
+        else:
+            # First gzip scrape of this format since the last poll: compress off the loop.
+            data = await asyncio.to_thread(snapshot.gzipped, fmt)
+        # Two gzip members back to back are one valid gzip stream (RFC 1952 §2.2), so the big
+        # snapshot is compressed once per poll and only the small self-metrics per scrape.
+        pieces = (data, gzip_bytes((own,)))
+    else:
+        pieces = (*snapshot.pieces(fmt), own)
+    response = web.StreamResponse(headers={
+        "Content-Type": OPENMETRICS_CONTENT_TYPE if fmt == "openmetrics" else TEXT_CONTENT_TYPE,
+        "Vary": "Accept, Accept-Encoding",
+    })
+    if gzipped:
+        response.headers["Content-Encoding"] = "gzip"
+    response.content_length = sum(len(piece) for piece in pieces)
+    await response.prepare(request)
+    for piece in pieces:
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+async def healthy(_: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[EXPORTER_KEY].ready:
+        return web.Response(text="ready\n")
+    return web.Response(status=503, text="waiting for the first successful poll\n")
+
+
+async def status_page(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER_KEY]
+    rows = []
+    for poller in exporter.pollers:
+        s = poller.stats
+        nodes = ", ".join(f"{html.escape(n)}: {'up' if ok else 'DOWN'}"
+                          for n, ok in sorted(s.node_up.items())) or "-"
+        rows.append(
+            f"<tr><td>{html.escape(poller.label)}</td><td>{html.escape(s.emqx_version or '?')}"
+            f"</td><td>{html.escape(s.api or '?')}</td><td>{'up' if s.up else 'down'}</td>"
+            f"<td>{sum(s.clients_listed.values())}</td><td>{nodes}</td>"
+            f"<td>{s.poll_duration or 0:.2f} s</td></tr>")
+    body = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>emqx-client-exporter</title>"
+        "</head><body><h1>emqx-client-exporter " + html.escape(__version__) + "</h1>"
+        "<p><a href='/metrics'>/metrics</a> · <a href='/-/healthy'>/-/healthy</a> · "
+        "<a href='/-/ready'>/-/ready</a></p>"
+        f"<p>Snapshot: {exporter.snapshot.series} series.</p>"
+        "<table border='1' cellpadding='4'><tr><th>cluster</th><th>EMQX</th><th>API</th>"
+        "<th>poll</th><th>clients</th><th>nodes</th><th>last poll</th></tr>"
+        + "".join(rows) + "</table></body></html>")
+    return web.Response(text=body, content_type="text/html")
+
+
+def build_app(exporter: Exporter, *, poll: bool = True) -> web.Application:
+    """The aiohttp application; with `poll`, pollers start and stop with it."""
+    app = web.Application()
+    app[EXPORTER_KEY] = exporter
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/", status_page)
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        exporter.start()
+        yield
+        await exporter.stop()
+
+    if poll:
+        app.cleanup_ctx.append(lifecycle)
+    return app

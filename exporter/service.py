@@ -1,0 +1,95 @@
+"""The running exporter: one poller per cluster, and the snapshot they publish together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from exporter.aggregate import Classifier
+from exporter.config import Settings
+from exporter.errors import ExporterError
+from exporter.pipeline import Pipeline
+from exporter.poller import ClusterPoller, PollReport
+from exporter.selfmetrics import ClusterStats, SelfMetrics
+from exporter.snapshot import Format, Snapshot, compose, empty_snapshot, warm
+from exporter.timeparse import TimeParser
+
+log = structlog.get_logger(__name__)
+
+
+class Exporter:
+    """Owns the pollers, the self-metrics and the current snapshot."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = SelfMetrics(clock)
+        self.snapshot: Snapshot = empty_snapshot()
+        self.ready = False
+        #: Formats scrapers asked gzipped; compressed right after each render, off the loop.
+        self.wanted_gzip: set[Format] = set()
+        classifier = Classifier(settings.classes)
+        self.pollers: list[ClusterPoller] = []
+        for cluster in settings.clusters:
+            const = (("cluster", cluster.name),) if cluster.name else ()
+            pipeline = Pipeline(settings.per_client, settings.aggregate, classifier,
+                                TimeParser(cluster.timezone), const)
+            stats = self.metrics.add_cluster(ClusterStats(cluster.name, cluster.interval))
+            self.pollers.append(ClusterPoller(cluster, pipeline, stats, clock))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._publish_lock = asyncio.Lock()
+        self._first_done: set[int] = set()
+
+    async def poll_all_once(self) -> list[PollReport]:
+        """One poll of every cluster, then publish (used by `check` and tests)."""
+        reports = await asyncio.gather(*(p.poll_once() for p in self.pollers))
+        await self.publish()
+        return list(reports)
+
+    async def publish(self) -> None:
+        """Compose the clusters' latest renderings into a new snapshot and swap it in."""
+        async with self._publish_lock:
+            rendered = [p.rendered for p in self.pollers]
+            created = self.clock()
+            snapshot = await asyncio.to_thread(compose, rendered, created)
+            await asyncio.to_thread(warm, snapshot, tuple(self.wanted_gzip))
+            self.snapshot = snapshot
+            self.metrics.snapshot_created = created
+            if any(p.stats.up for p in self.pollers) and len(self._first_done) == len(
+                    self.pollers):
+                self.ready = True
+
+    async def _run(self, index: int, poller: ClusterPoller) -> None:
+        interval = poller.settings.interval
+        while True:
+            began = time.monotonic()
+            try:
+                await poller.poll_once()
+            except ExporterError as exc:  # poll_once reports these itself; belt and braces
+                log.warning("poll_failed", cluster=poller.label, error=str(exc))
+            except Exception:
+                # A bug must not stop the polling; it is logged with its traceback and counted.
+                poller.stats.count_error("internal")
+                log.exception("poll_crashed", cluster=poller.label)
+            self._first_done.add(index)
+            await self.publish()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+
+    def start(self) -> None:
+        for index, poller in enumerate(self.pollers):
+            self._tasks.append(asyncio.create_task(self._run(index, poller),
+                                                   name=f"poll-{poller.label}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for poller in self.pollers:
+            await poller.close()

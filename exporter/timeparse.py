@@ -1,0 +1,44 @@
+"""EMQX timestamps to Unix seconds: RFC 3339 (v5) and zone-less local time (v3/v4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+# Clients connected in the same second share a timestamp string; a bounded memo saves most
+# parses on large polls without growing without limit.
+_MEMO_LIMIT = 200_000
+
+
+class TimeParser:
+    """Parse EMQX timestamp strings; zone-less ones are read in the broker's time zone."""
+
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
+        self._memo: dict[str, float | None] = {}
+
+    def __call__(self, text: str | None) -> float | None:
+        """Return Unix seconds, or None for a missing or unreadable value."""
+        if text is None:
+            return None
+        memo = self._memo
+        try:
+            return memo[text]
+        except KeyError:
+            pass
+        value = self._parse(text)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[text] = value
+        return value
+
+    def _parse(self, text: str) -> float | None:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            # v3/v4 print the broker's wall-clock time. In the hour a DST change repeats, fold=0
+            # picks the first occurrence, the best guess without more information.
+            moment = moment.replace(tzinfo=self.zone)
+        return moment.timestamp()

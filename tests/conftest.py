@@ -1,0 +1,41 @@
+"""Shared fixtures: sample responses per EMQX version, promtool, and golden-file updating."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/* from the current output instead of comparing")
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+def fixture_bytes(version: str, name: str) -> bytes:
+    return (FIXTURES / version / name).read_bytes()
+
+
+def require_tool(name: str) -> str:
+    """Path of a Prometheus tool; skip locally when absent, fail in CI where it must exist."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required in CI (apt-get install prometheus)")
+        pytest.skip(f"{name} not installed (Debian package prometheus)")
+    return path
+
+
+@pytest.fixture
+def promtool() -> str:
+    return require_tool("promtool")
