@@ -1,0 +1,29 @@
+# Quick start: `make demo` runs the exporter against a simulated cluster; `make test` runs the
+# tests. Each creates .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench bench-scale clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/emqx-client-exporter demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check exporter tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.poll_vs_floor
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
