@@ -7,6 +7,7 @@ that retries, and whose deadline covers reading the whole body, not only the hea
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import ssl
 import time
@@ -84,7 +85,8 @@ class BasicAuth:
     kind: str = "API key"
 
     async def header(self, client: ApiClient) -> str | None:
-        return aiohttp.BasicAuth(self.user, self.secret).encode()
+        token = base64.b64encode(f"{self.user}:{self.secret}".encode()).decode("ascii")
+        return f"Basic {token}"
 
     def invalidate(self) -> bool:
         return False
@@ -235,7 +237,9 @@ class ApiClient:
                         continue
                     kind = self.auth.kind if (self.auth and authorize) else "login credentials"
                     raise AuthError(request.endpoint, response.status, code, message, kind)
-                error = ApiError(request.endpoint, response.status, code, message)
+                # A proxy in front of EMQX answers with its own HTML page: say so.
+                error = ApiError(request.endpoint, response.status, code, message,
+                                 reason="html_page" if "html" in response.content_type else None)
                 retryable = response.status in _RETRY_STATUSES or (
                     response.status >= 500 and code != "NODE_DOWN")
                 if not retryable or attempt >= self.retry.retries:

@@ -25,7 +25,7 @@ from exporter.service import Exporter
 log = structlog.get_logger(__name__)
 
 #: Flags shared by `run` and `check`: (flag, config key, help).
-_OPTIONS: tuple[tuple[str, str, str], ...] = (
+OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--emqx-url", "emqx_url", "EMQX dashboard/API base URL, e.g. http://emqx:18083 (env EMQX_URL)"),
     ("--api-key", "api_key", "v5 API key or v3/v4 application id (env EMQX_API_KEY)"),
     ("--api-secret", "api_secret",
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text,
                                   epilog=f"Per-client parts (* = on by default): {parts}")
         sub.add_argument("--config", help="YAML configuration file")
-        for flag, key, help_text in _OPTIONS:
+        for flag, key, help_text in OPTIONS:
             sub.add_argument(flag, dest=key, help=help_text)
     sim = commands.add_parser("simulate", help="serve a simulated EMQX cluster")
     sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5")
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags: dict[str, Any] = {key: getattr(args, key) for _, key, _ in _OPTIONS}
+    flags: dict[str, Any] = {key: getattr(args, key) for _, key, _ in OPTIONS}
     return load_settings(flags, os.environ, args.config)
 
 

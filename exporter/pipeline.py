@@ -70,10 +70,10 @@ class Pipeline:
     def run(self, records: Sequence[ClientRecord], nodes_ok: Sequence[str]) -> PipelineResult:
         """Render one poll's clients (all of them, until selection arrives) and aggregates."""
         rendered = self.renderer.render(records, identity_labels(records, self.render_settings))
-        per_client = sum(text.count("\n") for text in rendered.values())
+        per_client = sum(text.count(b"\n") for text in rendered.values())
         aggregates = aggregate_gauges(
             records, self.aggregate_settings, self.classifier,
             seed_keys(self.aggregate_settings, self.classifier, nodes_ok))
-        aggregate_series = sum(text.count("\n") for text in aggregates.values())
+        aggregate_series = sum(text.count(b"\n") for text in aggregates.values())
         rendered.update(aggregates)
         return PipelineResult(rendered, per_client, aggregate_series, 0)

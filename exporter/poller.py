@@ -15,7 +15,6 @@ from exporter.config import ClusterSettings
 from exporter.dialects import Detected, Dialect, NodeInfo, detect, make_dialect, parse_version
 from exporter.errors import ApiError, ExporterError
 from exporter.pipeline import Pipeline, PipelineResult
-from exporter.records import wire_names
 from exporter.render import Rendered
 from exporter.selfmetrics import ClusterStats
 from exporter.walker import NodeWalk, merge_nodes, walk
@@ -119,9 +118,9 @@ class ClusterPoller:
         if self.dialect is not None and version == self.version:
             return
         gen = generation or (self.dialect.generation if self.dialect else "v5")
-        fields = wire_names("v5", self.pipeline.needed_fields()) if gen == "v5" else None
         self.dialect = make_dialect(gen, version, listing=self.settings.listing,  # type: ignore[arg-type]
-                                    page_size=self.settings.page_size, v5_fields=fields)
+                                    page_size=self.settings.page_size,
+                                    attrs=self.pipeline.needed_fields())
         if version != self.version:
             log.info("emqx_detected", cluster=self.label, version=version,
                      dialect=self.dialect.name, nodes=len(nodes))

@@ -1,8 +1,9 @@
-"""Render per-client and aggregate families to exposition text, fast.
+"""Render per-client and aggregate families to exposition bytes, fast.
 
-This is the hot path: a 100k-client poll renders millions of samples, so every family is one
-list comprehension of f-strings over parallel lists of records and pre-escaped label strings,
-about 10x faster than building prometheus_client metric objects. Sample output:
+This is the hot path: a 100k-client poll renders millions of samples. Each record's label set
+is escaped once per poll and baked into a %-format of one line per record; a family is then
+one C-level `template % values`, about ten times faster than an f-string per sample and forty
+times faster than prometheus_client metric objects. Sample output:
 
     emqx_client_received_bytes_total{clientid="sensor-17"} 48213
 """
@@ -21,8 +22,11 @@ from exporter.labels import escape
 from exporter.records import ClientRecord
 from exporter.timeparse import TimeParser
 
-#: A rendered family: its samples as text lines, without HELP/TYPE.
-Rendered = dict[Family, str]
+#: A rendered family: its samples as UTF-8 lines, without HELP/TYPE.
+Rendered = dict[Family, bytes]
+
+# `%r` of an int or float is its repr, which is what the exposition formats want.
+_NUMBER = b"%r".__mod__
 
 # EMQX 3.x/4.x print a missing username as the atom `undefined`.
 _NO_USERNAME = frozenset({"undefined", ""})
@@ -64,18 +68,13 @@ def label_column(records: Sequence[ClientRecord], name: str, lead: str) -> list[
     Label values such as node, listener or protocol repeat across thousands of clients, so each
     distinct raw value is converted and escaped once.
     """
-    cache: dict[object, str] = {}
-    out: list[str] = []
-    append = out.append
-    for value in map(attrgetter(name), records):
-        fragment = cache.get(value)
-        if fragment is None:
-            fragment = cache[value] = f'{lead}"{escape(as_label(name, value))}"'
-        append(fragment)
-    return out
+    values = list(map(attrgetter(name), records))
+    fragments = {v: f'{lead}"{escape(as_label(name, v))}"' for v in set(values)}
+    return list(map(fragments.__getitem__, values))
 
 
 def as_label(name: str, value: object) -> str:
+    """A raw field value as label text: absent is "", booleans are "true"/"false"."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -85,22 +84,41 @@ def as_label(name: str, value: object) -> str:
     return str(value)
 
 
-def family_lines(name: str, labels: Sequence[str], values: Sequence[object]) -> str:
+def encode_labels(labels: Sequence[str]) -> list[bytes]:
+    # A lone surrogate cannot come from valid JSON, but never let one label sink a poll.
+    return [ls.encode("utf-8", "replace") for ls in labels]
+
+
+def line_template(labels: Sequence[bytes]) -> bytes:
+    """A %-format of one line per record, `%s{labels} %r`, shared by every full family."""
+    pieces: list[bytes] = [b"%s"] * (3 * len(labels))
+    pieces[1::3] = [ls.replace(b"%", b"%%") for ls in labels]
+    pieces[2::3] = (b"%r\n",) * len(labels)
+    return b"".join(pieces)
+
+
+def family_lines(name: bytes, labels: Sequence[bytes], values: Sequence[object],
+                 template: bytes | None = None) -> bytes:
     """`name{labels} value` lines; a None value leaves its line out.
 
-    Interleaving four columns by slice assignment and joining once avoids building a string
-    per line: about twice as fast as an f-string per sample on large polls.
+    A family with a value for every record is one %-format of the poll's line template, built
+    in C. Others interleave four columns by slice assignment and join once, which still builds
+    no string per line.
     """
+    if template is not None and None not in values:
+        arguments: list[object] = [name] * (2 * len(values))
+        arguments[1::2] = values
+        return template % tuple(arguments)
     if None in values:
         keep = [v is not None for v in values]
         labels = list(compress(labels, keep))
         values = [v for v in values if v is not None]
     count = len(values)
-    pieces: list[object] = [name] * (4 * count)
+    pieces: list[bytes] = [name] * (4 * count)
     pieces[1::4] = labels
-    pieces[2::4] = map(str, values)
-    pieces[3::4] = ("\n",) * count
-    return "".join(pieces)  # type: ignore[arg-type]
+    pieces[2::4] = map(_NUMBER, values)
+    pieces[3::4] = (b"\n",) * count
+    return b"".join(pieces)
 
 
 def _limit(value: int | str | None) -> int | None:
@@ -108,8 +126,16 @@ def _limit(value: int | str | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _online(r: ClientRecord) -> int:
-    return 0 if r.connected is False else 1  # v3 has no flag: a listed connection is online
+def limits(values: list[Any]) -> list[Any]:
+    """`_limit` over a column, skipped in the common case of positive numbers only."""
+    if set(map(type, values)) == {int} and min(values, default=1) > 0:
+        return values
+    return list(map(_limit, values))
+
+
+def _online_flags(values: list[Any]) -> list[Any]:
+    # v3 has no flag (None): a listed connection is online.
+    return [0 if v is False else 1 for v in values]
 
 
 class ClientRenderer:
@@ -122,18 +148,27 @@ class ClientRenderer:
     def render(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> Rendered:
         parts = self.settings.parts
         out: Rendered = {}
+        encoded = encode_labels(labels)
+        template = line_template(encoded)
 
-        def put(family: Family, get: Callable[[ClientRecord], Any]) -> None:
-            text = family_lines(family.name, labels, list(map(get, records)))
+        def put(family: Family, get: Callable[[ClientRecord], Any],
+                convert: Callable[[list[Any]], list[Any]] | None = None) -> None:
+            values = list(map(get, records))
+            if convert is not None:
+                values = convert(values)
+            text = family_lines(family.name.encode(), encoded, values, template)
             if text:
                 out[family] = text
+
+        def times(values: list[Any]) -> list[Any]:
+            return list(map(self.parse_time, values))
 
         if "info" in parts:
             out[c.CLIENT_INFO] = self._info(records, labels)
         if "online" in parts:
             t = self.parse_time
-            put(c.CLIENT_ONLINE, _online)
-            put(c.CLIENT_CONNECTED_TS, lambda r: t(r.connected_at))
+            put(c.CLIENT_ONLINE, attrgetter("connected"), _online_flags)
+            put(c.CLIENT_CONNECTED_TS, attrgetter("connected_at"), times)
             put(c.CLIENT_DISCONNECTED_TS,
                 lambda r: t(r.disconnected_at) if r.connected is False else None)
         if "bytes" in parts:
@@ -166,24 +201,24 @@ class ClientRenderer:
                 put(c.CLIENT_SENT_DROPPED, attrgetter("sent_dropped"))
         if "mqueue" in parts:
             put(c.CLIENT_MQUEUE, attrgetter("mqueue_len"))
-            put(c.CLIENT_MQUEUE_CAPACITY, lambda r: _limit(r.mqueue_max))
+            put(c.CLIENT_MQUEUE_CAPACITY, attrgetter("mqueue_max"), limits)
             put(c.CLIENT_MQUEUE_DROPPED, attrgetter("mqueue_dropped"))
         if "inflight" in parts:
             put(c.CLIENT_INFLIGHT, attrgetter("inflight"))
-            put(c.CLIENT_INFLIGHT_CAPACITY, lambda r: _limit(r.inflight_max))
+            put(c.CLIENT_INFLIGHT_CAPACITY, attrgetter("inflight_max"), limits)
         if "subscriptions" in parts:
             put(c.CLIENT_SUBSCRIPTIONS, attrgetter("subscriptions"))
-            put(c.CLIENT_SUBSCRIPTIONS_CAPACITY, lambda r: _limit(r.subscriptions_max))
+            put(c.CLIENT_SUBSCRIPTIONS_CAPACITY, attrgetter("subscriptions_max"), limits)
         if "packets" in parts:
             put(c.CLIENT_RECEIVED_PACKETS, attrgetter("received_packets"))
             put(c.CLIENT_SENT_PACKETS, attrgetter("sent_packets"))
         if "awaiting_rel" in parts:
             put(c.CLIENT_AWAITING_REL, attrgetter("awaiting_rel"))
-            put(c.CLIENT_AWAITING_REL_CAPACITY, lambda r: _limit(r.awaiting_rel_max))
+            put(c.CLIENT_AWAITING_REL_CAPACITY, attrgetter("awaiting_rel_max"), limits)
         if "session" in parts:
             put(c.CLIENT_KEEPALIVE, attrgetter("keepalive"))
             put(c.CLIENT_SESSION_EXPIRY, attrgetter("expiry_interval"))
-            put(c.CLIENT_CREATED_TS, lambda r: self.parse_time(r.created_at))
+            put(c.CLIENT_CREATED_TS, attrgetter("created_at"), times)
         if "process" in parts:
             put(c.CLIENT_MAILBOX, attrgetter("mailbox_len"))
             put(c.CLIENT_HEAP,
@@ -191,15 +226,17 @@ class ClientRenderer:
             put(c.CLIENT_REDUCTIONS, attrgetter("reductions"))
         return out
 
-    def _info(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> str:
+    def _info(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> bytes:
         # A label already in the identity set must not appear twice in one series.
         names = [n for n in self.settings.info_labels if n not in self.settings.identity_labels]
+        # Columns interleaved by slice assignment: name, `{identity`, info labels, `} 1`.
+        count = len(records)
+        pieces: list[str] = [c.CLIENT_INFO.name] * (4 * count)
+        pieces[1::4] = [ls[:-2] for ls in labels]  # `labels` end in "} "
         columns = [label_column(records, n, f",{n}=") for n in names]
-        # `labels` end in "} "; the info labels go inside the braces.
-        inner = [ls[:-2] for ls in labels]
-        name = c.CLIENT_INFO.name
-        return "".join(
-            name + "".join(row) + "} 1\n" for row in zip(inner, *columns, strict=True))
+        pieces[2::4] = map("".join, zip(*columns, strict=True)) if columns else ("",) * count
+        pieces[3::4] = ("} 1\n",) * count
+        return "".join(pieces).encode("utf-8", "replace")
 
     @staticmethod
     def _split(out: Rendered, family: Family, records: Sequence[ClientRecord],
@@ -228,10 +265,11 @@ class ClientRenderer:
                 rest = max(0, total - sum(x for _, x in values))
                 chunks.append(f'{name}{inner},{label}="{remainder}"}} {rest}\n')
         if chunks:
-            out[family] = "".join(chunks)
+            out[family] = "".join(chunks).encode("utf-8", "replace")
 
 
-def render_groups(family: Family, rows: Sequence[tuple[str, int | float]]) -> str:
+def render_groups(family: Family, rows: Sequence[tuple[str, int | float]]) -> bytes:
     """Lines of an aggregate family from (label string, value) rows."""
     name = family.name
-    return "".join([f"{name}{{{ls}}} {v}\n" if ls else f"{name} {v}\n" for ls, v in rows])
+    return "".join([f"{name}{{{ls}}} {v}\n" if ls else f"{name} {v}\n"
+                    for ls, v in rows]).encode("utf-8", "replace")

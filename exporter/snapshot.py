@@ -94,7 +94,7 @@ def compose(rendered: Sequence[Rendered], created: float) -> Snapshot:
     chunks: list[tuple[Family, tuple[bytes, ...]]] = []
     series = 0
     for family in FAMILY_ORDER:
-        samples = tuple(r[family].encode("utf-8", "replace") for r in rendered if family in r)
+        samples = tuple(r[family] for r in rendered if family in r)
         if not samples:
             continue
         series += sum(s.count(b"\n") for s in samples)

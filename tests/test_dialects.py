@@ -101,12 +101,20 @@ def test_v5_page_limit_depends_on_version() -> None:
 
 
 def test_v5_fields_only_from_5_6_and_only_nameable() -> None:
-    wanted = ["clientid", "node", "connected", "recv_oct"]
-    assert "fields" not in dict(V5PageDialect("5.5.1", fields=wanted).list_request("n").params)
-    assert dict(V5PageDialect("5.6.0", fields=wanted).list_request("n").params)["fields"] == (
+    wanted = frozenset({"clientid", "node", "connected", "received_bytes"})
+    assert "fields" not in dict(V5PageDialect("5.5.1", attrs=wanted).list_request("n").params)
+    assert dict(V5PageDialect("5.6.0", attrs=wanted).list_request("n").params)["fields"] == (
         "clientid,node,connected,recv_oct")
-    with_listener = [*wanted, "listener"]
-    assert "fields" not in dict(V5PageDialect("5.8.9", fields=with_listener).list_request("n").params)
+    with_listener = wanted | {"listener"}
+    assert "fields" not in dict(V5PageDialect("5.8.9", attrs=with_listener).list_request("n").params)
+
+
+def test_only_the_fields_in_use_are_decoded() -> None:
+    dialect = V5PageDialect("5.8.9", attrs=frozenset({"clientid", "received_bytes"}))
+    page = dialect.parse_list(answer(fixture_bytes("v5", "v5-clients.json")),
+                              dialect.list_request("n"))
+    (r,) = page.records
+    assert r.received_bytes == 49 and r.sent_bytes is None and r.username is None
 
 
 def test_v5_fields_page_leaves_other_values_absent() -> None:

@@ -32,20 +32,24 @@ def make_dialect(
     *,
     listing: ListingChoice = "auto",
     page_size: int | None = None,
-    v5_fields: list[str] | None = None,
+    attrs: frozenset[str] | None = None,
 ) -> Dialect:
-    """The dialect for a generation and version; `listing` forces page or cursor listing on v5."""
+    """The dialect for a generation and version; `listing` forces page or cursor listing on v5.
+
+    `attrs` names the record fields in use: listings decode only those, and v5.6+ page
+    listings ask EMQX for only those (`fields=`).
+    """
     if generation == "v3":
         from exporter.dialects.v3 import V3Dialect
 
-        return V3Dialect(version, page_size)
+        return V3Dialect(version, page_size, attrs)
     if generation == "v4":
-        return V4Dialect(version, page_size)
+        return V4Dialect(version, page_size, attrs)
     use_cursor = listing == "cursor" or (
         listing == "auto" and cursor_is_reliable(parse_version(version)))
     if use_cursor:
-        return V5CursorDialect(version, page_size)
-    return V5PageDialect(version, page_size, v5_fields)
+        return V5CursorDialect(version, page_size, attrs)
+    return V5PageDialect(version, page_size, attrs)
 
 
 _PROBES: tuple[Literal["v5", "v4", "v3"], ...] = ("v5", "v4", "v3")

@@ -78,11 +78,13 @@ class V3Dialect:
     generation: Generation = "v3"
     per_node = True
 
-    def __init__(self, version: str | None = None, page_size: int | None = None) -> None:
+    def __init__(self, version: str | None = None, page_size: int | None = None,
+                 attrs: frozenset[str] | None = None) -> None:
         self.version = version
         self.page_size = page_size or DEFAULT_PAGE_SIZE
-        self._pages = page_decoders(_RECORD)
-        self._rows = RowDecoder(_RECORD, "v3")
+        listed = record_type("v3", connected_default=True, only=attrs) if attrs else _RECORD
+        self._pages = page_decoders(listed)
+        self._rows = RowDecoder(listed, "v3")
         self._sessions = msgspec.json.Decoder(_SessionPage)
         self._lookup = msgspec.json.Decoder(_Lookup)
 

@@ -35,11 +35,13 @@ class V4Dialect:
     generation: Generation = "v4"
     per_node = True
 
-    def __init__(self, version: str | None = None, page_size: int | None = None) -> None:
+    def __init__(self, version: str | None = None, page_size: int | None = None,
+                 attrs: frozenset[str] | None = None) -> None:
         self.version = version
         self.page_size = page_size or DEFAULT_PAGE_SIZE
-        self._pages = page_decoders(_RECORD)
-        self._rows = RowDecoder(_RECORD, "v4")
+        listed = record_type("v4", only=attrs) if attrs else _RECORD
+        self._pages = page_decoders(listed)
+        self._rows = RowDecoder(listed, "v4")
         self._lookup = msgspec.json.Decoder(_Lookup)
 
     def nodes_request(self) -> Request:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from exporter.api import Request, Response
 from exporter.dialects.base import NodeInfo, Page, RowDecoder, decode, parse_version
 from exporter.dialects.nodes import parse_bare_nodes
@@ -13,7 +15,7 @@ from exporter.dialects.paged import (
     param,
     with_param,
 )
-from exporter.records import ClientRecord, Generation, record_type
+from exporter.records import ClientRecord, Generation, record_type, wire_names
 
 _RECORD = record_type("v5")
 
@@ -46,15 +48,16 @@ def cursor_has_node_filter(version: tuple[int, int, int]) -> bool:
 class _V5Base:
     generation: Generation = "v5"
 
-    def __init__(self, version: str | None, page_size: int | None) -> None:
+    def __init__(self, version: str | None, page_size: int | None,
+                 attrs: frozenset[str] | None) -> None:
         self.version = version
         parsed = parse_version(version)
         self.page_size = min(page_size or max_page_size(parsed), max_page_size(parsed))
         self._parsed_version = parsed
-        self._pages = page_decoders(_RECORD)
-        self._rows = RowDecoder(_RECORD, "v5")
-        from msgspec.json import Decoder
-        self._one = Decoder(_RECORD)
+        listed = record_type("v5", only=attrs) if attrs else _RECORD
+        self._pages = page_decoders(listed)
+        self._rows = RowDecoder(listed, "v5")
+        self._one = msgspec.json.Decoder(_RECORD)
 
     def nodes_request(self) -> Request:
         return Request("GET", ("api", "v5", "nodes"), endpoint="nodes")
@@ -77,8 +80,9 @@ class V5PageDialect(_V5Base):
     per_node = True
 
     def __init__(self, version: str | None = None, page_size: int | None = None,
-                 fields: list[str] | None = None) -> None:
-        super().__init__(version, page_size)
+                 attrs: frozenset[str] | None = None) -> None:
+        super().__init__(version, page_size, attrs)
+        fields = wire_names("v5", attrs) if attrs else None
         usable = (fields is not None and supports_fields(self._parsed_version)
                   and not UNNAMEABLE_FIELDS.intersection(fields))
         self.fields = fields if usable else None
@@ -112,8 +116,9 @@ class V5CursorDialect(_V5Base):
 
     name = "v5-cursor"
 
-    def __init__(self, version: str | None = None, page_size: int | None = None) -> None:
-        super().__init__(version, page_size)
+    def __init__(self, version: str | None = None, page_size: int | None = None,
+                 attrs: frozenset[str] | None = None) -> None:
+        super().__init__(version, page_size, attrs)
         self.per_node = cursor_has_node_filter(self._parsed_version)
 
     def list_request(self, node: str | None) -> Request:

@@ -1,0 +1,88 @@
+"""Shared benchmark plumbing: a simulator in its own process, and the download-and-decode floor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def simulator(clients: int, nodes: int, version: str, api: str = "v5") -> Iterator[str]:
+    """A frozen simulator in a child process (its own core), yielding its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "exporter", "simulate", "--api", api, "--emqx-version",
+               version, "--nodes", str(nodes), "--clients", str(clients), "--frozen",
+               "--listen", f"127.0.0.1:{port}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        asyncio.run(_wait_until_up(url, api))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def _wait_until_up(url: str, api: str, attempts: int = 300) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(attempts):
+            try:
+                async with session.get(f"{url}/api/{api}/nodes",
+                                       auth=aiohttp.BasicAuth("exporter", "secret")) as answer:
+                    if answer.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"simulator at {url} did not come up")
+
+
+@dataclass(frozen=True)
+class Fetch:
+    method: str
+    url: str
+
+
+async def floor(fetches: list[Fetch], concurrency: int) -> tuple[float, int]:
+    """Download the same pages with aiohttp and decode each with orjson, nothing else."""
+    auth = aiohttp.BasicAuth("exporter", "secret")
+    limit = asyncio.Semaphore(concurrency)
+    rows = 0
+
+    async with aiohttp.ClientSession(auth=auth) as session:
+        async def one(fetch: Fetch) -> None:
+            nonlocal rows
+            async with limit, session.request(fetch.method, fetch.url) as answer:
+                decoded = orjson.loads(await answer.read())
+                if isinstance(decoded, dict):
+                    rows += len(decoded.get("data", ()))
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(f) for f in fetches))
+        return time.perf_counter() - began, rows
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,94 @@
+"""DESIGN.md §4, first case: 100k clients on 3 nodes (v5), every client exported with the
+default per-client parts. Prints the floor (the same pages downloaded with aiohttp and decoded
+with orjson) beside one full exporter poll + render, and their ratio, in one run.
+
+    python -m bench.poll_vs_floor [--clients 100000] [--version 5.8.9] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+from bench.common import Fetch, floor, peak_rss_mib, simulator
+from exporter.config import load_settings
+from exporter.logs import configure_logging
+from exporter.service import Exporter
+
+
+async def measure(url: str, rounds: int, version: str) -> dict[str, object]:
+    settings = load_settings({"emqx_url": url, "api_key": "exporter", "api_secret": "secret",
+                              "timeout": 120}, {}, None)
+    exporter = Exporter(settings)
+    poller = exporter.pollers[0]
+    fetches: list[Fetch] = []
+    base = str(poller.client.base_url)
+
+    # Record the exporter's own requests, so the floor downloads exactly the same pages.
+    original = poller.client.send
+
+    async def recording(request, authorize=True):  # type: ignore[no-untyped-def]
+        url_ = base.rstrip("/") + "/" + "/".join(request.path)
+        query = "&".join(f"{k}={v}" for k, v in request.params)
+        fetches.append(Fetch(request.method, url_ + ("?" + query if query else "")))
+        return await original(request, authorize=authorize)
+
+    poller.client.send = recording  # type: ignore[method-assign]
+    await exporter.poll_all_once()  # warm-up: detection, and the simulator caches its pages
+    poller.client.send = original  # type: ignore[method-assign]
+    pages = [f for f in fetches if "/clients" in f.url]
+
+    floors: list[float] = []
+    polls: list[float] = []
+    rows = series = 0
+    for _ in range(rounds):
+        # The same access pattern: a cluster-wide cursor walk is one sequential walk.
+        walks = settings.clusters[0].node_concurrency if poller.dialect.per_node else 1
+        seconds, rows = await floor(pages, walks)
+        floors.append(seconds)
+        began = time.perf_counter()
+        (report,) = await exporter.poll_all_once()
+        polls.append(time.perf_counter() - began)
+        assert report.ok, report.error
+        series = exporter.snapshot.series
+    began = time.perf_counter()
+    exporter.snapshot.gzipped("openmetrics")
+    gzip_seconds = time.perf_counter() - began
+    await exporter.stop()
+    floor_s, poll_s = statistics.median(floors), statistics.median(polls)
+    return {
+        "version": version, "dialect": report.dialect, "pages": len(pages), "rows": rows,
+        "clients": report.clients, "series": series, "floor_s": round(floor_s, 3),
+        "poll_render_s": round(poll_s, 3), "ratio": round(poll_s / floor_s, 2),
+        "gzip_once_s": round(gzip_seconds, 3), "peak_rss_mib": round(peak_rss_mib()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100_000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--version", default="5.8.9")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    configure_logging("warning")
+    with simulator(args.clients, args.nodes, args.version) as url:
+        result = asyncio.run(measure(url, args.rounds, args.version))
+    print(f"{'case':<44}{'seconds':>10}")
+    print(f"{'floor: aiohttp download + orjson decode':<44}{result['floor_s']:>10}")
+    print(f"{'exporter: one poll + render':<44}{result['poll_render_s']:>10}")
+    print(f"ratio {result['ratio']} (target <= 1.5); {result['clients']} clients, "
+          f"{result['series']} series, {result['pages']} pages, dialect {result['dialect']}; "
+          f"gzip of the snapshot once {result['gzip_once_s']} s; peak RSS "
+          f"{result['peak_rss_mib']} MiB")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "poll_vs_floor.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

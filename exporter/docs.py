@@ -1,0 +1,77 @@
+"""README tables generated from the code's own tables, so the docs cannot drift.
+
+`python -m exporter.docs README.md` rewrites the blocks between `<!-- generated:NAME -->` and
+`<!-- end:NAME -->`; a test fails when the committed README differs from what this produces.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from exporter import contract
+from exporter.cli import OPTIONS
+from exporter.config import ENVIRONMENT
+
+
+def flags_table() -> str:
+    env_by_key = {key: var for var, key in ENVIRONMENT.items()}
+    rows = ["| flag | config key | environment | meaning |", "|---|---|---|---|",
+            "| `--config FILE` | | | YAML configuration file |"]
+    for flag, key, text in OPTIONS:
+        env = env_by_key.get(key, "")
+        rows.append(f"| `{flag}` | `{key}` | {f'`{env}`' if env else ''} | {text} |")
+    return "\n".join(rows)
+
+
+def parts_table() -> str:
+    rows = ["| part | default | families |", "|---|---|---|"]
+    for part in contract.PARTS:
+        families = ", ".join(f"`{f.name}`" for f in part.families) or f"({part.help})"
+        rows.append(f"| `{part.name}` | {'on' if part.default else 'off'} | {families} |")
+    return "\n".join(rows)
+
+
+def _family_rows(families: tuple[contract.Family, ...]) -> list[str]:
+    rows = ["| metric | type | meaning |", "|---|---|---|"]
+    for f in families:
+        meaning = f.help.split(" Polled in the background")[0]
+        rows.append(f"| `{f.name}` | {f.type} | {meaning} |")
+    return rows
+
+
+def client_metrics_table() -> str:
+    return "\n".join(_family_rows(contract.CLIENT_FAMILIES))
+
+
+def aggregate_metrics_table() -> str:
+    return "\n".join(_family_rows(contract.AGGREGATE_FAMILIES))
+
+
+BLOCKS = {
+    "flags": flags_table,
+    "parts": parts_table,
+    "client-metrics": client_metrics_table,
+    "aggregate-metrics": aggregate_metrics_table,
+}
+
+
+def render_readme(text: str) -> str:
+    """The README with every generated block brought up to date."""
+    for name, build in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- end:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no generated:{name} block")
+        text = pattern.sub(lambda m, b=build: m[1] + b() + "\n" + m[2], text)  # type: ignore[misc]
+    return text
+
+
+def main(argv: list[str]) -> int:
+    path = Path(argv[0] if argv else "README.md")
+    path.write_text(render_readme(path.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
