@@ -1,21 +1,25 @@
-"""Aggregate families: per (node, class, listener, proto_name) sums over every listed client.
+"""Aggregate families: per (node, class, listener, proto_name) gauges and monotonic counters.
 
 Bounded by construction: label values come from a short configured list, never client ids.
+Counters add each client's increase since the last poll (see `state`), so they stay monotonic
+when clients reconnect, are kicked or vanish.
 
     emqx_clients_online{node="emqx@10.0.0.1"} 33120
+    emqx_clients_dropped_messages_total{node="emqx@10.0.0.1",direction="sent",reason="expired"} 7
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from operator import attrgetter
 from dataclasses import dataclass
+from operator import attrgetter
 
 from exporter import contract as c
+from exporter.contract import Family
 from exporter.labels import escape
 from exporter.records import ClientRecord
-from exporter.render import Rendered, as_label, render_groups
+from exporter.render import RenderedBatch, as_label, render_groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,25 +53,10 @@ class AggregateSettings:
     const_labels: tuple[tuple[str, str], ...] = ()
 
 
-def group_keys(records: Sequence[ClientRecord], settings: AggregateSettings,
-               classify: Classifier) -> list[tuple[object, ...]]:
-    """Each record's group: its raw values of the configured labels (the class name for class).
-
-    Raw values are converted to label text once per group, not once per client.
-    """
-    columns = [list(map(classify, records)) if name == "class"
-               else list(map(attrgetter(name), records)) for name in settings.labels]
-    return list(zip(*columns, strict=True)) if columns else [()] * len(records)
-
-
-def group_labels(settings: AggregateSettings, key: tuple[object, ...]) -> str:
-    pairs = [*settings.const_labels,
-             *((n, as_label(n, v)) for n, v in zip(settings.labels, key, strict=True))]
-    return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
-
-
 @dataclass(slots=True)
-class _Gauges:
+class Gauges:
+    """Point-in-time sums of one group in one poll."""
+
     online: int = 0
     sessions: int = 0
     mqueue: int = 0
@@ -76,61 +65,129 @@ class _Gauges:
     mqueue_saturated: int = 0
     inflight_saturated: int = 0
 
-
-def seed_keys(settings: AggregateSettings, classify: Classifier,
-              nodes: Iterable[str]) -> list[tuple[str, ...]]:
-    """Groups that must be present even when empty: every walked node (and class).
-
-    A node with no clients must say 0 rather than vanish; listener and proto_name values are
-    not known in advance, so only node/class combinations are seeded.
-    """
-    if not set(settings.labels) <= {"node", "class"} or "node" not in settings.labels:
-        return []
-    classes = [rule.name for rule in classify.rules] + [classify.default]
-    keys: list[tuple[str, ...]] = []
-    for node in nodes:
-        if settings.labels == ("node",):
-            keys.append((node,))
-            continue
-        for name in classes:
-            keys.append(tuple(node if label == "node" else name for label in settings.labels))
-    return keys
+    def add(self, other: Gauges) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def aggregate_gauges(records: Sequence[ClientRecord], settings: AggregateSettings,
-                     classify: Classifier, seeds: Iterable[tuple[str, ...]] = ()) -> Rendered:
-    """Point-in-time sums: online, sessions, queue, inflight, subscriptions, saturation."""
-    groups: dict[tuple[object, ...], _Gauges] = {key: _Gauges() for key in seeds}
-    threshold = settings.saturation
-    for key, r in zip(group_keys(records, settings, classify), records, strict=True):
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = _Gauges()
-        g.sessions += 1
-        if r.connected is not False:
-            g.online += 1
-        mqueue, mqueue_max, inflight, inflight_max = (r.mqueue_len, r.mqueue_max, r.inflight,
-                                                      r.inflight_max)
+GroupKey = tuple[object, ...]
+
+# Indexes into a group's counter list.
+(RX_BYTES, TX_BYTES, RX_MSGS, TX_MSGS, MQUEUE_DROPPED, RX_DROP_PUBREL, RX_DROP_OTHER,
+ TX_DROP_EXPIRED, TX_DROP_QUEUE_FULL, TX_DROP_TOO_LARGE, TX_DROP_OTHER, CONNECTS) = range(12)
+
+_DROP_SERIES = (
+    ("received", "await_pubrel_timeout", RX_DROP_PUBREL), ("received", "other", RX_DROP_OTHER),
+    ("sent", "expired", TX_DROP_EXPIRED), ("sent", "queue_full", TX_DROP_QUEUE_FULL),
+    ("sent", "too_large", TX_DROP_TOO_LARGE), ("sent", "other", TX_DROP_OTHER),
+)
+_COUNTER_FAMILIES: tuple[tuple[Family, int], ...] = (
+    (c.CLIENTS_RECEIVED_BYTES, RX_BYTES), (c.CLIENTS_SENT_BYTES, TX_BYTES),
+    (c.CLIENTS_RECEIVED_MESSAGES, RX_MSGS), (c.CLIENTS_SENT_MESSAGES, TX_MSGS),
+    (c.CLIENTS_MQUEUE_DROPPED, MQUEUE_DROPPED), (c.CLIENTS_CONNECTS, CONNECTS),
+)
+_GAUGE_FAMILIES: tuple[tuple[Family, str], ...] = (
+    (c.CLIENTS_ONLINE, "online"), (c.CLIENTS_SESSIONS, "sessions"),
+    (c.CLIENTS_MQUEUE, "mqueue"), (c.CLIENTS_INFLIGHT, "inflight"),
+    (c.CLIENTS_SUBSCRIPTIONS, "subscriptions"),
+    (c.CLIENTS_MQUEUE_SATURATED, "mqueue_saturated"),
+    (c.CLIENTS_INFLIGHT_SATURATED, "inflight_saturated"),
+)
+
+
+class Aggregator:
+    """Groups clients and keeps each group's counters for the life of the process."""
+
+    def __init__(self, settings: AggregateSettings, classify: Classifier) -> None:
+        self.settings = settings
+        self.classify = classify
+        self.counters: dict[GroupKey, list[int]] = {}
+
+    def keys(self, records: Sequence[ClientRecord]) -> list[GroupKey]:
+        """Each record's group: its raw values of the labels (the class name for `class`)."""
+        columns = [list(map(self.classify, records)) if name == "class"
+                   else list(map(attrgetter(name), records)) for name in self.settings.labels]
+        return list(zip(*columns, strict=True)) if columns else [()] * len(records)
+
+    def count(self, key: GroupKey, deltas: list[int], new_connection: bool) -> None:
+        """Add one client's increases (in `state.COUNTER_FIELDS` order) to its group."""
+        totals = self.counters.get(key)
+        if totals is None:
+            totals = self.counters[key] = [0] * 12
+        (rx_bytes, tx_bytes, rx_msgs, tx_msgs, mq_dropped, rx_dropped, rx_pubrel,
+         tx_dropped, tx_expired, tx_full, tx_large) = deltas
+        totals[RX_BYTES] += rx_bytes
+        totals[TX_BYTES] += tx_bytes
+        totals[RX_MSGS] += rx_msgs
+        totals[TX_MSGS] += tx_msgs
+        totals[MQUEUE_DROPPED] += mq_dropped
+        if rx_dropped:
+            totals[RX_DROP_PUBREL] += rx_pubrel
+            totals[RX_DROP_OTHER] += max(0, rx_dropped - rx_pubrel)
+        if tx_dropped:
+            totals[TX_DROP_EXPIRED] += tx_expired
+            totals[TX_DROP_QUEUE_FULL] += tx_full
+            totals[TX_DROP_TOO_LARGE] += tx_large
+            totals[TX_DROP_OTHER] += max(0, tx_dropped - tx_expired - tx_full - tx_large)
+        if new_connection:
+            totals[CONNECTS] += 1
+
+    def gauge(self, gauges: Gauges, record: ClientRecord) -> None:
+        gauges.sessions += 1
+        if record.connected is not False:
+            gauges.online += 1
+        threshold = self.settings.saturation
+        mqueue, mqueue_max = record.mqueue_len, record.mqueue_max
         if mqueue:
-            g.mqueue += mqueue
+            gauges.mqueue += mqueue
             if isinstance(mqueue_max, int) and mqueue_max > 0 and mqueue >= threshold * mqueue_max:
-                g.mqueue_saturated += 1
+                gauges.mqueue_saturated += 1
+        inflight, inflight_max = record.inflight, record.inflight_max
         if inflight:
-            g.inflight += inflight
-            if isinstance(inflight_max, int) and inflight_max > 0 and (
-                    inflight >= threshold * inflight_max):
-                g.inflight_saturated += 1
-        if r.subscriptions:
-            g.subscriptions += r.subscriptions
-    rows = sorted((group_labels(settings, k), g) for k, g in groups.items())
-    out: Rendered = {}
-    for family, attr in (
-        (c.CLIENTS_ONLINE, "online"), (c.CLIENTS_SESSIONS, "sessions"),
-        (c.CLIENTS_MQUEUE, "mqueue"), (c.CLIENTS_INFLIGHT, "inflight"),
-        (c.CLIENTS_SUBSCRIPTIONS, "subscriptions"),
-        (c.CLIENTS_MQUEUE_SATURATED, "mqueue_saturated"),
-        (c.CLIENTS_INFLIGHT_SATURATED, "inflight_saturated"),
-    ):
-        if rows:
-            out[family] = render_groups(family, [(ls, getattr(g, attr)) for ls, g in rows])
-    return out
+            gauges.inflight += inflight
+            if (isinstance(inflight_max, int) and inflight_max > 0
+                    and inflight >= threshold * inflight_max):
+                gauges.inflight_saturated += 1
+        if record.subscriptions:
+            gauges.subscriptions += record.subscriptions
+
+    def seeds(self, nodes: Iterable[str]) -> list[GroupKey]:
+        """Groups that must show 0 rather than vanish: each walked node (with each class).
+
+        Listener and protocol values are not known in advance, so only node/class
+        combinations are seeded.
+        """
+        labels = self.settings.labels
+        if "node" not in labels or not set(labels) <= {"node", "class"}:
+            return []
+        classes = [rule.name for rule in self.classify.rules] + [self.classify.default]
+        keys: list[GroupKey] = []
+        for node in nodes:
+            if "class" not in labels:
+                keys.append((node,))
+            else:
+                keys.extend(tuple(node if label == "node" else name for label in labels)
+                            for name in classes)
+        return keys
+
+    def render(self, gauges: dict[GroupKey, Gauges]) -> RenderedBatch:
+        """Every aggregate family: this poll's gauges and the lasting counters."""
+        out: RenderedBatch = {}
+        gauge_rows = sorted((self._labels(k), g) for k, g in gauges.items())
+        for family, attr in _GAUGE_FAMILIES:
+            if gauge_rows:
+                out[family] = render_groups(family, [(ls, getattr(g, attr))
+                                                     for ls, g in gauge_rows])
+        counter_rows = sorted((self._labels(k), totals) for k, totals in self.counters.items())
+        if counter_rows:
+            for family, index in _COUNTER_FAMILIES:
+                out[family] = render_groups(family, [(ls, t[index]) for ls, t in counter_rows])
+            out[c.CLIENTS_DROPPED] = render_groups(c.CLIENTS_DROPPED, [
+                (f'{ls}{"," if ls else ""}direction="{direction}",reason="{reason}"', t[index])
+                for ls, t in counter_rows for direction, reason, index in _DROP_SERIES])
+        return out
+
+    def _labels(self, key: GroupKey) -> str:
+        pairs = [*self.settings.const_labels,
+                 *((n, as_label(n, v)) for n, v in zip(self.settings.labels, key, strict=True))]
+        return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)

@@ -26,7 +26,8 @@ log = structlog.get_logger(__name__)
 
 #: Flags shared by `run` and `check`: (flag, config key, help).
 OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("--emqx-url", "emqx_url", "EMQX dashboard/API base URL, e.g. http://emqx:18083 (env EMQX_URL)"),
+    ("--emqx-url", "emqx_url",
+     "EMQX dashboard/API base URL, e.g. http://emqx:18083 (env EMQX_URL)"),
     ("--api-key", "api_key", "v5 API key or v3/v4 application id (env EMQX_API_KEY)"),
     ("--api-secret", "api_secret",
      "secret of the API key (env EMQX_API_SECRET, or EMQX_API_SECRET_FILE for a file)"),
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     parts = ", ".join(f"{p.name}{'*' if p.default else ''}" for p in PARTS)
     for name, text in (("run", "poll EMQX in the background and serve /metrics"),
-                       ("check", "poll once, print a summary, exit 0 (ok), 1 (failed) or 2 (config)")):
+                       ("check", "poll once, print a summary; exit 0 ok, 1 failed, 2 config")):
         sub = commands.add_parser(name, help=text, description=text,
                                   epilog=f"Per-client parts (* = on by default): {parts}")
         sub.add_argument("--config", help="YAML configuration file")
@@ -139,7 +140,7 @@ def describe(report: PollReport, label: str) -> str:
     lines.append(f"  EMQX {version}, API dialect {report.dialect}")
     for o in report.outcomes:
         if o.error is None and o.walk is not None:
-            lines.append(f"  node {o.node or '(no node)'}: {len(o.walk.records)} clients, "
+            lines.append(f"  node {o.node or '(no node)'}: {o.clients} clients, "
                          f"{o.walk.pages} pages, {o.seconds:.2f} s")
         else:
             lines.append(f"  node {o.node}: FAILED: {o.error}")

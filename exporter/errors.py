@@ -54,7 +54,8 @@ class AuthError(ApiError):
     def __str__(self) -> str:
         verb = "rejected" if self.status == 401 else "lacks permission for"
         code = f" ({self.code})" if self.code else ""
-        return f"EMQX {verb} the {self.credential_kind}{code} on {self.endpoint}: HTTP {self.status}"
+        return (f"EMQX {verb} the {self.credential_kind}{code} on {self.endpoint}: "
+                f"HTTP {self.status}")
 
 
 class ApiConnectionError(ExporterError):

@@ -1,17 +1,34 @@
-"""Pure stages after the walk: selection, aggregation, rendering of one cluster's poll."""
+"""Stages after the download, fed page by page: de-duplication, counters, aggregation,
+selection and rendering of one cluster's poll.
+
+Pages are processed as they arrive, so a poll never holds more than a page of full records
+beside the compact counter state, the top-K candidates and the watched clients. Every method
+of `PollRun` runs on the cluster's single worker thread, never on the event loop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
 
-from exporter.aggregate import AggregateSettings, Classifier, aggregate_gauges, seed_keys
+from exporter import contract as c
+from exporter.aggregate import AggregateSettings, Aggregator, Classifier, Gauges, GroupKey
 from exporter.config import PerClientSettings
+from exporter.labels import escape
 from exporter.records import ClientRecord
-from exporter.render import ClientRenderer, ClientRenderSettings, Rendered, identity_labels
+from exporter.render import (
+    ClientRenderer,
+    ClientRenderSettings,
+    Rendered,
+    family_lines,
+    identity_labels,
+)
+from exporter.selection import SelectionSettings, Selector, fill
+from exporter.state import COUNTER_FIELDS, CounterState
 from exporter.timeparse import TimeParser
 
-#: Record fields that each per-client part reads (for v5 `fields=`).
+#: Record fields that each per-client part reads (for v5 `fields=` and lean decoding).
 PART_FIELDS: dict[str, tuple[str, ...]] = {
     "online": ("connected", "connected_at", "disconnected_at"),
     "bytes": ("received_bytes", "sent_bytes"),
@@ -29,9 +46,26 @@ PART_FIELDS: dict[str, tuple[str, ...]] = {
     "session": ("keepalive", "expiry_interval", "created_at"),
     "process": ("mailbox_len", "heap_size", "reductions"),
 }
-#: Read by aggregation and merging whatever is configured.
-BASE_FIELDS = ("clientid", "node", "connected", "connected_at", "username", "mqueue_len",
-               "mqueue_max", "inflight", "inflight_max", "subscriptions")
+#: Read by de-duplication, counters, aggregation and ranking whatever is configured.
+BASE_FIELDS = ("clientid", "node", "connected", "connected_at", "created_at", "username",
+               "mqueue_len", "mqueue_max", "inflight", "inflight_max", "subscriptions",
+               *COUNTER_FIELDS)
+
+_COUNTERS = attrgetter(*COUNTER_FIELDS)
+
+
+def series_per_client(parts: frozenset[str]) -> int:
+    """An upper bound of the series one client gets: what the cap counts per client."""
+    total = 0
+    for part in c.PARTS:
+        if part.name not in parts:
+            continue
+        total += len(part.families)
+    if "messages" in parts and "messages_qos" in parts:
+        total += 4  # two families of three qos lines instead of one line each
+    if "dropped" in parts and "dropped_reasons" in parts:
+        total += 4  # received: 2 reasons, sent: 4 reasons, instead of one line each
+    return max(1, total)
 
 
 @dataclass(slots=True)
@@ -40,21 +74,33 @@ class PipelineResult:
     per_client_series: int
     aggregate_series: int
     series_dropped: int
+    clients: int
+    duplicates: int
+    listed: dict[str, int]
 
 
 class Pipeline:
-    """Selection, aggregation and rendering for one cluster, configured once."""
+    """Everything a cluster keeps between polls: counter state, top-K members, last seen."""
 
     def __init__(self, per_client: PerClientSettings, aggregate: AggregateSettings,
                  classifier: Classifier, parse_time: TimeParser,
-                 const_labels: tuple[tuple[str, str], ...] = ()) -> None:
+                 const_labels: tuple[tuple[str, str], ...] = (),
+                 selection: SelectionSettings | None = None) -> None:
         self.render_settings = ClientRenderSettings(
             parts=per_client.parts, identity_labels=per_client.labels,
             info_labels=per_client.info_labels, const_labels=const_labels)
-        self.aggregate_settings = AggregateSettings(
-            labels=aggregate.labels, saturation=aggregate.saturation, const_labels=const_labels)
-        self.classifier = classifier
+        self.aggregator = Aggregator(
+            AggregateSettings(labels=aggregate.labels, saturation=aggregate.saturation,
+                              const_labels=const_labels), classifier)
         self.renderer = ClientRenderer(self.render_settings, parse_time)
+        self.selection = selection or SelectionSettings()
+        self.selector = Selector(self.selection, series_per_client(per_client.parts))
+        self.state = CounterState()
+        #: Watched client id → when a poll last saw it online (Unix time).
+        self.last_seen: dict[str, float] = {}
+        self.polls = 0
+        self.last_poll_at: float | None = None
+        self._node_index: dict[str, int] = {}
 
     def needed_fields(self) -> frozenset[str]:
         """Every record field some configured stage reads."""
@@ -64,16 +110,204 @@ class Pipeline:
         if "info" in self.render_settings.parts:
             fields.update(self.render_settings.info_labels)
         fields.update(self.render_settings.identity_labels)
-        fields.update(label for label in self.aggregate_settings.labels if label != "class")
+        fields.update(label for label in self.aggregator.settings.labels if label != "class")
         return frozenset(fields)
 
-    def run(self, records: Sequence[ClientRecord], nodes_ok: Sequence[str]) -> PipelineResult:
-        """Render one poll's clients (all of them, until selection arrives) and aggregates."""
-        rendered = self.renderer.render(records, identity_labels(records, self.render_settings))
-        per_client = sum(text.count(b"\n") for text in rendered.values())
-        aggregates = aggregate_gauges(
-            records, self.aggregate_settings, self.classifier,
-            seed_keys(self.aggregate_settings, self.classifier, nodes_ok))
-        aggregate_series = sum(text.count(b"\n") for text in aggregates.values())
-        rendered.update(aggregates)
-        return PipelineResult(rendered, per_client, aggregate_series, 0)
+    def node_index(self, node: str) -> int:
+        return self._node_index.setdefault(node, len(self._node_index))
+
+    def start(self, now: float) -> PollRun:
+        """Begin a poll; the first poll of the process sets the counters' baseline."""
+        self.polls += 1
+        for top in self.selector.top:
+            top.start()
+        elapsed = None if self.last_poll_at is None else max(1e-3, now - self.last_poll_at)
+        return PollRun(self, now, elapsed)
+
+
+@dataclass(slots=True)
+class _NodePart:
+    """What one node contributed to a poll, dropped whole if its walk fails."""
+
+    chunks: dict[c.Family, list[bytes]] = field(default_factory=dict)
+    gauges: dict[GroupKey, Gauges] = field(default_factory=dict)
+    clientids: list[str] = field(default_factory=list)
+    #: Clients of this node rendered with the allow list.
+    streamed: set[str] = field(default_factory=set)
+
+
+class PollRun:
+    """One poll's accumulation, fed a page at a time."""
+
+    def __init__(self, pipeline: Pipeline, now: float, elapsed: float | None) -> None:
+        self.p = pipeline
+        self.now = now
+        self.elapsed = elapsed
+        self.seen: set[str] = set()
+        self.duplicates = 0
+        self.nodes: dict[str, _NodePart] = {}
+        self.failed: set[str] = set()
+        self.watched: dict[str, ClientRecord] = {}
+        self.allow_left = pipeline.selector.allow_budget
+        self.dropped_clients = 0
+
+    def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
+        """Take one page of one walk (records may name their node; cursor walks span nodes)."""
+        p = self.p
+        keys = p.aggregator.keys(records)
+        selector = p.selector
+        watch = selector.settings.watch
+        state = p.state
+        aggregator = p.aggregator
+        baseline = p.polls == 1
+        seen = self.seen
+        batch: dict[str, list[ClientRecord]] = {}
+        for record, key in zip(records, keys, strict=True):
+            clientid = record.clientid
+            if clientid in seen:
+                self.duplicates += 1  # the first row listed wins; the rest are drift
+                continue
+            seen.add(clientid)
+            node = record.node or walk_node or ""
+            part = self.nodes.get(node)
+            if part is None:
+                part = self.nodes[node] = _NodePart()
+            part.clientids.append(clientid)
+            gauges = part.gauges.get(key)
+            if gauges is None:
+                gauges = part.gauges[key] = Gauges()
+            aggregator.gauge(gauges, record)
+            connection = hash(record.connected_at or record.created_at or "")
+            deltas, new, first = state.observe(clientid, connection, _COUNTERS(record),
+                                               p.node_index(node), p.polls)
+            aggregator.count(key, deltas, new and not baseline)
+            if selector.top:
+                self._rank(record, deltas, first)
+            if clientid in watch:
+                self.watched[clientid] = record
+                if record.connected is not False:
+                    p.last_seen[clientid] = self.now
+            elif selector.allowed(record):
+                if self.allow_left > 0:
+                    self.allow_left -= 1
+                    batch.setdefault(node, []).append(record)
+                else:
+                    self.dropped_clients += 1
+        for node, chosen in batch.items():
+            self._render(self.nodes[node], chosen)
+
+    def _rank(self, record: ClientRecord, deltas: list[int], first: bool) -> None:
+        # Rates need an earlier sighting and the time since the previous poll.
+        per_second = 0.0 if (first or self.elapsed is None) else 1.0 / self.elapsed
+        for top in self.p.selector.top:
+            name = top.name
+            if name == "mqueue_fill":
+                score = fill(record.mqueue_len, record.mqueue_max)
+            elif name == "inflight_fill":
+                score = fill(record.inflight, record.inflight_max)
+            elif name == "drop_rate":
+                score = (deltas[4] + deltas[5] + deltas[7]) * per_second
+            elif name == "byte_rate":
+                score = (deltas[0] + deltas[1]) * per_second
+            else:
+                score = self.p.state.reconnect_score(record.clientid)
+            top.offer(score, record)
+
+    def _render(self, part: _NodePart, records: Sequence[ClientRecord]) -> None:
+        rendered = self.p.renderer.render(records, identity_labels(records,
+                                                                    self.p.render_settings))
+        for family, text in rendered.items():
+            part.chunks.setdefault(family, []).append(text)
+        part.streamed.update(r.clientid for r in records)
+
+    def fail(self, nodes: Iterable[str]) -> None:
+        """Forget what failed walks contributed; their counter increases stay counted."""
+        for node in nodes:
+            self.failed.add(node)
+            part = self.nodes.pop(node, None)
+            if part is None:
+                continue
+            self.allow_left += len(part.streamed)
+            for top in self.p.selector.top:
+                top.discard(part.clientids)
+            for clientid in part.clientids:
+                self.watched.pop(clientid, None)
+
+    def finish(self, walked: Sequence[str]) -> PipelineResult:
+        """Render the watch list, top-K and aggregates; forget clients that are gone."""
+        p = self.p
+        ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
+        rendered: Rendered = {}
+        streamed: set[str] = set()
+        for part in ok_parts.values():
+            for family, texts in part.chunks.items():
+                rendered.setdefault(family, []).extend(texts)
+            streamed.update(part.streamed)
+        late = self._late_selection(streamed)
+        if late:
+            batch = p.renderer.render(late, identity_labels(late, p.render_settings))
+            for family, text in batch.items():
+                rendered.setdefault(family, []).append(text)
+        self._render_watch_extras(rendered)
+        per_client = sum(t.count(b"\n") for texts in rendered.values() for t in texts)
+        gauges: dict[GroupKey, Gauges] = {key: Gauges() for key in p.aggregator.seeds(walked)}
+        for part in ok_parts.values():
+            for key, g in part.gauges.items():
+                gauges.setdefault(key, Gauges()).add(g)
+        aggregates = p.aggregator.render(gauges)
+        for family, text in aggregates.items():
+            rendered.setdefault(family, []).append(text)
+        p.state.sweep(p.polls, (p.node_index(n) for n in walked))
+        p.last_poll_at = self.now
+        listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
+        return PipelineResult(
+            rendered=rendered, per_client_series=per_client,
+            aggregate_series=sum(t.count(b"\n") for t in aggregates.values()),
+            series_dropped=self.dropped_clients * p.selector.per_client_series,
+            clients=sum(listed.values()), duplicates=self.duplicates, listed=listed)
+
+    def _late_selection(self, streamed: set[str]) -> list[ClientRecord]:
+        """Watched clients, then top-K members, in the room the allow list left under the cap.
+
+        The allow list streamed within a budget that reserved room for the full watch list and
+        every K, so these fit unless the watch list and K alone exceed the cap.
+        """
+        selector = self.p.selector
+        room = max(0, selector.max_clients - len(streamed))
+        chosen: dict[str, ClientRecord] = {}
+        for clientid, record in sorted(self.watched.items()):
+            if len(chosen) < room:
+                chosen[clientid] = record
+            else:
+                self.dropped_clients += 1
+        for top in selector.top:
+            for record in top.finish():
+                if record.clientid in chosen or record.clientid in streamed:
+                    continue
+                if len(chosen) < room:
+                    chosen[record.clientid] = record
+                else:
+                    self.dropped_clients += 1
+        return list(chosen.values())
+
+    def _render_watch_extras(self, rendered: Rendered) -> None:
+        """Watched clients not found are offline (unless their node failed to be walked);
+        every watched client gets its last-seen time."""
+        p = self.p
+        watch = p.selector.settings.watch
+        if not watch:
+            return
+        const = "".join(f'{k}="{escape(v)}",' for k, v in p.render_settings.const_labels)
+        failed = {p.node_index(n) for n in self.failed}
+        missing = [cid for cid in sorted(watch - self.watched.keys())
+                   if p.state.node_of(cid) not in failed]
+        if missing and "online" in p.render_settings.parts:
+            labels = [f'{{{const}clientid="{escape(cid)}"}} '.encode() for cid in missing]
+            rendered.setdefault(c.CLIENT_ONLINE, []).append(
+                family_lines(c.CLIENT_ONLINE.name.encode(), labels, [0] * len(missing)))
+        ids = sorted(watch)
+        labels = [f'{{{const}clientid="{escape(cid)}"}} '.encode() for cid in ids]
+        text = family_lines(c.CLIENT_LAST_SEEN_TS.name.encode(), labels,
+                            [p.last_seen.get(cid) for cid in ids])
+        if text:
+            rendered.setdefault(c.CLIENT_LAST_SEEN_TS, []).append(text)

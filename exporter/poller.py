@@ -6,7 +6,9 @@ import asyncio
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
@@ -14,10 +16,13 @@ from exporter.api import ApiClient, Auth, BasicAuth, BearerLogin, RetryPolicy
 from exporter.config import ClusterSettings
 from exporter.dialects import Detected, Dialect, NodeInfo, detect, make_dialect, parse_version
 from exporter.errors import ApiError, ExporterError
-from exporter.pipeline import Pipeline, PipelineResult
+from exporter.pipeline import Pipeline, PipelineResult, PollRun
+from exporter.records import ClientRecord
 from exporter.render import Rendered
 from exporter.selfmetrics import ClusterStats
-from exporter.walker import NodeWalk, merge_nodes, walk
+from exporter.walker import NodeWalk, walk
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +51,7 @@ class NodeOutcome:
     walk: NodeWalk | None = None
     error: ExporterError | None = None
     seconds: float = 0.0
+    clients: int = 0
 
 
 @dataclass(slots=True)
@@ -85,6 +91,10 @@ class ClusterPoller:
         self.version: str | None = None
         self.rendered: Rendered = {}
         self._last_errors: dict[str, str] = {}
+        # One worker thread per cluster runs the pipeline: pages are processed in arrival
+        # order while the event loop downloads the next ones, and scrapes stay responsive.
+        self._worker = ThreadPoolExecutor(max_workers=1,
+                                          thread_name_prefix=f"pipeline-{settings.name or 0}")
 
     @property
     def label(self) -> str:
@@ -92,6 +102,10 @@ class ClusterPoller:
 
     async def close(self) -> None:
         await self.client.close()
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+    async def _on_worker(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
 
     async def _discover(self, report: PollReport) -> list[NodeInfo]:
         if self.dialect is not None:
@@ -135,19 +149,22 @@ class ClusterPoller:
             assert self.dialect is not None
             report.nodes = nodes
             report.dialect = self.dialect.name
-            await self._walk_all(self.dialect, nodes, report)
+            run = await self._on_worker(self.pipeline.start, report.started)
+            await self._walk_all(self.dialect, nodes, report, run)
             if not report.ok:
                 # Every node failed and was counted already; the poll fails with the first cause.
                 failed = [o.error for o in report.outcomes if o.error is not None]
                 report.error = failed[0] if failed else ExporterError("no node to walk")
                 self._note_error("cluster", report.error, count=False)
+                await self._on_worker(run.finish, [])
                 return self._finish(report, began)
-            walks = [o.walk for o in report.outcomes if o.walk is not None]
-            records, cross = merge_nodes(walks)
-            report.clients = len(records)
-            report.duplicates = cross + sum(w.duplicates for w in walks)
-            ok_nodes = sorted(o.node for o in report.outcomes if o.error is None)
-            report.result = await asyncio.to_thread(self.pipeline.run, records, ok_nodes)
+            walked = sorted(o.node for o in report.outcomes if o.error is None and o.node)
+            result = await self._on_worker(run.finish, walked)
+            report.result = result
+            report.clients = result.clients
+            report.duplicates = result.duplicates
+            for outcome in report.outcomes:
+                outcome.clients = result.listed.get(outcome.node, 0)
         except ExporterError as exc:
             report.error = exc
             self._note_error("cluster", exc)
@@ -158,43 +175,52 @@ class ClusterPoller:
         self._record(report)
         return report
 
-    async def _walk_all(self, dialect: Dialect, nodes: list[NodeInfo], report: PollReport) -> None:
+    async def _walk_all(self, dialect: Dialect, nodes: list[NodeInfo], report: PollReport,
+                        run: PollRun) -> None:
         mine = [n for n in nodes if in_shard(n.name, self.settings.shard)]
         running = [n.name for n in mine if n.running]
         for n in mine:
             if not n.running:
                 report.outcomes.append(NodeOutcome(n.name, error=ExporterError("node stopped")))
         if not dialect.per_node:
-            # Cursor listing without node=: one walk covers the cluster, split by `node` after.
-            outcome = await self._walk_one(dialect, None)
-            for name in running:
-                part = NodeWalk(name)
-                if outcome.walk is not None:
-                    part.records = {k: r for k, r in outcome.walk.records.items() if r.node == name}
-                    part.pages = outcome.walk.pages
-                report.outcomes.append(NodeOutcome(name, part if outcome.error is None else None,
-                                                   outcome.error, outcome.seconds))
-            if outcome.walk is not None:
-                stray = {k: r for k, r in outcome.walk.records.items() if r.node not in running}
-                if stray:  # offline durable sessions of a node that left; keep them
-                    report.outcomes.append(NodeOutcome("", NodeWalk(None, stray)))
+            # Cursor listing without node=: one walk covers the cluster; records name their node.
+            outcome = await self._walk_one(dialect, None, run, running)
+            report.outcomes.extend(NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds)
+                                   for name in running)
             return
         limit = asyncio.Semaphore(self.settings.node_concurrency)
 
         async def bounded(name: str) -> NodeOutcome:
             async with limit:
-                return await self._walk_one(dialect, name)
+                return await self._walk_one(dialect, name, run, [name])
 
         report.outcomes.extend(await asyncio.gather(*(bounded(n) for n in running)))
 
-    async def _walk_one(self, dialect: Dialect, node: str | None) -> NodeOutcome:
+    async def _walk_one(self, dialect: Dialect, node: str | None, run: PollRun,
+                        covers: list[str]) -> NodeOutcome:
         began = time.perf_counter()
         name = node or "cluster"
+        pending: asyncio.Future[None] | None = None
+
+        async def deliver(records: list[ClientRecord]) -> None:
+            # At most one page per walk waits for the worker: bounded memory, overlapped work.
+            nonlocal pending
+            if pending is not None:
+                await pending
+            pending = asyncio.get_running_loop().run_in_executor(
+                self._worker, run.add_page, node, records)
+
         try:
-            result = await walk(self.client, dialect, node, max_pages=self.settings.max_pages)
+            result = await walk(self.client, dialect, node, max_pages=self.settings.max_pages,
+                                deliver=deliver)
         except ExporterError as exc:
+            if pending is not None:
+                await pending
+            await self._on_worker(run.fail, covers)
             self._note_error(name, exc)
             return NodeOutcome(name, error=exc, seconds=time.perf_counter() - began)
+        if pending is not None:
+            await pending
         if self._last_errors.pop(name, None) is not None:
             log.info("node_walk_recovered", cluster=self.label, node=name)
         for soft in result.soft_errors:
@@ -225,8 +251,8 @@ class ClusterPoller:
         s.poll_duration = report.duration
         s.up = report.ok
         s.node_up = {o.node: o.error is None for o in report.outcomes if o.node}
-        s.clients_listed = {o.node: len(o.walk.records) for o in report.outcomes
-                            if o.walk is not None and o.node}
+        s.clients_listed = {o.node: o.clients for o in report.outcomes
+                            if o.error is None and o.node}
         s.duplicates += report.duplicates
         if self.dialect is not None:
             s.api = self.dialect.name

@@ -11,8 +11,8 @@ times faster than prometheus_client metric objects. Sample output:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import compress
 from dataclasses import dataclass
+from itertools import compress
 from operator import attrgetter
 from typing import Any
 
@@ -22,8 +22,10 @@ from exporter.labels import escape
 from exporter.records import ClientRecord
 from exporter.timeparse import TimeParser
 
-#: A rendered family: its samples as UTF-8 lines, without HELP/TYPE.
-Rendered = dict[Family, bytes]
+#: Rendered families of one batch of clients: samples as UTF-8 lines, without HELP/TYPE.
+RenderedBatch = dict[Family, bytes]
+#: Rendered families of a whole poll: the batches' chunks, in order.
+Rendered = dict[Family, list[bytes]]
 
 # `%r` of an int or float is its repr, which is what the exposition formats want.
 _NUMBER = b"%r".__mod__
@@ -145,9 +147,9 @@ class ClientRenderer:
         self.settings = settings
         self.parse_time = parse_time
 
-    def render(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> Rendered:
+    def render(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> RenderedBatch:
         parts = self.settings.parts
-        out: Rendered = {}
+        out: RenderedBatch = {}
         encoded = encode_labels(labels)
         template = line_template(encoded)
 
@@ -239,7 +241,7 @@ class ClientRenderer:
         return "".join(pieces).encode("utf-8", "replace")
 
     @staticmethod
-    def _split(out: Rendered, family: Family, records: Sequence[ClientRecord],
+    def _split(out: RenderedBatch, family: Family, records: Sequence[ClientRecord],
                labels: Sequence[str], total_attr: str, label: str,
                parts: tuple[tuple[str, str], ...], remainder: str | None) -> None:
         """One line per labelled part where the version reports the split, else the total.

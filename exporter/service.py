@@ -37,7 +37,8 @@ class Exporter:
         for cluster in settings.clusters:
             const = (("cluster", cluster.name),) if cluster.name else ()
             pipeline = Pipeline(settings.per_client, settings.aggregate, classifier,
-                                TimeParser(cluster.timezone), const)
+                                TimeParser(cluster.timezone), const,
+                                settings.per_client.selection)
             stats = self.metrics.add_cluster(ClusterStats(cluster.name, cluster.interval))
             self.pollers.append(ClusterPoller(cluster, pipeline, stats, clock))
         self._tasks: list[asyncio.Task[None]] = []

@@ -94,7 +94,7 @@ def compose(rendered: Sequence[Rendered], created: float) -> Snapshot:
     chunks: list[tuple[Family, tuple[bytes, ...]]] = []
     series = 0
     for family in FAMILY_ORDER:
-        samples = tuple(r[family] for r in rendered if family in r)
+        samples = tuple(text for r in rendered if family in r for text in r[family])
         if not samples:
             continue
         series += sum(s.count(b"\n") for s in samples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -15,14 +16,17 @@ from exporter.records import ClientRecord
 log = structlog.get_logger(__name__)
 
 
+#: Receives each page's records as the walk goes (the poll's pipeline).
+Deliver = Callable[[list[ClientRecord]], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class NodeWalk:
-    """The clients one walk found, de-duplicated by client id, and how the walk went."""
+    """How one walk went; its records went to `deliver` page by page."""
 
     node: str | None
-    records: dict[str, ClientRecord] = field(default_factory=dict)
     pages: int = 0
-    duplicates: int = 0
+    rows: int = 0
     bad_rows: int = 0
     bad_values: int = 0
     notes: list[str] = field(default_factory=list)
@@ -30,21 +34,14 @@ class NodeWalk:
     soft_errors: list[ExporterError] = field(default_factory=list)
 
 
-def _keep(existing: ClientRecord, candidate: ClientRecord) -> ClientRecord:
-    """Of two rows for one client id, the live and newest connection wins."""
-    if (existing.connected is False) != (candidate.connected is False):
-        return existing if existing.connected is not False else candidate
-    if (candidate.connected_at or "") > (existing.connected_at or ""):
-        return candidate
-    return existing
-
-
-async def walk(client: ApiClient, dialect: Dialect, node: str | None, *,
-               max_pages: int) -> NodeWalk:
-    """Every page until the last; raises on any failure, so partial walks are never used."""
+async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pages: int,
+               deliver: Deliver) -> NodeWalk:
+    """Every page until the last; raises on any failure (the caller drops the node's pages)."""
     result = NodeWalk(node)
     request: Request | None = dialect.list_request(node)
     retried_without_fields = False
+    # v3 keeps queue figures in a separate session listing: hold its rows until merged.
+    held: list[ClientRecord] | None = [] if isinstance(dialect, V3Dialect) else None
     while request is not None:
         if result.pages >= max_pages:
             raise WalkError(node or "cluster", "page_limit",
@@ -64,29 +61,27 @@ async def walk(client: ApiClient, dialect: Dialect, node: str | None, *,
             raise
         page = dialect.parse_list(response, request)
         result.pages += 1
+        result.rows += len(page.records)
         result.bad_rows += page.bad_rows
         result.bad_values += page.bad_values
         result.notes.extend(page.notes)
-        records = result.records
-        for record in page.records:
-            previous = records.get(record.clientid)
-            if previous is None:
-                records[record.clientid] = record
-            else:
-                result.duplicates += 1
-                records[record.clientid] = _keep(previous, record)
+        if held is not None:
+            held.extend(page.records)
+        elif page.records:
+            await deliver(page.records)
         request = page.next
-    if node is not None and isinstance(dialect, V3Dialect):
-        await _merge_v3_sessions(client, dialect, node, result, max_pages)
+    if held is not None:
+        if node is not None and isinstance(dialect, V3Dialect):
+            await _merge_v3_sessions(client, dialect, node, held, result, max_pages)
+        await deliver(held)
     return result
 
 
-async def _merge_v3_sessions(client: ApiClient, dialect: V3Dialect, node: str, result: NodeWalk,
+async def _merge_v3_sessions(client: ApiClient, dialect: V3Dialect, node: str,
+                             records: list[ClientRecord], result: NodeWalk,
                              max_pages: int) -> None:
-    """v3 keeps queue figures in the session listing; merge them in when it answers.
-
-    A failing session listing costs the queue figures, not the node's connections.
-    """
+    """Copy queue figures from the session listing; a failure there costs only those figures."""
+    by_id = {r.clientid: r for r in records}
     request: Request | None = dialect.sessions_request(node)
     pages = 0
     try:
@@ -94,29 +89,8 @@ async def _merge_v3_sessions(client: ApiClient, dialect: V3Dialect, node: str, r
             sessions, request = dialect.parse_sessions(await client.send(request), request)
             pages += 1
             for session in sessions:
-                record = result.records.get(session.client_id)
+                record = by_id.get(session.client_id)
                 if record is not None:
                     session.apply(record)
     except ExporterError as exc:
         result.soft_errors.append(exc)
-
-
-def merge_nodes(walks: list[NodeWalk]) -> tuple[list[ClientRecord], int]:
-    """All clients of all walks, one per client id; returns (records, cross-node duplicates).
-
-    A client taken over by another node mid-poll can be listed by both; exporting both would
-    give Prometheus two samples for one series.
-    """
-    if len(walks) == 1:
-        return list(walks[0].records.values()), 0
-    merged: dict[str, ClientRecord] = {}
-    duplicates = 0
-    for w in walks:
-        for clientid, record in w.records.items():
-            previous = merged.get(clientid)
-            if previous is None:
-                merged[clientid] = record
-            else:
-                duplicates += 1
-                merged[clientid] = _keep(previous, record)
-    return list(merged.values()), duplicates

@@ -19,7 +19,8 @@ def samples_text(text: str) -> list[Sample]:
 
 def samples_openmetrics(text: str) -> list[Sample]:
     return [(s.name, tuple(sorted(s.labels.items())), s.value)
-            for family in parse_om(text) for s in family.samples]
+            for family in parse_om(text)  # type: ignore[no-untyped-call]
+            for s in family.samples]
 
 
 def by_name(samples: Iterable[Sample], name: str) -> dict[tuple[tuple[str, str], ...], float]:

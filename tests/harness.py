@@ -52,8 +52,9 @@ async def rig(sim: SimSettings | None = None, **config: Any) -> AsyncIterator[Ri
     sim_server = TestServer(build_sim_app(cluster), host="127.0.0.1")
     await sim_server.start_server()
     sim_url = str(sim_server.make_url("/")).rstrip("/")
-    flags = {"emqx_url": sim_url, "api_key": cluster.settings.api_key,
-             "api_secret": cluster.settings.api_secret, "retries": 0}
+    flags: dict[str, Any] = {"emqx_url": sim_url, "api_key": cluster.settings.api_key,
+                             "api_secret": cluster.settings.api_secret, "retries": 0,
+                             "per_client": {"max_series": 10_000_000}}
     flags.update(config)
     settings = load_settings(flags, {}, None)
     exporter = Exporter(settings, clock=clock)

@@ -14,7 +14,8 @@ NODE2 = "emqx@10.0.0.2"
 
 
 def truth_ids(rows: Any, node: str | None = None) -> set[str]:
-    return {r.get("clientid", r.get("client_id")) for r in rows if node is None or r["node"] == node}
+    return {r.get("clientid", r.get("client_id")) for r in rows
+            if node is None or r["node"] == node}
 
 
 @pytest.mark.parametrize(("api", "kind", "options", "reason"), [

@@ -14,7 +14,7 @@ from exporter.config import PerClientSettings
 from exporter.dialects.v4 import V4Dialect
 from exporter.dialects.v5 import V5PageDialect
 from exporter.labels import escape
-from exporter.pipeline import Pipeline
+from exporter.pipeline import Pipeline, PipelineResult
 from exporter.records import ClientRecord, record_type
 from exporter.snapshot import compose
 from exporter.timeparse import TimeParser
@@ -28,6 +28,13 @@ from tests.exposition import (
 from tests.test_dialects import answer
 
 ALL_PARTS = frozenset(p.name for p in contract.PARTS)
+
+
+def one_poll(pipeline: Pipeline, records: list[ClientRecord],
+             nodes: tuple[str, ...] = ("emqx@127.0.0.1",)) -> PipelineResult:
+    run = pipeline.start(0.0)
+    run.add_page(None, records)
+    return run.finish(list(nodes))
 
 
 def sample_records() -> list[ClientRecord]:
@@ -46,8 +53,7 @@ def run(records: list[ClientRecord], parts: frozenset[str] = contract.DEFAULT_PA
         **kwargs: object) -> tuple[str, str]:
     pipeline = Pipeline(PerClientSettings(parts=parts), AggregateSettings(), Classifier([]),
                         TimeParser(ZoneInfo("UTC")), **kwargs)  # type: ignore[arg-type]
-    result = pipeline.run(records, ["emqx@127.0.0.1"])
-    snapshot = compose([result.rendered], 0.0)
+    snapshot = compose([one_poll(pipeline, records).rendered], 0.0)
     return (snapshot.text("text"), snapshot.text("openmetrics") + "# EOF\n")
 
 
@@ -96,7 +102,7 @@ AWKWARD_IDS = ['quote"d', "back\\slash", "new\nline", "ünïcødé-客户端", "
                'all\\"\n']
 
 
-def test_awkward_client_ids_round_trip(promtool: str | None = None) -> None:
+def test_awkward_client_ids_round_trip() -> None:
     record = record_type("v5")
     records: list[ClientRecord] = [record(clientid=cid, username=cid, connected=True,
                                           received_bytes=i) for i, cid in enumerate(AWKWARD_IDS)]
@@ -126,8 +132,7 @@ def test_const_labels_and_identity_labels() -> None:
     pipeline = Pipeline(PerClientSettings(labels=("node",)), AggregateSettings(),
                         Classifier([]), TimeParser(ZoneInfo("UTC")),
                         const_labels=(("cluster", "prod"),))
-    result = pipeline.run(sample_records(), ["emqx@127.0.0.1"])
-    text = compose([result.rendered], 0.0).text()
+    text = compose([one_poll(pipeline, sample_records()).rendered], 0.0).text()
     online = by_name(samples_text(text), "emqx_client_online")
     assert (("clientid", "01"), ("cluster", "prod"), ("node", "emqx@127.0.0.1")) in online
     assert by_name(samples_text(text), "emqx_clients_online") == {

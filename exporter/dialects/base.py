@@ -89,7 +89,8 @@ def decode(response: Response, decoder: msgspec.json.Decoder[T]) -> T:
     except msgspec.ValidationError as exc:
         raise DecodeError(response.endpoint, "bad_shape", str(exc)) from exc
     except msgspec.DecodeError as exc:
-        raise DecodeError(response.endpoint, "bad_json", f"{exc} ({len(response.body)} bytes)") from exc
+        raise DecodeError(response.endpoint, "bad_json",
+                          f"{exc} ({len(response.body)} bytes)") from exc
 
 
 class RowDecoder:

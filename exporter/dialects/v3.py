@@ -72,7 +72,7 @@ class _Lookup(msgspec.Struct):
 
 
 class V3Dialect:
-    """EMQX 3.0–3.4; `/connections/` without a node lists only the answering node."""
+    """EMQX 3.0 to 3.4; `/connections/` without a node lists only the answering node."""
 
     name = "v3"
     generation: Generation = "v3"

@@ -29,7 +29,8 @@ class _Lookup(msgspec.Struct):
 
 
 class V4Dialect:
-    """EMQX 4.0–4.4. Always walks `/nodes/{node}/clients`: 4.0's `/clients` lists one node only."""
+    """EMQX 4.0 to 4.4. Always walks `/nodes/{node}/clients`: 4.0's `/clients` lists one
+    node only."""
 
     name = "v4"
     generation: Generation = "v4"

@@ -1,0 +1,121 @@
+"""Compact per-client counter state that keeps aggregate counters monotonic across reconnects.
+
+EMQX's per-client counters belong to one connection and restart at zero when the client
+reconnects. For every tracked client this keeps the connection's identity and the last value
+of each counter in flat arrays (about 200 bytes per client with the dict entry), so a poll
+can add each client's increase since the last poll, or a new connection's full value.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Sequence
+
+#: Counter fields tracked per client, in this order in every delta list.
+COUNTER_FIELDS: tuple[str, ...] = (
+    "received_bytes", "sent_bytes", "received_messages", "sent_messages", "mqueue_dropped",
+    "received_dropped", "received_dropped_await_pubrel_timeout",
+    "sent_dropped", "sent_dropped_expired", "sent_dropped_queue_full", "sent_dropped_too_large",
+)
+WIDTH = len(COUNTER_FIELDS)
+#: Each poll multiplies a client's reconnect score by this before adding its new connections,
+#: so the score is a reconnect count over roughly the last ten polls.
+RECONNECT_DECAY = 0.9
+
+
+class CounterState:
+    """Last counter values per client id, packed in arrays indexed by a slot number."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, int] = {}
+        self._free: list[int] = []
+        self._connection = array("q")       # hash of connected_at (or created_at)
+        self._values = array("q")           # WIDTH counters per slot
+        self._seen = array("l")             # poll serial that last saw the client
+        self._node = array("l")             # index of the node that last listed it
+        self._reconnects = array("f")       # decayed count of new connections
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, clientid: str) -> bool:
+        return clientid in self._slots
+
+    def observe(self, clientid: str, connection: int, values: Sequence[int | None], node: int,
+                poll: int) -> tuple[list[int], bool, bool]:
+        """Record a sighting; return (increase per counter, new connection, first sighting).
+
+        A new connection adds its full value; so does a counter that went down without a new
+        connection (EMQX restarted the process): a lower bound is better than a negative step.
+        """
+        slot = self._slots.get(clientid)
+        first = slot is None
+        if slot is None:
+            slot = self._allocate(clientid)
+            new = True
+        else:
+            new = self._connection[slot] != connection
+            if new:
+                self._reconnects[slot] += 1.0
+        self._connection[slot] = connection
+        self._seen[slot] = poll
+        self._node[slot] = node
+        stored = self._values
+        base = slot * WIDTH
+        deltas = [0] * WIDTH
+        for i, value in enumerate(values):
+            if value is None:
+                if new:
+                    stored[base + i] = 0
+                continue
+            previous = stored[base + i]
+            deltas[i] = value if (new or value < previous) else value - previous
+            stored[base + i] = value
+        return deltas, new, first
+
+    def node_of(self, clientid: str) -> int | None:
+        """Index of the node that last listed the client, if it is tracked."""
+        slot = self._slots.get(clientid)
+        return None if slot is None else int(self._node[slot])
+
+    def reconnect_score(self, clientid: str) -> float:
+        slot = self._slots.get(clientid)
+        return 0.0 if slot is None else float(self._reconnects[slot])
+
+    def sweep(self, poll: int, walked_nodes: Iterable[int]) -> int:
+        """Forget clients the poll did not see on a node it walked completely; decay scores.
+
+        Clients of a node that failed this poll are kept: they were not seen, not gone.
+        """
+        walked = set(walked_nodes)
+        gone = [cid for cid, slot in self._slots.items()
+                if self._seen[slot] != poll and self._node[slot] in walked]
+        for cid in gone:
+            self._free.append(self._slots.pop(cid))
+        scores = self._reconnects
+        for slot in self._slots.values():
+            scores[slot] *= RECONNECT_DECAY
+        return len(gone)
+
+    def _allocate(self, clientid: str) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self._reconnects[slot] = 0.0
+        else:
+            slot = len(self._connection)
+            self._connection.append(0)
+            self._values.extend([0] * WIDTH)
+            self._seen.append(0)
+            self._node.append(0)
+            self._reconnects.append(0.0)
+        self._slots[clientid] = slot
+        return slot
+
+    def nbytes(self) -> int:
+        """Approximate memory held: the arrays plus the dict and its keys."""
+        import sys
+
+        arrays = sum(a.itemsize * len(a) for a in (
+            self._connection, self._values, self._seen, self._node, self._reconnects))
+        keys = sum(sys.getsizeof(k) for k in self._slots)
+        return arrays + sys.getsizeof(self._slots) + keys + 28 * len(self._slots)
