@@ -170,7 +170,7 @@ class Aggregator:
                             for name in classes)
         return keys
 
-    def render(self, gauges: dict[GroupKey, Gauges]) -> RenderedBatch:
+    def render(self, gauges: dict[GroupKey, Gauges], *, counters: bool = True) -> RenderedBatch:
         """Every aggregate family: this poll's gauges and the lasting counters."""
         out: RenderedBatch = {}
         gauge_rows = sorted((self._labels(k), g) for k, g in gauges.items())
@@ -179,7 +179,7 @@ class Aggregator:
                 out[family] = render_groups(family, [(ls, getattr(g, attr))
                                                      for ls, g in gauge_rows])
         counter_rows = sorted((self._labels(k), totals) for k, totals in self.counters.items())
-        if counter_rows:
+        if counter_rows and counters:
             for family, index in _COUNTER_FAMILIES:
                 out[family] = render_groups(family, [(ls, t[index]) for ls, t in counter_rows])
             out[c.CLIENTS_DROPPED] = render_groups(c.CLIENTS_DROPPED, [

@@ -134,6 +134,8 @@ class _NodePart:
     clientids: list[str] = field(default_factory=list)
     #: Clients of this node rendered with the allow list.
     streamed: set[str] = field(default_factory=set)
+    #: Allowed clients past the streaming budget, kept (boundedly) for room left at the end.
+    overflow: list[ClientRecord] = field(default_factory=list)
 
 
 class PollRun:
@@ -149,7 +151,15 @@ class PollRun:
         self.failed: set[str] = set()
         self.watched: dict[str, ClientRecord] = {}
         self.allow_left = pipeline.selector.allow_budget
+        # Room reserved for the watch list and top-K that they may not use.
+        self.overflow_left = pipeline.selector.max_clients - pipeline.selector.allow_budget
         self.dropped_clients = 0
+        #: Watch-only polls look clients up instead of walking: no aggregates from records.
+        self.lookup = False
+        #: Watched ids whose lookup failed: unknown, so not reported offline.
+        self.unknown: set[str] = set()
+        #: Per-node (live connections, sessions) from /nodes, for watch-only aggregates.
+        self.node_totals: dict[str, tuple[int, int]] = {}
 
     def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
         """Take one page of one walk (records may name their node; cursor walks span nodes)."""
@@ -168,6 +178,9 @@ class PollRun:
                 self.duplicates += 1  # the first row listed wins; the rest are drift
                 continue
             seen.add(clientid)
+            if self.lookup:
+                self._watch(record)
+                continue
             node = record.node or walk_node or ""
             part = self.nodes.get(node)
             if part is None:
@@ -184,17 +197,23 @@ class PollRun:
             if selector.top:
                 self._rank(record, deltas, first)
             if clientid in watch:
-                self.watched[clientid] = record
-                if record.connected is not False:
-                    p.last_seen[clientid] = self.now
+                self._watch(record)
             elif selector.allowed(record):
                 if self.allow_left > 0:
                     self.allow_left -= 1
                     batch.setdefault(node, []).append(record)
+                elif self.overflow_left > 0:
+                    self.overflow_left -= 1
+                    part.overflow.append(record)
                 else:
                     self.dropped_clients += 1
         for node, chosen in batch.items():
             self._render(self.nodes[node], chosen)
+
+    def _watch(self, record: ClientRecord) -> None:
+        self.watched[record.clientid] = record
+        if record.connected is not False:
+            self.p.last_seen[record.clientid] = self.now
 
     def _rank(self, record: ClientRecord, deltas: list[int], first: bool) -> None:
         # Rates need an earlier sighting and the time since the previous poll.
@@ -228,6 +247,7 @@ class PollRun:
             if part is None:
                 continue
             self.allow_left += len(part.streamed)
+            self.overflow_left += len(part.overflow)
             for top in self.p.selector.top:
                 top.discard(part.clientids)
             for clientid in part.clientids:
@@ -239,11 +259,18 @@ class PollRun:
         ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
         rendered: Rendered = {}
         streamed: set[str] = set()
+        overflow: list[ClientRecord] = []
         for part in ok_parts.values():
             for family, texts in part.chunks.items():
                 rendered.setdefault(family, []).extend(texts)
             streamed.update(part.streamed)
+            overflow.extend(part.overflow)
         late = self._late_selection(streamed)
+        chosen = {r.clientid for r in late}
+        overflow = [r for r in overflow if r.clientid not in chosen]  # top-K took some
+        room = max(0, p.selector.max_clients - len(streamed) - len(late))
+        late += overflow[:room]
+        self.dropped_clients += max(0, len(overflow) - room)
         if late:
             batch = p.renderer.render(late, identity_labels(late, p.render_settings))
             for family, text in batch.items():
@@ -254,7 +281,11 @@ class PollRun:
         for part in ok_parts.values():
             for key, g in part.gauges.items():
                 gauges.setdefault(key, Gauges()).add(g)
-        aggregates = p.aggregator.render(gauges)
+        if self.lookup:
+            # Without a walk, only /nodes knows the totals, and only per node.
+            gauges = ({(n,): Gauges(online=o, sessions=s) for n, (o, s) in self.node_totals.items()}
+                      if p.aggregator.settings.labels == ("node",) else {})
+        aggregates = p.aggregator.render(gauges, counters=not self.lookup)
         for family, text in aggregates.items():
             rendered.setdefault(family, []).append(text)
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))
@@ -299,7 +330,7 @@ class PollRun:
             return
         const = "".join(f'{k}="{escape(v)}",' for k, v in p.render_settings.const_labels)
         failed = {p.node_index(n) for n in self.failed}
-        missing = [cid for cid in sorted(watch - self.watched.keys())
+        missing = [cid for cid in sorted(watch - self.watched.keys() - self.unknown)
                    if p.state.node_of(cid) not in failed]
         if missing and "online" in p.render_settings.parts:
             labels = [f'{{{const}clientid="{escape(cid)}"}} '.encode() for cid in missing]

@@ -16,6 +16,7 @@ from exporter.api import ApiClient, Auth, BasicAuth, BearerLogin, RetryPolicy
 from exporter.config import ClusterSettings
 from exporter.dialects import Detected, Dialect, NodeInfo, detect, make_dialect, parse_version
 from exporter.errors import ApiError, ExporterError
+from exporter.lookup import look_up
 from exporter.pipeline import Pipeline, PipelineResult, PollRun
 from exporter.records import ClientRecord
 from exporter.render import Rendered
@@ -134,7 +135,8 @@ class ClusterPoller:
         gen = generation or (self.dialect.generation if self.dialect else "v5")
         self.dialect = make_dialect(gen, version, listing=self.settings.listing,  # type: ignore[arg-type]
                                     page_size=self.settings.page_size,
-                                    attrs=self.pipeline.needed_fields())
+                                    attrs=self.pipeline.needed_fields(),
+                                    filters=self.settings.filters)
         if version != self.version:
             log.info("emqx_detected", cluster=self.label, version=version,
                      dialect=self.dialect.name, nodes=len(nodes))
@@ -150,7 +152,10 @@ class ClusterPoller:
             report.nodes = nodes
             report.dialect = self.dialect.name
             run = await self._on_worker(self.pipeline.start, report.started)
-            await self._walk_all(self.dialect, nodes, report, run)
+            if self.pipeline.selection.watch_only:
+                await self._look_up(self.dialect, nodes, report, run)
+            else:
+                await self._walk_all(self.dialect, nodes, report, run)
             if not report.ok:
                 # Every node failed and was counted already; the poll fails with the first cause.
                 failed = [o.error for o in report.outcomes if o.error is not None]
@@ -195,6 +200,29 @@ class ClusterPoller:
                 return await self._walk_one(dialect, name, run, [name])
 
         report.outcomes.extend(await asyncio.gather(*(bounded(n) for n in running)))
+
+    async def _look_up(self, dialect: Dialect, nodes: list[NodeInfo], report: PollReport,
+                       run: PollRun) -> None:
+        """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
+        began = time.perf_counter()
+        run.lookup = True
+        run.node_totals = {n.name: (n.live_connections or 0, n.connections or 0)
+                           for n in nodes if n.running and in_shard(n.name, self.settings.shard)}
+
+        async def deliver(records: list[ClientRecord]) -> None:
+            await self._on_worker(run.add_page, None, records)
+
+        result = await look_up(self.client, dialect, sorted(self.pipeline.selection.watch),
+                               deliver, self.pipeline.needed_fields())
+        run.unknown = result.unknown
+        for error in result.errors:
+            self._note_error("lookup", error)
+        seconds = time.perf_counter() - began
+        for n in nodes:
+            if in_shard(n.name, self.settings.shard):
+                report.outcomes.append(NodeOutcome(
+                    n.name, NodeWalk(n.name, pages=result.requests, rows=result.found),
+                    None if n.running else ExporterError("node stopped"), seconds))
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: PollRun,
                         covers: list[str]) -> NodeOutcome:

@@ -12,6 +12,7 @@ import structlog
 from exporter.aggregate import Classifier
 from exporter.config import Settings
 from exporter.errors import ExporterError
+from exporter.persist import LastSeen, load_last_seen, save_last_seen
 from exporter.pipeline import Pipeline
 from exporter.poller import ClusterPoller, PollReport
 from exporter.selfmetrics import ClusterStats, SelfMetrics
@@ -44,12 +45,36 @@ class Exporter:
         self._tasks: list[asyncio.Task[None]] = []
         self._publish_lock = asyncio.Lock()
         self._first_done: set[int] = set()
+        self._state_file = settings.per_client.state_file
+        self._saved: LastSeen = {}
+        if self._state_file:
+            self._saved = load_last_seen(self._state_file)
+            watch = settings.per_client.selection.watch
+            for poller in self.pollers:
+                saved = self._saved.get(poller.label, {})
+                poller.pipeline.last_seen.update(
+                    {cid: ts for cid, ts in saved.items() if cid in watch})
 
     async def poll_all_once(self) -> list[PollReport]:
         """One poll of every cluster, then publish (used by `check` and tests)."""
         reports = await asyncio.gather(*(p.poll_once() for p in self.pollers))
         await self.publish()
+        await self.save_state()
         return list(reports)
+
+    async def save_state(self) -> None:
+        """Persist watched clients' last-seen times when they changed (atomic write)."""
+        if not self._state_file:
+            return
+        current = {p.label: dict(p.pipeline.last_seen) for p in self.pollers}
+        if current == self._saved:
+            return
+        try:
+            await asyncio.to_thread(save_last_seen, self._state_file, current)
+        except OSError as exc:
+            log.warning("state_file_not_written", path=self._state_file, error=str(exc))
+            return
+        self._saved = current
 
     async def publish(self) -> None:
         """Compose the clusters' latest renderings into a new snapshot and swap it in."""
@@ -78,6 +103,7 @@ class Exporter:
                 log.exception("poll_crashed", cluster=poller.label)
             self._first_done.add(index)
             await self.publish()
+            await self.save_state()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
 
     def start(self) -> None:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from exporter.api import ApiClient
 from exporter.dialects.base import Dialect, NodeInfo, Page, parse_version
+from exporter.dialects.paged import filter_params
 from exporter.dialects.v4 import V4Dialect
 from exporter.dialects.v5 import V5CursorDialect, V5PageDialect, cursor_is_reliable
 from exporter.errors import ApiError, DecodeError, ExporterError
@@ -33,6 +34,7 @@ def make_dialect(
     listing: ListingChoice = "auto",
     page_size: int | None = None,
     attrs: frozenset[str] | None = None,
+    filters: tuple[tuple[str, str], ...] = (),
 ) -> Dialect:
     """The dialect for a generation and version; `listing` forces page or cursor listing on v5.
 
@@ -42,14 +44,16 @@ def make_dialect(
     if generation == "v3":
         from exporter.dialects.v3 import V3Dialect
 
-        return V3Dialect(version, page_size, attrs)
+        return V3Dialect(version, page_size, attrs)  # v3 has no server-side filters
+    dialect: V4Dialect | V5CursorDialect | V5PageDialect
     if generation == "v4":
-        return V4Dialect(version, page_size, attrs)
-    use_cursor = listing == "cursor" or (
-        listing == "auto" and cursor_is_reliable(parse_version(version)))
-    if use_cursor:
-        return V5CursorDialect(version, page_size, attrs)
-    return V5PageDialect(version, page_size, attrs)
+        dialect = V4Dialect(version, page_size, attrs)
+    elif listing == "cursor" or (listing == "auto" and cursor_is_reliable(parse_version(version))):
+        dialect = V5CursorDialect(version, page_size, attrs)
+    else:
+        dialect = V5PageDialect(version, page_size, attrs)
+    dialect.filters = filter_params(generation, filters)
+    return dialect
 
 
 _PROBES: tuple[Literal["v5", "v4", "v3"], ...] = ("v5", "v4", "v3")

@@ -73,6 +73,22 @@ def check_envelope(response: Response, code: int | str | None, message: str | No
         raise ApiError(response.endpoint, response.status, code, message or "")
 
 
+#: Filters EMQX applies itself, by API generation (v3 has none). v4 prefixes fuzzy ones with _.
+_FILTER_NAMES = {
+    "v4": {"username": "username", "conn_state": "conn_state",
+           "like_clientid": "_like_clientid", "like_username": "_like_username"},
+    "v5": {"username": "username", "conn_state": "conn_state",
+           "like_clientid": "like_clientid", "like_username": "like_username"},
+}
+
+
+def filter_params(generation: str, filters: tuple[tuple[str, str], ...]) -> tuple[
+        tuple[str, str], ...]:
+    """Query parameters for the configured server-side filters; empty where unsupported."""
+    names = _FILTER_NAMES.get(generation, {})
+    return tuple((names[k], v) for k, v in filters if k in names)
+
+
 def with_param(request: Request, key: str, value: str) -> Request:
     """The same request with one query parameter set (added or replaced)."""
     params = (*tuple((k, v) for k, v in request.params if k != key), (key, value))

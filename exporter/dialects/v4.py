@@ -40,6 +40,7 @@ class V4Dialect:
                  attrs: frozenset[str] | None = None) -> None:
         self.version = version
         self.page_size = page_size or DEFAULT_PAGE_SIZE
+        self.filters: tuple[tuple[str, str], ...] = ()
         listed = record_type("v4", only=attrs) if attrs else _RECORD
         self._pages = page_decoders(listed)
         self._rows = RowDecoder(listed, "v4")
@@ -53,8 +54,8 @@ class V4Dialect:
 
     def list_request(self, node: str | None) -> Request:
         path = ("api", "v4", "nodes", node, "clients") if node else ("api", "v4", "clients")
-        return Request("GET", path, (("_page", "1"), ("_limit", str(self.page_size))),
-                       endpoint="clients")
+        return Request("GET", path, (("_page", "1"), ("_limit", str(self.page_size)),
+                                     *self.filters), endpoint="clients")
 
     def parse_list(self, response: Response, request: Request) -> Page:
         records, meta, code, message, bad_rows, bad_values = decode_listing(

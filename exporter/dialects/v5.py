@@ -54,6 +54,7 @@ class _V5Base:
         parsed = parse_version(version)
         self.page_size = min(page_size or max_page_size(parsed), max_page_size(parsed))
         self._parsed_version = parsed
+        self.filters: tuple[tuple[str, str], ...] = ()
         listed = record_type("v5", only=attrs) if attrs else _RECORD
         self._pages = page_decoders(listed)
         self._rows = RowDecoder(listed, "v5")
@@ -94,6 +95,7 @@ class V5PageDialect(_V5Base):
         params += [("page", "1"), ("limit", str(self.page_size))]
         if self.fields:
             params.append(("fields", ",".join(self.fields)))
+        params.extend(self.filters)
         return Request("GET", ("api", "v5", "clients"), tuple(params), endpoint="clients")
 
     def drop_fields(self) -> None:
@@ -125,6 +127,7 @@ class V5CursorDialect(_V5Base):
         params: list[tuple[str, str]] = [("limit", str(self.page_size))]
         if node and self.per_node:
             params.append(("node", node))
+        params.extend(self.filters)
         return Request("GET", ("api", "v5", "clients_v2"), tuple(params), endpoint="clients_v2")
 
     def parse_list(self, response: Response, request: Request) -> Page:

@@ -1,0 +1,98 @@
+"""Counter state and top-K selection as pure units."""
+
+from __future__ import annotations
+
+from exporter.records import record_type
+from exporter.selection import TopK
+from exporter.state import COUNTER_FIELDS, CounterState
+
+WIDTH = len(COUNTER_FIELDS)
+
+
+def values(first: int | None, rest: int | None = 0) -> list[int | None]:
+    return [first] + [rest] * (WIDTH - 1)
+
+
+def test_deltas_follow_one_connection_and_restart_on_a_new_one() -> None:
+    state = CounterState()
+    deltas, new, first = state.observe("a", 1, values(100), node=0, poll=1)
+    assert (deltas[0], new, first) == (100, True, True)
+    deltas, new, first = state.observe("a", 1, values(130), node=0, poll=2)
+    assert (deltas[0], new, first) == (30, False, False)
+    # a reconnect: the new connection's counter starts again; its full value is new traffic
+    deltas, new, first = state.observe("a", 2, values(12), node=0, poll=3)
+    assert (deltas[0], new, first) == (12, True, False)
+    # a counter that goes down on the same connection is taken as a restart, never negative
+    deltas, _, _ = state.observe("a", 2, values(5), node=0, poll=4)
+    assert deltas[0] == 5
+
+
+def test_missing_values_count_nothing() -> None:
+    state = CounterState()
+    state.observe("a", 1, values(10, None), node=0, poll=1)
+    deltas, _, _ = state.observe("a", 1, values(None, None), node=0, poll=2)
+    assert deltas == [0] * WIDTH
+    deltas, _, _ = state.observe("a", 1, values(15, None), node=0, poll=3)
+    assert deltas[0] == 5
+
+
+def test_sweep_forgets_gone_clients_but_not_those_of_failed_nodes() -> None:
+    state = CounterState()
+    state.observe("on-ok-node", 1, values(1), node=0, poll=1)
+    state.observe("on-failed-node", 1, values(1), node=1, poll=1)
+    state.observe("still-here", 1, values(1), node=0, poll=1)
+    state.observe("still-here", 1, values(2), node=0, poll=2)
+    removed = state.sweep(poll=2, walked_nodes=[0])
+    assert removed == 1 and len(state) == 2
+    assert "on-failed-node" in state and "on-ok-node" not in state
+    # a slot is reused, and a returning client starts afresh
+    deltas, new, first = state.observe("on-ok-node", 5, values(7), node=0, poll=3)
+    assert (deltas[0], new, first) == (7, True, True)
+
+
+def test_reconnect_score_decays() -> None:
+    state = CounterState()
+    state.observe("a", 1, values(0), node=0, poll=1)
+    for poll, connection in enumerate((2, 3, 4), start=2):
+        state.observe("a", connection, values(0), node=0, poll=poll)
+    assert state.reconnect_score("a") == 3.0
+    state.sweep(poll=4, walked_nodes=[0])
+    assert state.reconnect_score("a") < 3.0
+
+
+def test_state_is_compact() -> None:
+    state = CounterState()
+    for i in range(20_000):
+        state.observe(f"client-{i:07d}", i, values(i), node=0, poll=1)
+    assert state.nbytes() / len(state) < 400
+
+
+def _rec(clientid: str):
+    return record_type("v5")(clientid=clientid)
+
+
+def test_top_k_keeps_the_worst_with_hysteresis() -> None:
+    top = TopK("mqueue_fill", k=2, hysteresis=0.5)  # members stay within rank 3
+    top.start()
+    for name, score in (("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.0)):
+        top.offer(score, _rec(name))
+    assert [r.clientid for r in top.finish()] == ["a", "b"]
+    # c overtakes b, but b is still within the wider band: membership does not flap
+    top.start()
+    for name, score in (("a", 0.9), ("c", 0.85), ("b", 0.8)):
+        top.offer(score, _rec(name))
+    assert {r.clientid for r in top.finish()} == {"a", "b"}
+    # b falls out of the band: c takes the place
+    top.start()
+    for name, score in (("a", 0.9), ("c", 0.85), ("e", 0.84), ("f", 0.83), ("b", 0.1)):
+        top.offer(score, _rec(name))
+    assert {r.clientid for r in top.finish()} == {"a", "c"}
+
+
+def test_top_k_ignores_zero_scores_and_discards_failed_nodes() -> None:
+    top = TopK("drop_rate", k=3, hysteresis=0.0)
+    top.start()
+    for name, score in (("a", 0.0), ("b", 2.0), ("c", 1.0)):
+        top.offer(score, _rec(name))
+    top.discard(["b"])
+    assert [r.clientid for r in top.finish()] == ["c"]
