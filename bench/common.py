@@ -25,12 +25,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def simulator(clients: int, nodes: int, version: str, api: str = "v5") -> Iterator[str]:
+def simulator(clients: int, nodes: int, version: str, api: str = "v5",
+              cache_mb: int = 1024) -> Iterator[str]:
     """A frozen simulator in a child process (its own core), yielding its base URL."""
     port = free_port()
     command = [sys.executable, "-m", "exporter", "simulate", "--api", api, "--emqx-version",
                version, "--nodes", str(nodes), "--clients", str(clients), "--frozen",
-               "--listen", f"127.0.0.1:{port}"]
+               "--listen", f"127.0.0.1:{port}", "--page-cache-mb", str(cache_mb),
+               "--class-prefixes"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -71,8 +71,9 @@ class Auth(Protocol):
 
     async def header(self, client: ApiClient) -> str | None: ...
 
-    def invalidate(self) -> bool:
-        """Forget a cached credential after a 401; True when a fresh one may help."""
+    def invalidate(self, used: str | None) -> bool:
+        """A request sent with the header `used` got a 401: forget that credential if it is
+        still the current one; True when asking again (with a fresh credential) may help."""
         ...
 
 
@@ -85,10 +86,9 @@ class BasicAuth:
     kind: str = "API key"
 
     async def header(self, client: ApiClient) -> str | None:
-        token = base64.b64encode(f"{self.user}:{self.secret}".encode()).decode("ascii")
-        return f"Basic {token}"
+        return _basic_header(self.user, self.secret)
 
-    def invalidate(self) -> bool:
+    def invalidate(self, used: str | None) -> bool:
         return False
 
 
@@ -98,7 +98,11 @@ class _LoginAnswer(msgspec.Struct):
 
 @dataclass(slots=True)
 class BearerLogin:
-    """v5 dashboard user: `POST /api/v5/login` once, reuse the token, renew before it expires."""
+    """v5 dashboard user: `POST /api/v5/login` once, reuse the token, renew before it expires.
+
+    A broker without that route (404/405: EMQX 3 or 4 on its dashboard port) takes the dashboard
+    user with Basic auth instead; from then on this sends Basic.
+    """
 
     username: str
     password: str = field(repr=False)
@@ -107,29 +111,57 @@ class BearerLogin:
     clock: Callable[[], float] = time.monotonic
     _token: str | None = field(default=None, repr=False)
     _expires: float = 0.0
+    _basic: str | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def header(self, client: ApiClient) -> str | None:
         async with self._lock:
+            if self._basic is not None:
+                return self._basic
             if self._token is None or self.clock() >= self._expires:
-                self._token = await self._login(client)
+                token = await self._login(client)
+                if token is None:
+                    self._basic = _basic_header(self.username, self.password)
+                    self.kind = "dashboard user"
+                    return self._basic
+                self._token = token
                 self._expires = self.clock() + self.ttl * 0.8
             return f"Bearer {self._token}"
 
-    def invalidate(self) -> bool:
-        had_token = self._token is not None
-        self._token = None
-        return had_token
+    def invalidate(self, used: str | None) -> bool:
+        if used is None or not used.startswith("Bearer "):
+            return False  # Basic with the dashboard user: asking again changes nothing
+        # Only the token that failed is dropped: when concurrent requests all get a 401 for an
+        # expired token, the first one logs in again and the others reuse its fresh token.
+        if self._token is not None and used == f"Bearer {self._token}":
+            self._token = None
+        return True
 
-    async def _login(self, client: ApiClient) -> str:
+    async def _login(self, client: ApiClient) -> str | None:
+        """A fresh token; None when the broker has no v5 login route."""
         request = Request("POST", ("api", "v5", "login"), endpoint="login",
                           json_body={"username": self.username, "password": self.password})
-        response = await client.send(request, authorize=False)
+        try:
+            response = await client.send(request, authorize=False)
+        except AuthError as exc:
+            # The login request itself carries no Authorization header: name what failed.
+            raise AuthError(exc.endpoint, exc.status, exc.code, exc.message, self.kind) from None
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                log.info("dashboard_login_unavailable", status=exc.status,
+                         hint="no /api/v5/login: using the dashboard user with Basic auth")
+                return None
+            raise
         try:
             return msgspec.json.decode(response.body, type=_LoginAnswer).token
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ApiError("login", response.status, None, "no token in the login answer",
                            reason="bad_json") from exc
+
+
+def _basic_header(user: str, secret: str) -> str:
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +222,8 @@ class ApiClient:
         self.observer = observer
         self._ssl: ssl.SSLContext | bool = True
         self._server_name = tls.server_name if tls else None
+        self._https = self.base_url.scheme == "https"
+        self._client_cert = bool(tls and tls.cert_file)
         if tls is not None and self.base_url.scheme == "https":
             self._ssl = build_ssl_context(tls)
         self._connections = connections
@@ -222,7 +256,7 @@ class ApiClient:
         attempt = 0
         while True:
             try:
-                response = await self._attempt(request, authorize)
+                response, used = await self._attempt(request, authorize)
             except (ApiConnectionError, ApiTimeoutError):
                 if attempt >= self.retry.retries:
                     raise
@@ -232,7 +266,7 @@ class ApiClient:
                 code, message = error_details(response.body)
                 if response.status in (401, 403):
                     if (response.status == 401 and authorize and not relogged
-                            and self.auth is not None and self.auth.invalidate()):
+                            and self.auth is not None and self.auth.invalidate(used)):
                         relogged = True  # an expired bearer token: log in again, once
                         continue
                     kind = self.auth.kind if (self.auth and authorize) else "login credentials"
@@ -248,9 +282,36 @@ class ApiClient:
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter spreads retries out
             attempt += 1
 
-    async def _attempt(self, request: Request, authorize: bool) -> Response:
+    def _describe(self, exc: BaseException) -> str:
+        """The cause of a connection failure in words an operator can act on."""
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            cert_error = exc.certificate_error
+            detail = getattr(cert_error, "verify_message", None) or str(cert_error)
+            if "mismatch" in detail:
+                hint = " (set tls.server_name to a name the certificate holds)"
+            elif "expired" in detail or "not yet valid" in detail:
+                hint = ""
+            else:
+                hint = " (set tls.ca_file to the CA that issued it)"
+            return f"TLS: EMQX's certificate was not accepted: {detail[:160]}{hint}"
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"TLS handshake failed: {_excerpt(exc)}"
+        text = _excerpt(exc)
+        dropped = isinstance(exc, aiohttp.ServerDisconnectedError) or (
+            isinstance(exc, aiohttp.ClientOSError)
+            and not isinstance(exc, aiohttp.ClientConnectorError))
+        if self._https and not self._client_cert and dropped:
+            # With TLS 1.3 a server that requires a client certificate completes the handshake
+            # and then drops the connection: all the client sees is the disconnect.
+            text += (" (if EMQX's listener requires a client certificate, set tls.cert_file"
+                     " and tls.key_file)")
+        return text
+
+    async def _attempt(self, request: Request, authorize: bool) -> tuple[Response, str | None]:
+        """One try: the answer and the Authorization header it was sent with."""
         session = self._get_session()
         headers: dict[str, str] = {}
+        header: str | None = None
         if authorize and self.auth is not None:
             header = await self.auth.header(self)
             if header:
@@ -266,7 +327,8 @@ class ApiClient:
                 ) as answer:
                     body = await answer.read()
                     outcome = str(answer.status)
-                    return Response(answer.status, answer.content_type, body, request.endpoint)
+                    return (Response(answer.status, answer.content_type, body, request.endpoint),
+                            header)
         except TimeoutError as exc:
             outcome = "timeout"
             raise ApiTimeoutError(request.endpoint, self.timeout) from exc
@@ -274,12 +336,12 @@ class ApiClient:
             raise ApiConnectionError(request.endpoint, f"truncated body: {exc}",
                                      reason="truncated") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise ApiConnectionError(request.endpoint, _describe(exc)) from exc
+            raise ApiConnectionError(request.endpoint, self._describe(exc)) from exc
         finally:
             if self.observer is not None:
                 self.observer(request.endpoint, outcome, time.perf_counter() - started)
 
 
-def _describe(exc: BaseException) -> str:
+def _excerpt(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text[:200]

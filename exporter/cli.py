@@ -16,6 +16,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
+from exporter.dialects import Dialect
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
@@ -70,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-secret", default="secret")
     sim.add_argument("--frozen", action="store_true",
                      help="stop the clock: identical pages on every walk (benchmarks)")
+    sim.add_argument("--page-cache-mb", type=int, default=1024,
+                     help="with --frozen: memory for cached page bodies")
+    sim.add_argument("--class-prefixes", action="store_true",
+                     help="client ids start with sensor-, gateway- or app-")
     demo = commands.add_parser("demo", help="a simulated cluster and the exporter, one process")
     demo.add_argument("--listen", default="127.0.0.1:9877")
     demo.add_argument("--clients", type=int, default=2000)
@@ -127,23 +132,39 @@ async def _serve(settings: Settings, banner: str | None = None) -> None:
         await runner.cleanup()
 
 
-def describe(report: PollReport, label: str) -> str:
-    """The human summary `check` prints for one cluster."""
-    lines = [f"cluster {label}:"]
+def listing_mode(dialect: Dialect | None) -> str:
+    """How a dialect lists clients: `page (per node)`, `cursor (cluster-wide)`, ..."""
+    if dialect is None:
+        return "unknown"
+    kind = "cursor" if dialect.name.endswith("cursor") else "page"
+    return f"{kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
+
+
+def describe(report: PollReport, label: str, *, listing: str = "unknown",
+             auth: str = "none") -> str:
+    """The human summary `check` prints for one cluster; a failed poll is one line."""
     if report.error is not None and not report.outcomes:
-        cause = str(report.error)
+        cause = str(report.error).replace("\n", " ")
         if isinstance(report.error, AuthError):
             cause = f"{cause} (check the credentials given)"
-        lines.append(f"  FAILED: {cause}")
-        return "\n".join(lines)
+        return f"cluster {label}: FAILED: {cause}"
     version = next((n.version for n in report.nodes if n.version), "unknown")
-    lines.append(f"  EMQX {version}, API dialect {report.dialect}")
+    generation = report.dialect.split("-", 1)[0] or "unknown"
+    lines = [f"cluster {label}:",
+             f"  EMQX {version}, API {generation}, listing {listing}, auth {auth}"]
+    cluster_wide = listing.endswith("(cluster-wide)")
     for o in report.outcomes:
         if o.error is None and o.walk is not None:
-            lines.append(f"  node {o.node or '(no node)'}: {o.clients} clients, "
-                         f"{o.walk.pages} pages, {o.seconds:.2f} s")
+            pages = "" if cluster_wide else f", {o.walk.pages} pages"
+            lines.append(f"  node {o.node or '(no node)'}: {o.clients} clients{pages}, "
+                         f"{o.seconds:.2f} s")
         else:
             lines.append(f"  node {o.node}: FAILED: {o.error}")
+    if cluster_wide:
+        walked = next((o for o in report.outcomes if o.walk is not None), None)
+        if walked is not None and walked.walk is not None:
+            lines.append(f"  cluster-wide walk: {walked.walk.pages} pages, "
+                         f"{walked.seconds:.2f} s")
     lines.append(f"  clients: {report.clients} (duplicates dropped: {report.duplicates})")
     if report.result is not None:
         lines.append(f"  series: {report.result.per_client_series} per-client, "
@@ -161,7 +182,9 @@ async def _check(settings: Settings) -> int:
     finally:
         await exporter.stop()
     for poller, report in zip(exporter.pollers, reports, strict=True):
-        print(describe(report, poller.label))
+        auth = poller.client.auth
+        print(describe(report, poller.label, listing=listing_mode(poller.dialect),
+                       auth=auth.kind if auth is not None else "none"))
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
@@ -176,7 +199,8 @@ async def _simulate(args: argparse.Namespace) -> None:
     host, port = _host_port(args.listen)
     settings = SimSettings(api=args.api, version=args.emqx_version, nodes=args.nodes,
                            clients=args.clients, api_key=args.api_key,
-                           api_secret=args.api_secret, frozen=args.frozen)
+                           api_secret=args.api_secret, frozen=args.frozen,
+                           page_cache_mb=args.page_cache_mb, class_prefixes=args.class_prefixes)
     await run_simulator(settings, host, port)
 
 

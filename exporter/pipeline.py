@@ -171,7 +171,13 @@ class PollRun:
         aggregator = p.aggregator
         baseline = p.polls == 1
         seen = self.seen
+        export_all = selector.settings.export_all
+        ranking = bool(selector.top)
         batch: dict[str, list[ClientRecord]] = {}
+        # Records of one page nearly always share a node: look its part up once per change.
+        current_node: str | None = None
+        part = _NodePart()
+        node_index = 0
         for record, key in zip(records, keys, strict=True):
             clientid = record.clientid
             if clientid in seen:
@@ -182,9 +188,10 @@ class PollRun:
                 self._watch(record)
                 continue
             node = record.node or walk_node or ""
-            part = self.nodes.get(node)
-            if part is None:
-                part = self.nodes[node] = _NodePart()
+            if node != current_node:
+                current_node = node
+                part = self.nodes.setdefault(node, _NodePart())
+                node_index = p.node_index(node)
             part.clientids.append(clientid)
             gauges = part.gauges.get(key)
             if gauges is None:
@@ -192,13 +199,13 @@ class PollRun:
             aggregator.gauge(gauges, record)
             connection = hash(record.connected_at or record.created_at or "")
             deltas, new, first = state.observe(clientid, connection, _COUNTERS(record),
-                                               p.node_index(node), p.polls)
+                                               node_index, p.polls)
             aggregator.count(key, deltas, new and not baseline)
-            if selector.top:
+            if ranking:
                 self._rank(record, deltas, first)
             if clientid in watch:
                 self._watch(record)
-            elif selector.allowed(record):
+            elif export_all or selector.allowed(record):
                 if self.allow_left > 0:
                     self.allow_left -= 1
                     batch.setdefault(node, []).append(record)

@@ -32,7 +32,8 @@ class Exporter:
         self.snapshot: Snapshot = empty_snapshot()
         self.ready = False
         #: Formats scrapers asked gzipped; compressed right after each render, off the loop.
-        self.wanted_gzip: set[Format] = set()
+        #: Prometheus asks for gzipped OpenMetrics by default, so that one is always ready.
+        self.wanted_gzip: set[Format] = {"openmetrics"}
         classifier = Classifier(settings.classes)
         self.pollers: list[ClusterPoller] = []
         for cluster in settings.clusters:

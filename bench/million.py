@@ -1,0 +1,100 @@
+"""DESIGN.md §4, second case: 1M clients on 3 nodes (v5), aggregates by node and class plus
+top-K 1000, no per-client export of everyone. Prints the floor beside a steady-state poll, the
+ratio, the exporter's peak RSS, and the lasting counter state per client.
+
+    python -m bench.million [--clients 1000000] [--version 5.8.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from bench.common import Fetch, floor, peak_rss_mib, simulator
+from exporter.config import load_settings
+from exporter.logs import configure_logging
+from exporter.service import Exporter
+from exporter.snapshot import compose
+
+CONFIG = {
+    "timeout": 300,
+    "classes": [{"name": "sensors", "clientid": "sensor-.*"},
+                {"name": "gateways", "clientid": "gateway-.*"}],
+    "aggregate": {"labels": ["node", "class"]},
+    "per_client": {"top_k": {"mqueue_fill": 250, "inflight_fill": 250, "drop_rate": 250,
+                             "byte_rate": 250},
+                   "max_series": 20_000},
+}
+
+
+async def measure(url: str, version: str) -> dict[str, object]:
+    settings = load_settings({"emqx_url": url, "api_key": "exporter", "api_secret": "secret",
+                              **CONFIG}, {}, None)
+    exporter = Exporter(settings)
+    poller = exporter.pollers[0]
+    fetches: list[Fetch] = []
+    base = str(poller.client.base_url).rstrip("/")
+    original = poller.client.send
+
+    async def recording(request, authorize=True):
+        query = "&".join(f"{k}={v}" for k, v in request.params)
+        fetches.append(Fetch(request.method, base + "/" + "/".join(request.path)
+                             + ("?" + query if query else "")))
+        return await original(request, authorize=authorize)
+
+    poller.client.send = recording  # type: ignore[method-assign]
+    began = time.perf_counter()
+    (first,) = await exporter.poll_all_once()  # the baseline poll also fills the page cache
+    first_s = time.perf_counter() - began
+    poller.client.send = original  # type: ignore[method-assign]
+    assert first.ok, first.error
+    pages = [f for f in fetches if "/clients" in f.url]
+    per_node = poller.dialect is not None and poller.dialect.per_node
+    floor_s, rows = await floor(pages, settings.clusters[0].node_concurrency if per_node else 1)
+    began = time.perf_counter()
+    report = await poller.poll_once()
+    compose([poller.rendered], time.time())
+    poll_s = time.perf_counter() - began
+    assert report.ok, report.error
+    state = poller.pipeline.state
+    result = {
+        "version": version, "dialect": report.dialect, "clients": report.clients, "rows": rows,
+        "pages": len(pages), "floor_s": round(floor_s, 2), "first_poll_s": round(first_s, 2),
+        "poll_s": round(poll_s, 2), "ratio": round(poll_s / floor_s, 2),
+        "series_per_client": poller.stats.series.get("per_client"),
+        "series_aggregate": poller.stats.series.get("aggregate"),
+        "series_dropped": poller.stats.series_dropped,
+        "state_bytes_per_client": round(state.nbytes() / max(1, len(state))),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+    await exporter.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1_000_000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--version", default="5.8.9")
+    args = parser.parse_args()
+    configure_logging("warning")
+    with simulator(args.clients, args.nodes, args.version, cache_mb=4096) as url:
+        result = asyncio.run(measure(url, args.version))
+    print(f"{'case':<48}{'seconds':>10}")
+    print(f"{'floor: aiohttp download + orjson decode':<48}{result['floor_s']:>10}")
+    print(f"{'exporter: steady-state poll (aggregates + top-K)':<48}{result['poll_s']:>10}")
+    print(f"ratio {result['ratio']} (target <= 2); {result['clients']} clients in "
+          f"{result['pages']} pages; peak RSS {result['peak_rss_mib']} MiB (target <= 1024); "
+          f"counter state {result['state_bytes_per_client']} B/client (target <= 400); "
+          f"per-client series {result['series_per_client']} (cap 20000), "
+          f"aggregate series {result['series_aggregate']}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "million.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
