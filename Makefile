@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-scale clean
+.PHONY: demo test test-scale lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest
 
+test-scale: $(BIN)/.installed
+	$(BIN)/pytest -m scale
+
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.poll_vs_floor
+	$(BIN)/python -m bench.million
+	$(BIN)/python -m bench.scrape_latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
