@@ -26,8 +26,8 @@ from exporter.service import Exporter
 SCRAPER = r"""
 import asyncio, json, sys, time, aiohttp
 async def main(url, count):
-    headers = {"Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
-               "Accept-Encoding": "gzip"}
+    headers = {"Accept": "application/openmetrics-text;version=1.0.0,"
+                         "text/plain;version=0.0.4;q=0.5", "Accept-Encoding": "gzip"}
     latencies = []
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         for _ in range(count):

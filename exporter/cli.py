@@ -215,11 +215,13 @@ async def _demo(args: argparse.Namespace) -> None:
     from exporter.simulator import SimSettings, run_simulator
 
     sim_port = _free_port()
-    sim = SimSettings(api="v5", nodes=3, clients=args.clients)
+    sim = SimSettings(api="v5", nodes=3, clients=args.clients, class_prefixes=True)
     simulator = asyncio.create_task(run_simulator(sim, "127.0.0.1", sim_port))
     host, port = _host_port(args.listen)
     flags = {"emqx_url": f"http://127.0.0.1:{sim_port}", "api_key": sim.api_key,
-             "api_secret": sim.api_secret, "interval": 15, "listen": f"{host}:{port}"}
+             "api_secret": sim.api_secret, "interval": 15, "listen": f"{host}:{port}",
+             "classes": [{"name": name, "clientid": f"{name}-.*"}
+                         for name in ("sensor", "gateway", "app")]}
     settings = load_settings(flags, {}, None)
     banner = (f"\nDemo running: a simulated EMQX {sim.api} cluster with {sim.clients} clients "
               f"on {sim.nodes} nodes.\n"

@@ -343,6 +343,8 @@ def _selection(reader: _Reader) -> SelectionSettings:
     watch_only = reader.boolean("watch_only", False)
     if watch_only and not watch:
         raise reader.fail("watch_only", "needs a watch list")
+    if watch_only and (reader.get("allow") or top_k):
+        raise reader.fail("watch_only", "cannot go with allow or top_k: they need the walk")
     return SelectionSettings(
         watch=frozenset(str(w) for w in watch),
         allow=_patterns(reader, "allow"),

@@ -9,8 +9,8 @@ can add each client's increase since the last poll, or a new connection's full v
 from __future__ import annotations
 
 from array import array
-from operator import sub
 from collections.abc import Iterable, Sequence
+from operator import sub
 from typing import cast
 
 #: Counter fields tracked per client, in this order in every delta list.
