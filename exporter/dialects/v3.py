@@ -9,22 +9,11 @@ from __future__ import annotations
 import msgspec
 
 from exporter.api import Request, Response
-from exporter.dialects.base import NodeInfo, Page, RowDecoder, decode, require_json
-from exporter.dialects.nodes import parse_enveloped_nodes
-from exporter.dialects.paged import (
-    Meta,
-    check_envelope,
-    decode_listing,
-    next_page,
-    page_decoders,
-    paged_result,
-)
+from exporter.dialects.base import require_json
+from exporter.dialects.legacy import LegacyDialect
+from exporter.dialects.paged import Meta, check_envelope, next_page
 from exporter.errors import DecodeError
-from exporter.records import ClientRecord, Generation, record_type
-
-DEFAULT_PAGE_SIZE = 10_000
-
-_RECORD = record_type("v3", connected_default=True)
+from exporter.records import ClientRecord, Generation
 
 
 class V3Session(msgspec.Struct, gc=False):
@@ -65,47 +54,20 @@ class _SessionPage(msgspec.Struct):
     message: str | None = None
 
 
-class _Lookup(msgspec.Struct):
-    code: int | str | None = None
-    message: str | None = None
-    data: list[_RECORD] = []  # type: ignore[valid-type]
-
-
-class V3Dialect:
+class V3Dialect(LegacyDialect):
     """EMQX 3.0 to 3.4; `/connections/` without a node lists only the answering node."""
 
     name = "v3"
     generation: Generation = "v3"
-    per_node = True
+    listing = ("connections", "")
+    lookup_path = ("connections",)
+    endpoint = "connections"
+    connected_default = True  # no `connected` flag: a listed connection is online
 
     def __init__(self, version: str | None = None, page_size: int | None = None,
                  attrs: frozenset[str] | None = None) -> None:
-        self.version = version
-        self.page_size = page_size or DEFAULT_PAGE_SIZE
-        listed = record_type("v3", connected_default=True, only=attrs) if attrs else _RECORD
-        self._pages = page_decoders(listed)
-        self._rows = RowDecoder(listed, "v3")
+        super().__init__(version, page_size, attrs)
         self._sessions = msgspec.json.Decoder(_SessionPage)
-        self._lookup = msgspec.json.Decoder(_Lookup)
-
-    def nodes_request(self) -> Request:
-        return Request("GET", ("api", "v3", "nodes"), endpoint="nodes")
-
-    def parse_nodes(self, response: Response) -> list[NodeInfo]:
-        return parse_enveloped_nodes(response)
-
-    def list_request(self, node: str | None) -> Request:
-        path = ("api", "v3", "nodes", node, "connections", "") if node else (
-            "api", "v3", "connections", "")
-        return Request("GET", path, (("_page", "1"), ("_limit", str(self.page_size))),
-                       endpoint="connections")
-
-    def parse_list(self, response: Response, request: Request) -> Page:
-        records, meta, code, message, bad_rows, bad_values = decode_listing(
-            response, self._pages, self._rows)
-        check_envelope(response, code, message)
-        nxt = next_page(request, meta, len(records) + bad_rows, "_page", self.page_size)
-        return paged_result(records, meta, nxt, bad_rows, bad_values)
 
     def sessions_request(self, node: str) -> Request:
         return Request("GET", ("api", "v3", "nodes", node, "sessions", ""),
@@ -120,13 +82,3 @@ class V3Dialect:
             raise DecodeError(response.endpoint, "bad_json", str(exc)) from exc
         check_envelope(response, page.code, page.message)
         return page.data, next_page(request, page.meta, len(page.data), "_page", self.page_size)
-
-    def lookup_request(self, clientid: str) -> Request:
-        return Request("GET", ("api", "v3", "connections", clientid), endpoint="connection")
-
-    def parse_lookup(self, response: Response) -> ClientRecord | None:
-        answer = decode(response, self._lookup)
-        if answer.code == 112:
-            return None
-        check_envelope(response, answer.code, answer.message)
-        return answer.data[0] if answer.data else None
