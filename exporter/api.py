@@ -20,7 +20,13 @@ import msgspec
 import structlog
 from yarl import URL
 
-from exporter.errors import ApiConnectionError, ApiError, ApiTimeoutError, AuthError
+from exporter.errors import (
+    ApiConnectionError,
+    ApiError,
+    ApiTimeoutError,
+    AuthError,
+    ConfigError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +107,8 @@ class BearerLogin:
     """v5 dashboard user: `POST /api/v5/login` once, reuse the token, renew before it expires.
 
     A broker without that route (404/405: EMQX 3 or 4 on its dashboard port) takes the dashboard
-    user with Basic auth instead; from then on this sends Basic.
+    user with Basic auth instead; this sends Basic from then on, until Basic is refused (an
+    upgrade to EMQX 5), when it logs in again.
     """
 
     username: str
@@ -129,8 +136,15 @@ class BearerLogin:
             return f"Bearer {self._token}"
 
     def invalidate(self, used: str | None) -> bool:
-        if used is None or not used.startswith("Bearer "):
-            return False  # Basic with the dashboard user: asking again changes nothing
+        if used is None:
+            return False
+        if used.startswith("Basic "):
+            # Refused Basic: maybe the broker was upgraded to EMQX 5 since; try to log in again.
+            if self._basic != used:
+                return False
+            self._basic = None
+            self.kind = "dashboard login"
+            return True
         # Only the token that failed is dropped: when concurrent requests all get a 401 for an
         # expired token, the first one logs in again and the others reuse its fresh token.
         if self._token is not None and used == f"Bearer {self._token}":
@@ -176,16 +190,36 @@ class TlsSettings:
 
 
 def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
-    """An SSL context for the settings; insecure mode is explicit and warned about once."""
-    context = ssl.create_default_context(cafile=tls.ca_file)
+    """An SSL context for the settings; insecure mode is explicit and warned about once.
+
+    A file that cannot be read or holds no usable PEM is a ConfigError naming its key.
+    """
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("tls.ca_file", f"cannot load {tls.ca_file}: {_ssl_cause(exc)}") from exc
+    if tls.key_file and not tls.cert_file:
+        raise ConfigError("tls.cert_file", "is required with tls.key_file")
     if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            files = " and ".join(f for f in (tls.cert_file, tls.key_file) if f)
+            hint = "" if tls.key_file else " (set tls.key_file unless the key is in that file)"
+            raise ConfigError("tls.cert_file",
+                              f"cannot load {files}: {_ssl_cause(exc)}{hint}") from exc
     if tls.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         log.warning("tls_verification_disabled",
                     hint="insecure_skip_verify is set: EMQX's certificate is not checked")
     return context
+
+
+def _ssl_cause(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return exc.strerror or str(exc)
 
 
 #: Called once per attempt: endpoint, outcome (HTTP status or "error"/"timeout"), seconds.

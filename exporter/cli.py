@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -127,9 +128,10 @@ async def _serve(settings: Settings, banner: str | None = None) -> None:
                  clusters=[c.name or c.url for c in settings.clusters])
         if banner:
             print(banner, flush=True)
-        await asyncio.Event().wait()
+        await _until_signalled()
+        log.info("stopping")
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # stops the pollers and saves the watch list's state
 
 
 def listing_mode(dialect: Dialect | None) -> str:
@@ -138,6 +140,19 @@ def listing_mode(dialect: Dialect | None) -> str:
         return "unknown"
     kind = "cursor" if dialect.name.endswith("cursor") else "page"
     return f"{kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGTERM or SIGINT, so `run` shuts down cleanly and exits 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 def describe(report: PollReport, label: str, *, listing: str = "unknown",

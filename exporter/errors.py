@@ -52,10 +52,11 @@ class AuthError(ApiError):
         self.credential_kind = credential_kind
 
     def __str__(self) -> str:
-        verb = "rejected" if self.status == 401 else "lacks permission for"
         code = f" ({self.code})" if self.code else ""
-        return (f"EMQX {verb} the {self.credential_kind}{code} on {self.endpoint}: "
-                f"HTTP {self.status}")
+        if self.status == 403:
+            return (f"the {self.credential_kind} lacks permission for {self.endpoint}{code}: "
+                    f"HTTP 403")
+        return f"EMQX rejected the {self.credential_kind}{code} on {self.endpoint}: HTTP 401"
 
 
 class ApiConnectionError(ExporterError):

@@ -133,6 +133,10 @@ class ClusterPoller:
         if self.dialect is not None and version == self.version:
             return
         gen = generation or (self.dialect.generation if self.dialect else "v5")
+        auth = self.client.auth
+        if isinstance(auth, BasicAuth) and self.settings.api_key:
+            # An API key on v5 is an application id and secret on v3/v4: name it as EMQX does.
+            auth.kind = "API key" if gen == "v5" else "application id and secret"
         self.dialect = make_dialect(gen, version, listing=self.settings.listing,  # type: ignore[arg-type]
                                     page_size=self.settings.page_size,
                                     attrs=self.pipeline.needed_fields(),

@@ -86,7 +86,10 @@ async def _merge_v3_sessions(client: ApiClient, dialect: V3Dialect, node: str,
     pages = 0
     try:
         while request is not None and pages < max_pages:
-            sessions, request = dialect.parse_sessions(await client.send(request), request)
+            sessions, request, bad_rows, bad_values = dialect.parse_sessions(
+                await client.send(request), request)
+            result.bad_rows += bad_rows
+            result.bad_values += bad_values
             pages += 1
             for session in sessions:
                 record = by_id.get(session.client_id)

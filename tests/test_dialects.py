@@ -240,7 +240,7 @@ def test_v3_connections_and_sessions() -> None:
          "mqueue_dropped": 1, "inflight_len": 2, "max_inflight": 32, "awaiting_rel_len": 0,
          "max_awaiting_rel": 100, "subscriptions_count": 1, "max_subscriptions": 0,
          "expiry_interval": 7200, "created_at": "2019-04-29 11:05:01"}]}
-    rows, nxt = dialect.parse_sessions(answer(json.dumps(sessions).encode()),
+    rows, nxt, _, _ = dialect.parse_sessions(answer(json.dumps(sessions).encode()),
                                        dialect.sessions_request("emqx@127.0.0.1"))
     merged = msgspec.structs.replace(r)
     rows[0].apply(merged)

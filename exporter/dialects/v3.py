@@ -6,12 +6,14 @@ queue or inflight figures; those come from the per-node session listing, merged 
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from exporter.api import Request, Response
-from exporter.dialects.base import require_json
+from exporter.dialects.base import decode, require_json
 from exporter.dialects.legacy import LegacyDialect
-from exporter.dialects.paged import Meta, check_envelope, next_page
+from exporter.dialects.paged import GenericPage, Meta, check_envelope, next_page
 from exporter.errors import DecodeError
 from exporter.records import ClientRecord, Generation
 
@@ -47,6 +49,42 @@ class V3Session(msgspec.Struct, gc=False):
         record.created_at = self.created_at
 
 
+def _session_value_ok(name: str, value: Any) -> bool:
+    if name == "client_id":
+        return isinstance(value, str)
+    if value is None:
+        return True
+    if name == "created_at":
+        return isinstance(value, str)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def lenient_sessions(rows: list[Any]) -> tuple[list[V3Session], int, int]:
+    """Session rows one by one, keeping the good values of a row with wrong-typed ones.
+
+    Returns (sessions, rows skipped, values skipped); a row without a usable client id is
+    skipped whole.
+    """
+    sessions: list[V3Session] = []
+    bad_rows = bad_values = 0
+    for row in rows:
+        if not isinstance(row, dict) or not _session_value_ok("client_id", row.get("client_id")):
+            bad_rows += 1
+            continue
+        good = {}
+        for name in V3Session.__struct_fields__:
+            if name in row:
+                if _session_value_ok(name, row[name]):
+                    good[name] = row[name]
+                else:
+                    bad_values += 1
+        sessions.append(V3Session(**good))
+    return sessions, bad_rows, bad_values
+
+
+_GENERIC = msgspec.json.Decoder(GenericPage)
+
+
 class _SessionPage(msgspec.Struct):
     data: list[V3Session] = []
     meta: Meta = msgspec.field(default_factory=Meta)
@@ -73,12 +111,21 @@ class V3Dialect(LegacyDialect):
         return Request("GET", ("api", "v3", "nodes", node, "sessions", ""),
                        (("_page", "1"), ("_limit", str(self.page_size))), endpoint="sessions")
 
-    def parse_sessions(self, response: Response,
-                       request: Request) -> tuple[list[V3Session], Request | None]:
+    def parse_sessions(self, response: Response, request: Request) -> tuple[
+            list[V3Session], Request | None, int, int]:
+        """A page of sessions: (sessions, next request, rows skipped, values skipped)."""
         require_json(response)
         try:
             page = self._sessions.decode(response.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except msgspec.ValidationError:  # a subclass of DecodeError: first
+            # A wrong-typed value in one row must not cost every row's queue figures.
+            generic = decode(response, _GENERIC)  # bad_shape when the envelope itself is wrong
+            check_envelope(response, generic.code, generic.message)
+            sessions, bad_rows, bad_values = lenient_sessions(generic.data)
+            return sessions, next_page(request, generic.meta, len(generic.data), "_page",
+                                       self.page_size), bad_rows, bad_values
+        except msgspec.DecodeError as exc:
             raise DecodeError(response.endpoint, "bad_json", str(exc)) from exc
         check_envelope(response, page.code, page.message)
-        return page.data, next_page(request, page.meta, len(page.data), "_page", self.page_size)
+        nxt = next_page(request, page.meta, len(page.data), "_page", self.page_size)
+        return page.data, nxt, 0, 0
