@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from exporter.api import Request, Response
+from exporter.poller import ClusterPoller
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -61,6 +64,32 @@ async def _wait_until_up(url: str, api: str, attempts: int = 300) -> None:
 class Fetch:
     method: str
     url: str
+
+
+@contextlib.contextmanager
+def recording(poller: ClusterPoller) -> Iterator[list[Fetch]]:
+    """Record the URLs a poller requests, so the floor can download exactly the same pages."""
+    fetches: list[Fetch] = []
+    base = str(poller.client.base_url).rstrip("/")
+    original = poller.client.send
+
+    async def send(request: Request, authorize: bool = True) -> Response:
+        query = "&".join(f"{k}={v}" for k, v in request.params)
+        fetches.append(Fetch(request.method, base + "/" + "/".join(request.path)
+                             + ("?" + query if query else "")))
+        return await original(request, authorize=authorize)
+
+    poller.client.send = send  # type: ignore[method-assign]
+    try:
+        yield fetches
+    finally:
+        poller.client.send = original  # type: ignore[method-assign]
+
+
+def floor_concurrency(poller: ClusterPoller) -> int:
+    """The walk's own pattern: per-node walks in parallel, a cluster-wide cursor walk alone."""
+    per_node = poller.dialect is not None and poller.dialect.per_node
+    return poller.settings.node_concurrency if per_node else 1
 
 
 async def floor(fetches: list[Fetch], concurrency: int) -> tuple[float, int]:

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import Fetch, floor, peak_rss_mib, simulator
+from bench.common import floor, floor_concurrency, peak_rss_mib, recording, simulator
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.service import Exporter
@@ -35,25 +35,13 @@ async def measure(url: str, version: str) -> dict[str, object]:
                               **CONFIG}, {}, None)
     exporter = Exporter(settings)
     poller = exporter.pollers[0]
-    fetches: list[Fetch] = []
-    base = str(poller.client.base_url).rstrip("/")
-    original = poller.client.send
-
-    async def recording(request, authorize=True):
-        query = "&".join(f"{k}={v}" for k, v in request.params)
-        fetches.append(Fetch(request.method, base + "/" + "/".join(request.path)
-                             + ("?" + query if query else "")))
-        return await original(request, authorize=authorize)
-
-    poller.client.send = recording  # type: ignore[method-assign]
-    began = time.perf_counter()
-    (first,) = await exporter.poll_all_once()  # the baseline poll also fills the page cache
-    first_s = time.perf_counter() - began
-    poller.client.send = original  # type: ignore[method-assign]
+    with recording(poller) as fetches:
+        began = time.perf_counter()
+        (first,) = await exporter.poll_all_once()  # the baseline poll also fills the page cache
+        first_s = time.perf_counter() - began
     assert first.ok, first.error
     pages = [f for f in fetches if "/clients" in f.url]
-    per_node = poller.dialect is not None and poller.dialect.per_node
-    floor_s, rows = await floor(pages, settings.clusters[0].node_concurrency if per_node else 1)
+    floor_s, rows = await floor(pages, floor_concurrency(poller))
     began = time.perf_counter()
     report = await poller.poll_once()
     compose([poller.rendered], time.time())

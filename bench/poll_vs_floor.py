@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.common import Fetch, floor, peak_rss_mib, simulator
+from bench.common import floor, floor_concurrency, peak_rss_mib, recording, simulator
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.service import Exporter
@@ -28,31 +28,15 @@ async def measure(url: str, rounds: int, version: str) -> dict[str, object]:
                              {}, None)
     exporter = Exporter(settings)
     poller = exporter.pollers[0]
-    fetches: list[Fetch] = []
-    base = str(poller.client.base_url)
-
-    # Record the exporter's own requests, so the floor downloads exactly the same pages.
-    original = poller.client.send
-
-    async def recording(request, authorize=True):
-        url_ = base.rstrip("/") + "/" + "/".join(request.path)
-        query = "&".join(f"{k}={v}" for k, v in request.params)
-        fetches.append(Fetch(request.method, url_ + ("?" + query if query else "")))
-        return await original(request, authorize=authorize)
-
-    poller.client.send = recording  # type: ignore[method-assign]
-    await exporter.poll_all_once()  # warm-up: detection, and the simulator caches its pages
-    poller.client.send = original  # type: ignore[method-assign]
+    with recording(poller) as fetches:
+        await exporter.poll_all_once()  # warm-up: detection, and the simulator caches its pages
     pages = [f for f in fetches if "/clients" in f.url]
 
     floors: list[float] = []
     polls: list[float] = []
     rows = series = 0
     for _ in range(rounds):
-        # The same access pattern: a cluster-wide cursor walk is one sequential walk.
-        per_node = poller.dialect is not None and poller.dialect.per_node
-        walks = settings.clusters[0].node_concurrency if per_node else 1
-        seconds, rows = await floor(pages, walks)
+        seconds, rows = await floor(pages, floor_concurrency(poller))
         floors.append(seconds)
         # Poll + render: everything up to the composed snapshot. Compressing it for scrapers
         # happens after, before it is swapped in, and is reported on its own.

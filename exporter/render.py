@@ -140,6 +140,85 @@ def _online_flags(values: list[Any]) -> list[Any]:
     return [0 if v is False else 1 for v in values]
 
 
+Convert = Callable[["ClientRenderer", Sequence[ClientRecord], list[Any]], list[Any]]
+
+
+def _times(renderer: ClientRenderer, _: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+    return list(map(renderer.parse_time, values))
+
+
+def _disconnected(renderer: ClientRenderer, records: Sequence[ClientRecord],
+                  values: list[Any]) -> list[Any]:
+    # Only offline sessions have a disconnection time worth showing.
+    return [renderer.parse_time(v) if r.connected is False else None
+            for r, v in zip(records, values, strict=True)]
+
+
+def _online(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+    return _online_flags(values)
+
+
+def _capacity(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+    return limits(values)
+
+
+def _heap_bytes(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+    return [None if v is None else v * _ERLANG_WORD_BYTES for v in values]
+
+
+#: Per-client families that are one value per client: (part, family, field, conversion).
+_COLUMNS: tuple[tuple[str, Family, str, Convert | None], ...] = (
+    ("online", c.CLIENT_ONLINE, "connected", _online),
+    ("online", c.CLIENT_CONNECTED_TS, "connected_at", _times),
+    ("online", c.CLIENT_DISCONNECTED_TS, "disconnected_at", _disconnected),
+    ("bytes", c.CLIENT_RECEIVED_BYTES, "received_bytes", None),
+    ("bytes", c.CLIENT_SENT_BYTES, "sent_bytes", None),
+    ("messages", c.CLIENT_RECEIVED_MESSAGES, "received_messages", None),
+    ("messages", c.CLIENT_SENT_MESSAGES, "sent_messages", None),
+    ("dropped", c.CLIENT_RECEIVED_DROPPED, "received_dropped", None),
+    ("dropped", c.CLIENT_SENT_DROPPED, "sent_dropped", None),
+    ("mqueue", c.CLIENT_MQUEUE, "mqueue_len", None),
+    ("mqueue", c.CLIENT_MQUEUE_CAPACITY, "mqueue_max", _capacity),
+    ("mqueue", c.CLIENT_MQUEUE_DROPPED, "mqueue_dropped", None),
+    ("inflight", c.CLIENT_INFLIGHT, "inflight", None),
+    ("inflight", c.CLIENT_INFLIGHT_CAPACITY, "inflight_max", _capacity),
+    ("subscriptions", c.CLIENT_SUBSCRIPTIONS, "subscriptions", None),
+    ("subscriptions", c.CLIENT_SUBSCRIPTIONS_CAPACITY, "subscriptions_max", _capacity),
+    ("packets", c.CLIENT_RECEIVED_PACKETS, "received_packets", None),
+    ("packets", c.CLIENT_SENT_PACKETS, "sent_packets", None),
+    ("awaiting_rel", c.CLIENT_AWAITING_REL, "awaiting_rel", None),
+    ("awaiting_rel", c.CLIENT_AWAITING_REL_CAPACITY, "awaiting_rel_max", _capacity),
+    ("session", c.CLIENT_KEEPALIVE, "keepalive", None),
+    ("session", c.CLIENT_SESSION_EXPIRY, "expiry_interval", None),
+    ("session", c.CLIENT_CREATED_TS, "created_at", _times),
+    ("process", c.CLIENT_MAILBOX, "mailbox_len", None),
+    ("process", c.CLIENT_HEAP, "heap_size", _heap_bytes),
+    ("process", c.CLIENT_REDUCTIONS, "reductions", None),
+)
+
+Split = tuple[Family, str, str, tuple[tuple[str, str], ...], str | None]
+
+#: Families that an opt-in part splits by a label: part → (switch part, splits).
+_SPLITS: dict[str, tuple[str, tuple[Split, ...]]] = {
+    "messages": ("messages_qos", (
+        (c.CLIENT_RECEIVED_MESSAGES, "received_messages", "qos",
+         (("0", "received_qos0"), ("1", "received_qos1"), ("2", "received_qos2")), None),
+        (c.CLIENT_SENT_MESSAGES, "sent_messages", "qos",
+         (("0", "sent_qos0"), ("1", "sent_qos1"), ("2", "sent_qos2")), None),
+    )),
+    "dropped": ("dropped_reasons", (
+        (c.CLIENT_RECEIVED_DROPPED, "received_dropped", "reason",
+         (("await_pubrel_timeout", "received_dropped_await_pubrel_timeout"),), "other"),
+        (c.CLIENT_SENT_DROPPED, "sent_dropped", "reason",
+         (("expired", "sent_dropped_expired"), ("queue_full", "sent_dropped_queue_full"),
+          ("too_large", "sent_dropped_too_large")), "other"),
+    )),
+}
+#: Families whose column rendering is replaced by a split when its switch is on.
+_SPLIT_FAMILIES = {family: switch for switch, splits in _SPLITS.values()
+                   for family, *_ in splits}
+
+
 class ClientRenderer:
     """Renders the enabled per-client parts for one poll."""
 
@@ -153,79 +232,23 @@ class ClientRenderer:
         encoded = encode_labels(labels)
         template = line_template(encoded)
 
-        def put(family: Family, get: Callable[[ClientRecord], Any],
-                convert: Callable[[list[Any]], list[Any]] | None = None) -> None:
-            values = list(map(get, records))
+        for part, family, attr, convert in _COLUMNS:
+            if part not in parts:
+                continue
+            if _SPLIT_FAMILIES.get(family) in parts:
+                continue  # rendered below, split by a label
+            values = list(map(attrgetter(attr), records))
             if convert is not None:
-                values = convert(values)
+                values = convert(self, records, values)
             text = family_lines(family.name.encode(), encoded, values, template)
             if text:
                 out[family] = text
-
-        def times(values: list[Any]) -> list[Any]:
-            return list(map(self.parse_time, values))
-
         if "info" in parts:
             out[c.CLIENT_INFO] = self._info(records, labels)
-        if "online" in parts:
-            t = self.parse_time
-            put(c.CLIENT_ONLINE, attrgetter("connected"), _online_flags)
-            put(c.CLIENT_CONNECTED_TS, attrgetter("connected_at"), times)
-            put(c.CLIENT_DISCONNECTED_TS,
-                lambda r: t(r.disconnected_at) if r.connected is False else None)
-        if "bytes" in parts:
-            put(c.CLIENT_RECEIVED_BYTES, attrgetter("received_bytes"))
-            put(c.CLIENT_SENT_BYTES, attrgetter("sent_bytes"))
-        if "messages" in parts:
-            if "messages_qos" in parts:
-                self._split(out, c.CLIENT_RECEIVED_MESSAGES, records, labels, "received_messages",
-                            "qos", (("0", "received_qos0"), ("1", "received_qos1"),
-                                    ("2", "received_qos2")), remainder=None)
-                self._split(out, c.CLIENT_SENT_MESSAGES, records, labels, "sent_messages",
-                            "qos", (("0", "sent_qos0"), ("1", "sent_qos1"), ("2", "sent_qos2")),
-                            remainder=None)
-            else:
-                put(c.CLIENT_RECEIVED_MESSAGES, attrgetter("received_messages"))
-                put(c.CLIENT_SENT_MESSAGES, attrgetter("sent_messages"))
-        if "dropped" in parts:
-            if "dropped_reasons" in parts:
-                self._split(out, c.CLIENT_RECEIVED_DROPPED, records, labels, "received_dropped",
-                            "reason", (("await_pubrel_timeout",
-                                        "received_dropped_await_pubrel_timeout"),),
-                            remainder="other")
-                self._split(out, c.CLIENT_SENT_DROPPED, records, labels, "sent_dropped",
-                            "reason", (("expired", "sent_dropped_expired"),
-                                       ("queue_full", "sent_dropped_queue_full"),
-                                       ("too_large", "sent_dropped_too_large")),
-                            remainder="other")
-            else:
-                put(c.CLIENT_RECEIVED_DROPPED, attrgetter("received_dropped"))
-                put(c.CLIENT_SENT_DROPPED, attrgetter("sent_dropped"))
-        if "mqueue" in parts:
-            put(c.CLIENT_MQUEUE, attrgetter("mqueue_len"))
-            put(c.CLIENT_MQUEUE_CAPACITY, attrgetter("mqueue_max"), limits)
-            put(c.CLIENT_MQUEUE_DROPPED, attrgetter("mqueue_dropped"))
-        if "inflight" in parts:
-            put(c.CLIENT_INFLIGHT, attrgetter("inflight"))
-            put(c.CLIENT_INFLIGHT_CAPACITY, attrgetter("inflight_max"), limits)
-        if "subscriptions" in parts:
-            put(c.CLIENT_SUBSCRIPTIONS, attrgetter("subscriptions"))
-            put(c.CLIENT_SUBSCRIPTIONS_CAPACITY, attrgetter("subscriptions_max"), limits)
-        if "packets" in parts:
-            put(c.CLIENT_RECEIVED_PACKETS, attrgetter("received_packets"))
-            put(c.CLIENT_SENT_PACKETS, attrgetter("sent_packets"))
-        if "awaiting_rel" in parts:
-            put(c.CLIENT_AWAITING_REL, attrgetter("awaiting_rel"))
-            put(c.CLIENT_AWAITING_REL_CAPACITY, attrgetter("awaiting_rel_max"), limits)
-        if "session" in parts:
-            put(c.CLIENT_KEEPALIVE, attrgetter("keepalive"))
-            put(c.CLIENT_SESSION_EXPIRY, attrgetter("expiry_interval"))
-            put(c.CLIENT_CREATED_TS, attrgetter("created_at"), times)
-        if "process" in parts:
-            put(c.CLIENT_MAILBOX, attrgetter("mailbox_len"))
-            put(c.CLIENT_HEAP,
-                lambda r: r.heap_size * _ERLANG_WORD_BYTES if r.heap_size is not None else None)
-            put(c.CLIENT_REDUCTIONS, attrgetter("reductions"))
+        for part, (switch, splits) in _SPLITS.items():
+            if part in parts and switch in parts:
+                for family, total, label, pieces, remainder in splits:
+                    self._split(out, family, records, labels, total, label, pieces, remainder)
         return out
 
     def _info(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> bytes:
