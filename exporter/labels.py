@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 
 def escape(value: str) -> str:
     """Escape a label value for text format 0.0.4 and OpenMetrics (same rules in both)."""
@@ -17,7 +15,3 @@ def escape_help(text: str) -> str:
     """Escape HELP text (backslash and newline only)."""
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
-
-def label_string(pairs: Iterable[tuple[str, str]]) -> str:
-    """`a="x",b="y"` from name/value pairs (values escaped here)."""
-    return ",".join(f'{name}="{escape(value)}"' for name, value in pairs)

@@ -88,7 +88,6 @@ FIELDS: tuple[Field, ...] = (
     _same("heap_size", "int"),
     _same("reductions", "int"),
 )
-FIELDS_BY_ATTR = {f.attr: f for f in FIELDS}
 
 
 class ClientRecord(msgspec.Struct, gc=False):

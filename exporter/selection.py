@@ -11,7 +11,7 @@ import heapq
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from exporter.records import ClientRecord
@@ -109,9 +109,6 @@ class TopK:
         return winners
 
 
-Score = Callable[[ClientRecord, list[int], str], float]
-
-
 class Selector:
     """Per-record allow/deny decisions and the top-K trackers of one cluster."""
 
@@ -132,6 +129,3 @@ class Selector:
         if not s.allow or not any(p.matches(record) for p in s.allow):
             return False
         return not any(p.matches(record) for p in s.deny)
-
-    def wants_scores(self) -> bool:
-        return bool(self.top)
