@@ -99,6 +99,8 @@ class Pipeline:
         #: Watched client id → when a poll last saw it online (Unix time).
         self.last_seen: dict[str, float] = {}
         self.polls = 0
+        #: Until a poll has walked a node, every client seen is the baseline, not a connect.
+        self.baseline = True
         self.last_poll_at: float | None = None
         self._node_index: dict[str, int] = {}
 
@@ -117,7 +119,7 @@ class Pipeline:
         return self._node_index.setdefault(node, len(self._node_index))
 
     def start(self, now: float) -> PollRun:
-        """Begin a poll; the first poll of the process sets the counters' baseline."""
+        """Begin a poll; the first successful poll of the process sets the counters' baseline."""
         self.polls += 1
         for top in self.selector.top:
             top.start()
@@ -169,7 +171,7 @@ class PollRun:
         watch = selector.settings.watch
         state = p.state
         aggregator = p.aggregator
-        baseline = p.polls == 1
+        baseline = p.baseline
         seen = self.seen
         export_all = selector.settings.export_all
         ranking = bool(selector.top)
@@ -297,6 +299,8 @@ class PollRun:
             rendered.setdefault(family, []).append(text)
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))
         p.last_poll_at = self.now
+        if walked:
+            p.baseline = False
         listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         return PipelineResult(
             rendered=rendered, per_client_series=per_client,

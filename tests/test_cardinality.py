@@ -263,3 +263,12 @@ async def test_filters_are_pushed_down(version: str, route: str,
 
 async def _scrape_ids(r: Rig) -> set[str]:
     return ids(await r.scrape())
+
+
+async def test_a_failed_first_poll_does_not_count_every_client_as_a_connect() -> None:
+    async with rig(SimSettings(clients=200, churn=0.0)) as r:
+        r.cluster.faults.add("unauthorized", times=1)
+        (failed,) = await r.exporter.poll_all_once()
+        assert not failed.ok
+        await r.poll()
+        assert total(await r.scrape(), "emqx_clients_connects_total") == 0
