@@ -85,8 +85,8 @@ async def test_last_seen_survives_a_restart(tmp_path: Path) -> None:
 
 
 async def test_watch_only_looks_clients_up_without_walking() -> None:
-    watch = [f"client-{i:07d}" for i in range(0, 20_000, 20)]  # 1000 ids
-    sim = SimSettings(version=V56, clients=20_000, offline_sessions=0.0, churn=0.0)
+    watch = [f"client-{i:07d}" for i in range(0, 200_000, 200)]  # 1000 ids
+    sim = SimSettings(version=V56, clients=200_000, offline_sessions=0.0, churn=0.0)
     async with rig(sim, per_client={"watch": watch, "watch_only": True,
                                     "max_series": 1_000_000}) as r:
         await r.poll()
