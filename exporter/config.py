@@ -242,6 +242,14 @@ def _cluster(reader: _Reader) -> ClusterSettings:
         raise reader.fail("timezone", f"unknown IANA time zone {zone_name!r}") from None
     tls = reader.mapping("tls")
     tls.check_keys(_TLS_KEYS)
+    for key in ("ca_file", "cert_file", "key_file"):
+        # Checked here so the error names the full key (clusters[i].tls...); the TLS layer
+        # still reports files that exist but hold no usable certificate.
+        path = tls.text(key)
+        if path is not None and not Path(path).is_file():
+            raise tls.fail(key, f"no such file: {path}")
+    if tls.text("key_file") and not tls.text("cert_file"):
+        raise tls.fail("cert_file", "is required with tls.key_file")
     name = reader.text("name")
     if name is not None and not _NAME.match(name):
         raise reader.fail("name", "may hold letters, digits and . _ : - only")

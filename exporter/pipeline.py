@@ -274,7 +274,7 @@ class PollRun:
                 rendered.setdefault(family, []).extend(texts)
             streamed.update(part.streamed)
             overflow.extend(part.overflow)
-        late = self._late_selection(streamed)
+        late = self._late_selection(streamed, keep_members=not walked)
         chosen = {r.clientid for r in late}
         overflow = [r for r in overflow if r.clientid not in chosen]  # top-K took some
         room = max(0, p.selector.max_clients - len(streamed) - len(late))
@@ -308,7 +308,8 @@ class PollRun:
             series_dropped=self.dropped_clients * p.selector.per_client_series,
             clients=sum(listed.values()), duplicates=self.duplicates, listed=listed)
 
-    def _late_selection(self, streamed: set[str]) -> list[ClientRecord]:
+    def _late_selection(self, streamed: set[str], *, keep_members: bool = False) -> list[
+            ClientRecord]:
         """Watched clients, then top-K members, in the room the allow list left under the cap.
 
         The allow list streamed within a budget that reserved room for the full watch list and
@@ -323,6 +324,8 @@ class PollRun:
             else:
                 self.dropped_clients += 1
         for top in selector.top:
+            if keep_members:
+                continue  # a failed poll saw too little to change who is in the top-K
             for record in top.finish():
                 if record.clientid in chosen or record.clientid in streamed:
                     continue
