@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -109,6 +111,13 @@ async def floor(fetches: list[Fetch], concurrency: int) -> tuple[float, int]:
         began = time.perf_counter()
         await asyncio.gather(*(one(f) for f in fetches))
         return time.perf_counter() - began, rows
+
+
+def save_result(name: str, result: dict[str, object]) -> None:
+    """Keep a run's figures in bench/results/NAME.json (ignored by git)."""
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def peak_rss_mib() -> float:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
-from pathlib import Path
 
-from bench.common import floor, floor_concurrency, peak_rss_mib, recording, simulator
+from bench.common import floor, floor_concurrency, peak_rss_mib, recording, save_result, simulator
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.service import Exporter
@@ -79,9 +77,7 @@ def main() -> None:
           f"counter state {result['state_bytes_per_client']} B/client (target <= 400); "
           f"per-client series {result['series_per_client']} (cap 20000), "
           f"aggregate series {result['series_aggregate']}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "million.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result("million", result)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
-from pathlib import Path
 
-from bench.common import floor, floor_concurrency, peak_rss_mib, recording, simulator
+from bench.common import floor, floor_concurrency, peak_rss_mib, recording, save_result, simulator
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.service import Exporter
@@ -76,9 +74,7 @@ def main() -> None:
           f"{result['series']} series, {result['pages']} pages, dialect {result['dialect']}; "
           f"gzip of the snapshot once {result['gzip_once_s']} s; peak RSS "
           f"{result['peak_rss_mib']} MiB")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "poll_vs_floor.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result("poll_vs_floor", result)
 
 
 if __name__ == "__main__":

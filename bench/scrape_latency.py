@@ -13,11 +13,10 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 from aiohttp import web
 
-from bench.common import free_port, simulator
+from bench.common import free_port, save_result, simulator
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.server import build_app
@@ -90,9 +89,7 @@ def main() -> None:
     print(f"{result['series']} series, {result['scrapes']} scrapes while {result['polls_during']} "
           f"polls ran: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms (target <= 250), "
           f"max {result['max_ms']} ms; {result['gzip_bytes']} bytes gzipped")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "scrape_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result("scrape_latency", result)
 
 
 if __name__ == "__main__":
