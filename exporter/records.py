@@ -180,7 +180,8 @@ def wire_names(generation: Generation, attrs: frozenset[str]) -> list[str]:
     return names
 
 
-def _valid(kind: Kind, value: Any) -> bool:
+def valid_value(kind: Kind, value: Any) -> bool:
+    """Whether a decoded JSON value fits a field kind (None always does: not reported)."""
     if value is None:
         return True
     if kind == "str":
@@ -215,7 +216,7 @@ def lenient_record(cls: type[ClientRecord], generation: Generation, row: Any) ->
         if wire is None or wire not in row:
             continue
         value = row[wire]
-        if _valid(f.kind, value):
+        if valid_value(f.kind, value):
             kwargs[f.attr] = value
         else:
             bad.append(wire)

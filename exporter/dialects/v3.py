@@ -15,7 +15,7 @@ from exporter.dialects.base import decode, require_json
 from exporter.dialects.legacy import LegacyDialect
 from exporter.dialects.paged import GenericPage, Meta, check_envelope, next_page
 from exporter.errors import DecodeError
-from exporter.records import ClientRecord, Generation
+from exporter.records import ClientRecord, Generation, valid_value
 
 
 class V3Session(msgspec.Struct, gc=False):
@@ -52,11 +52,7 @@ class V3Session(msgspec.Struct, gc=False):
 def _session_value_ok(name: str, value: Any) -> bool:
     if name == "client_id":
         return isinstance(value, str)
-    if value is None:
-        return True
-    if name == "created_at":
-        return isinstance(value, str)
-    return isinstance(value, int) and not isinstance(value, bool)
+    return valid_value("str" if name == "created_at" else "int", value)
 
 
 def lenient_sessions(rows: list[Any]) -> tuple[list[V3Session], int, int]:
