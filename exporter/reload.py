@@ -36,8 +36,6 @@ class ConfigReloader:
         self.gate = gate
         self.status = ReloadStatus(True, exporter.clock())
         exporter.metrics.reloads["config"] = self.status
-        if gate is not None and gate.path:
-            exporter.metrics.reloads["web_config"] = gate.status
         self._lock = asyncio.Lock()
 
     async def reload(self) -> ConfigError | None:

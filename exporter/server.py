@@ -133,6 +133,8 @@ def build_app(exporter: Exporter, *, poll: bool = True, gate: WebGate | None = N
     app[EXPORTER_KEY] = exporter
     if gate is not None:
         gate.install(app)
+        if gate.path:
+            exporter.metrics.reloads["web_config"] = gate.status
     if reloader is not None:
         app[RELOADER_KEY] = reloader
         app.router.add_post("/-/reload", reload_config)

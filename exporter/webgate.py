@@ -1,19 +1,23 @@
 """The gate in front of every route: the web config in force, re-read when its files change.
 
 A change of the web config file or of a certificate, key or CA file it names is noticed at the
-next request or TLS handshake (a few `stat` calls each) and applied to what follows: the
-listening socket, open connections and the served snapshot stay. Certificates reach new
-handshakes through the SNI callback, which hands each one the newest SSLContext; a file that
-does not load is rejected, the previous configuration stays, and
+next request or TLS handshake, and within WATCH_SECONDS anyway (a few `stat` calls each), and
+applied to what follows: the listening socket, open connections and the served snapshot stay.
+Certificates reach new handshakes through the SNI callback, which hands each one the newest
+SSLContext. OpenSSL fixes a connection's client certificate policy, versions and ciphers before
+that callback, so a change of those applies from the handshake after the one that noticed it.
+A file that does not load is rejected, the previous configuration stays, and
 `emqx_client_exporter_web_config_last_reload_successful` is 0 until a good one arrives.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -32,6 +36,8 @@ from exporter.webconfig import (
 
 log = structlog.get_logger(__name__)
 
+#: Seconds between looks at the files when no request or handshake looks first.
+WATCH_SECONDS = 1.0
 REALM = 'Basic realm="emqx-client-exporter", charset="UTF-8"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -147,6 +153,20 @@ class WebGate:
         for name, value in self.config.headers:
             response.headers[name] = value
 
+    async def _watch(self, _: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(WATCH_SECONDS)
+                self.check()
+
+        task = asyncio.create_task(loop(), name="web-config-watch")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     def install(self, app: web.Application) -> None:
         app.middlewares.append(self.middleware)
         app.on_response_prepare.append(self.add_headers)
+        if self.path:
+            app.cleanup_ctx.append(self._watch)
