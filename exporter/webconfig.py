@@ -358,17 +358,22 @@ def _load_identity(context: ssl.SSLContext, tls: TlsServerConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="webconfig-") as scratch:
         cert_path = tls.cert_file or _private_file(scratch, "cert.pem", tls.cert or "")
         key_path = tls.key_file or _private_file(scratch, "key.pem", tls.key or "")
-        for name, path in ((cert_name, cert_path), (key_name, key_path)):
-            if not Path(path).is_file():
-                raise ConfigError(f"web_config.tls_server_config.{name}", f"no such file: {path}")
+        for name, path, marker in ((cert_name, cert_path, "CERTIFICATE-----"),
+                                   (key_name, key_path, "PRIVATE KEY-----")):
+            try:
+                text = Path(path).read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise _ssl_fail(name, path, exc) from exc
+            # OpenSSL says only "PEM lib" for either file: name the one without its PEM block.
+            if marker not in text:
+                raise ConfigError(f"web_config.tls_server_config.{name}",
+                                  f"{path if name.endswith('_file') else 'inline PEM'}: "
+                                  f"no PEM block ending in {marker}")
         try:
             context.load_cert_chain(cert_path, key_path)
         except (OSError, ssl.SSLError) as exc:
-            # OpenSSL names the part that failed: no certificate, no key, or a mismatch.
-            reason = str(getattr(exc, "reason", "") or exc).upper()
-            on_key = "KEY" in reason and "MISMATCH" not in reason
-            name, source = (key_name, tls.key_file) if on_key else (cert_name, tls.cert_file)
-            raise _ssl_fail(name, source or "inline PEM", exc) from exc
+            raise _ssl_fail(key_name, (tls.key_file or "inline PEM") + " does not fit "
+                            + (tls.cert_file or "the inline certificate"), exc) from exc
 
 
 def _private_file(directory: str, name: str, text: str) -> str:

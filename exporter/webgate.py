@@ -157,7 +157,10 @@ class WebGate:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(WATCH_SECONDS)
-                self.check()
+                try:
+                    self.check()
+                except Exception:  # a bug must not end the watch; the old config serves
+                    log.exception("web_config_watch_failed")
 
         task = asyncio.create_task(loop(), name="web-config-watch")
         yield
