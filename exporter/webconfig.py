@@ -370,10 +370,12 @@ def _load_identity(context: ssl.SSLContext, tls: TlsServerConfig) -> None:
                                   f"{path if name.endswith('_file') else 'inline PEM'}: "
                                   f"no PEM block ending in {marker}")
         try:
-            context.load_cert_chain(cert_path, key_path)
+            # No password: OpenSSL would otherwise prompt on the terminal for an encrypted key.
+            context.load_cert_chain(cert_path, key_path, password=lambda: b"")
         except (OSError, ssl.SSLError) as exc:
             raise _ssl_fail(key_name, (tls.key_file or "inline PEM") + " does not fit "
-                            + (tls.cert_file or "the inline certificate"), exc) from exc
+                            + (tls.cert_file or "the inline certificate")
+                            + " or is encrypted", exc) from exc
 
 
 def _private_file(directory: str, name: str, text: str) -> str:
