@@ -41,7 +41,7 @@ INTERVAL = "emqx_client_exporter_poll_interval_seconds"
 
 def config(sim_url: str, sim: SimSettings, *, b_interval: float = 30, with_b: bool = True,
            **extra: Any) -> dict[str, Any]:
-    clusters = [{"name": "a", "emqx_url": sim_url}]
+    clusters: list[dict[str, Any]] = [{"name": "a", "emqx_url": sim_url}]
     if with_b:
         clusters.append({"name": "b", "emqx_url": sim_url, "interval": b_interval})
     return {"api_key": sim.api_key, "api_secret": sim.api_secret, "retries": 0,
