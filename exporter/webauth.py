@@ -17,12 +17,16 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
 #: Verified credentials remembered; a handful of scrapers needs a handful of entries.
 CACHE_SIZE = 64
 _COST = re.compile(rb"^\$2[aby]\$(\d\d)\$")
+#: bcrypt runs on its own two threads: a flood of wrong passwords waits its turn there instead
+#: of filling the default executor that renders and compresses the snapshot.
+_BCRYPT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
 
 
 class Credentials:
@@ -55,7 +59,8 @@ class Credentials:
             self._verified.move_to_end(key)
             return True
         # Off the event loop: scrapes and probes go on while bcrypt works.
-        matched = await asyncio.to_thread(_checkpw, password, hashed or self._dummy)
+        matched = await asyncio.get_running_loop().run_in_executor(
+            _BCRYPT_THREADS, _checkpw, password, hashed or self._dummy)
         if not (matched and hashed is not None):
             return False
         self._verified[key] = None

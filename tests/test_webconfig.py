@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.cli import EXIT_CONFIG, main
 from exporter.config import load_settings
 from exporter.errors import ConfigError
 from exporter.webconfig import load_web_config, parse_web_config, server_context
@@ -194,3 +195,15 @@ def test_main_config_keys_of_the_endpoint(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({**base, "open_paths": ["/metrics"]}, {}, None)
     assert caught.value.key == "open_paths"
+
+
+def test_run_exits_2_naming_the_key_of_a_bad_web_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": "hunter2"}}))
+    code = main(["run", "--emqx-url", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
+                 "--web-config", str(path)])
+    assert code == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "web_config.basic_auth_users.prometheus: must be a bcrypt hash" in err
+    assert "hunter2" not in err  # what was there is a password, not a hash: never echoed
