@@ -145,6 +145,7 @@ class Exporter:
         for poller in retired:
             await self._stop_task(poller)
             await poller.close()
+            self._first_done.discard(poller)
         self.settings = settings
         self.pollers = pollers
         self._state_file = settings.per_client.state_file
