@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 from exporter.cli import EXIT_CONFIG, main
@@ -201,8 +202,11 @@ def test_run_exits_2_naming_the_key_of_a_bad_web_config(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "web.yml"
     path.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": "hunter2"}}))
-    code = main(["run", "--emqx-url", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
-                 "--web-config", str(path)])
+    try:
+        code = main(["run", "--emqx-url", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
+                     "--web-config", str(path)])
+    finally:
+        structlog.reset_defaults()  # `run` pointed the logs at this test's captured stderr
     assert code == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "web_config.basic_auth_users.prometheus: must be a bcrypt hash" in err
