@@ -90,6 +90,8 @@ HEADERS: dict[str, tuple[str, ...] | None] = {
 
 _TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users",
                        "rate_limit"})
+#: Toolkit keys this server does not implement, and why.
+_UNSUPPORTED = {"ip_socket_config": "IP TTL and DSCP of the listening socket are not supported"}
 _TLS_KEYS = frozenset({"cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type",
                        "client_ca_file", "client_allowed_sans", "min_version", "max_version",
                        "cipher_suites", "prefer_server_cipher_suites", "curve_preferences"})
@@ -172,10 +174,11 @@ def _duration(reader: _Reader, name: str) -> float:
     return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
 
 
-def _tls(reader: _Reader) -> TlsServerConfig | None:
+def _tls(reader: _Reader, directory: Path) -> TlsServerConfig | None:
     reader.check_keys(_TLS_KEYS)
-    if not reader.data:
-        return None
+    if not any(reader.get(k) for k in ("cert", "key", "client_ca", "cert_file", "key_file",
+                                         "client_ca_file", "client_auth_type")):
+        return None  # as in the toolkit: TLS is off unless something of it is given
     for inline, path in (("cert", "cert_file"), ("key", "key_file"),
                          ("client_ca", "client_ca_file")):
         if reader.text(inline) and reader.text(path):
@@ -223,10 +226,15 @@ def _tls(reader: _Reader) -> TlsServerConfig | None:
     if len(curves) > 1:
         raise reader.fail("curve_preferences", "Python's ssl module sets one curve only: list "
                           "one, or none for OpenSSL's defaults")
+    def file(name: str) -> str | None:
+        """As in the toolkit, a relative path is relative to the web config's directory."""
+        path = reader.text(name)
+        return str(directory / path) if path else None
+
     return TlsServerConfig(
-        cert_file=reader.text("cert_file"), key_file=reader.text("key_file"),
+        cert_file=file("cert_file"), key_file=file("key_file"),
         cert=reader.text("cert"), key=reader.text("key"),
-        client_ca_file=reader.text("client_ca_file"), client_ca=reader.text("client_ca"),
+        client_ca_file=file("client_ca_file"), client_ca=reader.text("client_ca"),
         client_auth_type=auth, client_allowed_sans=frozenset(sans),
         min_version=versions[0], max_version=versions[1], cipher_suites=suites,
         prefer_server_cipher_suites=reader.boolean("prefer_server_cipher_suites", True),
@@ -275,10 +283,15 @@ def _rate_limit(reader: _Reader) -> RateLimit:
 def parse_web_config(data: Any, path: str | None = None) -> WebConfig:
     """A checked WebConfig from the file's parsed YAML; ConfigError names the bad key."""
     top = _reader(data, "web_config")
+    for key, why in _UNSUPPORTED.items():
+        if key in top.data:
+            raise top.fail(key, why)
     top.check_keys(_TOP_KEYS)
+    directory = Path(path).parent if path else Path()
     return WebConfig(
         path=path,
-        tls=_tls(_reader(top.get("tls_server_config"), "web_config.tls_server_config")),
+        tls=_tls(_reader(top.get("tls_server_config"), "web_config.tls_server_config"),
+                 directory),
         headers=_headers(_reader(top.get("http_server_config"), "web_config.http_server_config")),
         users=_users(top.get("basic_auth_users")),
         rate_limit=_rate_limit(_reader(top.get("rate_limit"), "web_config.rate_limit")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import ssl
 import time
@@ -55,6 +56,14 @@ def _signature(paths: Iterable[str]) -> Signature:
         else:
             out.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(out)
+
+
+def _san(kind: str, value: str) -> str:
+    """A SAN as Go prints it: Python writes IPv6 addresses long and upper case."""
+    if kind == "IP Address":
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(value.strip()))
+    return value
 
 
 class WebGate:
@@ -132,7 +141,7 @@ class WebGate:
         if tls is None or not tls.client_allowed_sans:
             return True
         peer = request.transport.get_extra_info("peercert") if request.transport else None
-        names = {value for _, value in (peer or {}).get("subjectAltName", ())}
+        names = {_san(kind, value) for kind, value in (peer or {}).get("subjectAltName", ())}
         return bool(names & tls.client_allowed_sans)
 
     @web.middleware

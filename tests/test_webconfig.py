@@ -7,6 +7,7 @@ cannot honour the same way is refused with an error naming it.
 from __future__ import annotations
 
 import base64
+import shutil
 import ssl
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from tests.test_tls import Certs, certs  # noqa: F401  (the module's certificate
 TOOLKIT_SAMPLE = """\
 # TLS and basic authentication, as for any exporter built on the exporter toolkit.
 tls_server_config:
-  cert_file: {cert}
-  key_file: {key}
+  cert_file: server.crt
+  key_file: server.key
 
 # Users and their bcrypt hashes (htpasswd -nBC 10 "" | tr -d ':\\n').
 basic_auth_users:
@@ -45,13 +46,17 @@ rate_limit:
 
 async def test_a_toolkit_web_config_is_accepted_unchanged(
         certs: Certs, tmp_path: Path) -> None:  # noqa: F811
+    # Relative paths, as in the toolkit's sample: next to the web config file, not the cwd.
+    shutil.copy(certs.pem("server"), tmp_path / "server.crt")
+    shutil.copy(certs.key("server"), tmp_path / "server.key")
     path = tmp_path / "web-config.yml"
-    path.write_text(TOOLKIT_SAMPLE.format(cert=certs.pem("server"), key=certs.key("server")))
+    path.write_text(TOOLKIT_SAMPLE)
     gate = WebGate(str(path))
     assert gate.ssl_context is not None and gate.credentials.enabled
     assert sorted(gate.config.users) == ["carol", "dave"]
     assert (gate.config.rate_limit.interval, gate.config.rate_limit.burst) == (1.0, 20)
-    assert gate.config.files == (str(path), certs.pem("server"), certs.key("server"))
+    assert gate.config.files == (str(path), str(tmp_path / "server.crt"),
+                                 str(tmp_path / "server.key"))
     carol = "Basic " + base64.b64encode(b"carol:carol-password").decode()
     assert await gate.credentials.check(carol)  # `$2y$` hashes verify
 
@@ -97,6 +102,8 @@ def test_inline_certificate_key_and_client_ca(certs: Certs) -> None:  # noqa: F8
 def test_no_tls_section_means_plain_http() -> None:
     assert parse_web_config({"basic_auth_users": None}).tls is None
     assert parse_web_config(None).tls is None
+    # As in the toolkit: without a certificate, key, CA or client auth type, TLS stays off.
+    assert parse_web_config({"tls_server_config": {"min_version": "TLS13"}}).tls is None
 
 
 TLS = {"cert_file": "server.pem", "key_file": "server.key"}
@@ -104,6 +111,7 @@ TLS = {"cert_file": "server.pem", "key_file": "server.key"}
 
 @pytest.mark.parametrize(("data", "key", "words"), [
     ({"web_listen": 1}, "web_config.web_listen", "unknown setting"),
+    ({"ip_socket_config": {"dscp": 46}}, "web_config.ip_socket_config", "not supported"),
     ({"tls_server_config": {**TLS, "ca_file": "x"}}, "web_config.tls_server_config.ca_file",
      "unknown setting"),
     ({"tls_server_config": {"key_file": "k"}}, "web_config.tls_server_config.cert_file",

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from exporter import webauth
+from exporter import webauth, webgate
 from exporter.config import load_settings
 from exporter.errors import ConfigError
 from exporter.server import build_app
@@ -342,6 +342,12 @@ async def test_verified_cache_is_bounded() -> None:
         assert not await credentials.check(auth(f"u{i % 3}", f"x{i}")["Authorization"])
     assert len(credentials._verified) == 3
     assert len(credentials._verified) <= webauth.CACHE_SIZE
+
+
+def test_allowed_sans_compare_ip_addresses_as_go_prints_them() -> None:
+    assert webgate._san("IP Address", "2001:DB8:0:0:0:0:0:1\n") == "2001:db8::1"
+    assert webgate._san("IP Address", "127.0.0.1") == "127.0.0.1"
+    assert webgate._san("DNS", "Prometheus.test") == "Prometheus.test"
 
 
 def test_token_bucket_refills_one_token_per_interval() -> None:
