@@ -36,11 +36,10 @@ class Credentials:
         self.users = dict(users)
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, None] = OrderedDict()
-        # An unknown user is checked against this hash of the same cost as the real ones, so
-        # a wrong user name takes as long to refuse as a wrong password (no user enumeration).
-        costs = [int(m[1]) for h in self.users.values() if (m := _COST.match(h))]
-        self._dummy = (bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(max(costs)))
-                       if costs else b"")
+        # An unknown user's password is checked against the costliest configured hash, and
+        # refused whatever the outcome: a wrong user name takes as long to refuse as a wrong
+        # password (no user enumeration), and no bcrypt runs on the event loop to make a dummy.
+        self._dummy = max(self.users.values(), key=_cost, default=b"")
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +66,11 @@ class Credentials:
         while len(self._verified) > CACHE_SIZE:
             self._verified.popitem(last=False)
         return True
+
+
+def _cost(hashed: bytes) -> int:
+    match = _COST.match(hashed)
+    return int(match[1]) if match else 0
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:

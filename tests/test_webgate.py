@@ -324,14 +324,17 @@ async def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
     header = auth()["Authorization"]
     assert not await credentials.check(auth(user="nobody")["Authorization"])
     assert not await credentials.check(auth(password="wrong")["Authorization"])
-    assert len(calls) == 2 and calls[1] == HASH.encode()
-    assert calls[0] != HASH.encode() and calls[0][:7] == HASH.encode()[:7]  # $2b$04$: same cost
+    assert calls == [HASH.encode(), HASH.encode()]  # the same bcrypt work for both
+    two = Credentials({"cheap": bcrypt.hashpw(b"x", bcrypt.gensalt(4)),
+                       "dear": bcrypt.hashpw(b"y", bcrypt.gensalt(5))})
+    assert not await two.check(auth(user="nobody", password="y")["Authorization"])
+    assert calls[-1].startswith(b"$2b$05$")  # the costliest hash: never faster than a user
     assert await credentials.check(header)
     for _ in range(3):  # verified once, then remembered
         assert await credentials.check(header)
-    assert len(calls) == 3
+    assert len(calls) == 4
     assert not await credentials.check(auth(password="wrong")["Authorization"])
-    assert len(calls) == 4  # a wrong password is never remembered
+    assert len(calls) == 5  # a wrong password is never remembered
 
 
 async def test_verified_cache_is_bounded() -> None:
