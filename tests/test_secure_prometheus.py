@@ -4,6 +4,7 @@ The exporter daemon runs with a web config (its certificate, the client CA with
 RequireAndVerifyClientCert, one bcrypt user); Prometheus (Debian package) scrapes it with its own
 `tls_config` and `basic_auth` settings in two jobs: one with the right password, whose target is
 up with the exporter's series, and one with a wrong password, whose target is down with 401.
+Then the server certificate is rotated on disk, and the scrapes go on without a restart.
 Marked ``prometheus``: skipped locally without the binary, required in CI.
 """
 
@@ -12,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
+import shutil
 import ssl
 import sys
 import time
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from tests.prometheus_server import (
 from tests.test_prometheus_e2e import serve_simulator
 from tests.test_rules import ROOT
 from tests.test_tls import Certs, issue, make_ca, require_openssl
+from tests.test_webgate import subject, tls_connection
 
 PASSWORD = "correct horse battery staple"
 BUDGET_SECONDS = 40.0
@@ -47,8 +52,9 @@ def scrape_certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     require_openssl()
     d = tmp_path_factory.mktemp("scrape-tls")
     make_ca(d)
-    issue(d, "server", "/CN=exporter.test",
-          "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    for name in ("server", "rotated"):
+        issue(d, name, f"/CN={name}.test",
+              "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
     issue(d, "prometheus", "/CN=prometheus", "extendedKeyUsage=clientAuth\n")
     return Certs(d)
 
@@ -64,6 +70,12 @@ def scrape_job(name: str, target: str, certs: Certs, password: str) -> dict[str,
         "basic_auth": {"username": "prometheus", "password": password},
         "static_configs": [{"targets": [target]}],
     }
+
+
+def _seconds(stamp: str) -> float:
+    """Prometheus' RFC 3339 time with nanoseconds as epoch seconds."""
+    stamp = re.sub(r"(\.\d{6})\d+", r"\1", stamp).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 async def target_state(prom: Prometheus, job: str) -> dict[str, Any] | None:
@@ -93,10 +105,14 @@ async def test_prometheus_scrapes_over_mutual_tls_with_basic_auth(
     deadline = time.monotonic() + BUDGET_SECONDS
     sim = SimSettings(clients=200)
     cluster = SimCluster(sim)
+    live = tmp_path / "live"  # what cert-manager would rotate
+    live.mkdir()
+    shutil.copy(scrape_certs.pem("server"), live / "tls.crt")
+    shutil.copy(scrape_certs.key("server"), live / "tls.key")
     web_config = tmp_path / "web-config.yml"
     web_config.write_text(yaml.safe_dump({
         "tls_server_config": {
-            "cert_file": scrape_certs.pem("server"), "key_file": scrape_certs.key("server"),
+            "cert_file": str(live / "tls.crt"), "key_file": str(live / "tls.key"),
             "client_ca_file": scrape_certs.pem("ca"),
             "client_auth_type": "RequireAndVerifyClientCert"},
         "basic_auth_users": {
@@ -147,5 +163,22 @@ async def test_prometheus_scrapes_over_mutual_tls_with_basic_auth(
         assert not await prom.query('emqx_clients_online{job="wrong-password"}')
         (down,) = await prom.query('up{job="wrong-password"}')
         assert float(down["value"][1]) == 0.0
+
+        # The certificate is rotated on disk: Prometheus goes on scraping, now of the new one.
+        for suffix, source in (("crt", scrape_certs.pem("rotated")),
+                               ("key", scrape_certs.key("rotated"))):
+            shutil.copy(source, live / f"tls.{suffix}.new")
+            os.replace(live / f"tls.{suffix}.new", live / f"tls.{suffix}")
+        async with tls_connection(f"https://127.0.0.1:{port}", client_tls) as (_, fresh):
+            assert subject(fresh) == "rotated.test"
+        rotated_at = time.time()
+        while True:
+            state = await target_state(prom, "secure")
+            assert state is not None
+            if _seconds(state["lastScrape"]) > rotated_at + 1:
+                break
+            assert time.monotonic() < deadline, state
+            await asyncio.sleep(0.3)
+        assert state["health"] == "up" and state["lastError"] == "", state
 
     assert exporter.returncode == 0, tail(log)
