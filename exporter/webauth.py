@@ -23,7 +23,8 @@ import bcrypt
 
 #: Verified credentials remembered; a handful of scrapers needs a handful of entries.
 CACHE_SIZE = 64
-_COST = re.compile(rb"^\$2[aby]\$(\d\d)\$")
+#: A bcrypt hash as htpasswd, Go and Python write it; group 1 is its cost.
+BCRYPT_HASH = re.compile(rb"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 #: bcrypt runs on its own two threads: a flood of wrong passwords waits its turn there instead
 #: of filling the default executor that renders and compresses the snapshot.
 _BCRYPT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
@@ -69,7 +70,7 @@ class Credentials:
 
 
 def _cost(hashed: bytes) -> int:
-    match = _COST.match(hashed)
+    match = BCRYPT_HASH.match(hashed)
     return int(match[1]) if match else 0
 
 

@@ -23,6 +23,7 @@ import yaml
 
 from exporter.config import _Reader
 from exporter.errors import ConfigError
+from exporter.webauth import BCRYPT_HASH
 
 #: Go's names of TLS versions and Python's.
 TLS_VERSIONS = {
@@ -95,7 +96,6 @@ _UNSUPPORTED = {"ip_socket_config": "IP TTL and DSCP of the listening socket are
 _TLS_KEYS = frozenset({"cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type",
                        "client_ca_file", "client_allowed_sans", "min_version", "max_version",
                        "cipher_suites", "prefer_server_cipher_suites", "curve_preferences"})
-_BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -134,6 +134,8 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class WebConfig:
+    """The whole file, checked; the default (no file) serves plain HTTP to everyone."""
+
     path: str | None = None
     tls: TlsServerConfig | None = None
     headers: tuple[tuple[str, str], ...] = ()
@@ -264,7 +266,7 @@ def _users(data: Any) -> dict[str, bytes]:
     reader = _reader(data, "web_config.basic_auth_users")
     users = {}
     for user, hashed in reader.data.items():
-        if not isinstance(hashed, str) or not _BCRYPT.match(hashed):
+        if not isinstance(hashed, str) or not BCRYPT_HASH.match(hashed.encode()):
             raise reader.fail(str(user), "must be a bcrypt hash ($2y$10$..., see "
                               "`htpasswd -nBC 10 \"\"`)")
         users[str(user)] = hashed.encode()
