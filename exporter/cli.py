@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -21,8 +21,10 @@ from exporter.dialects import Dialect
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
+from exporter.reload import ConfigReloader
 from exporter.server import build_app
 from exporter.service import Exporter
+from exporter.webgate import WebGate
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +45,8 @@ OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--shard", "shard", "INDEX/COUNT: poll only this replica's share of the nodes"),
     ("--log-level", "log_level", "debug, info, warning or error (default info)"),
     ("--log-format", "log_format", "console or json (default console)"),
+    ("--web-config", "web_config",
+     "web config file (Prometheus exporter-toolkit format): TLS, basic auth, headers"),
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -93,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             settings = _settings(args)
             configure_logging(settings.log_level, settings.log_format)
-            asyncio.run(_serve(settings))
+            asyncio.run(_serve(settings, load=lambda: _settings(args)))
             return EXIT_OK
         if args.command == "check":
             settings = _settings(args)
@@ -113,22 +117,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-async def _serve(settings: Settings, banner: str | None = None) -> None:
+async def _serve(settings: Settings, banner: str | None = None,
+                 load: Callable[[], Settings] | None = None) -> None:
+    gate = WebGate(settings.web_config, settings.open_paths)  # a bad web config stops us here
     exporter = Exporter(settings)
-    runner = web.AppRunner(build_app(exporter), access_log=None)
+    reloader = ConfigReloader(exporter, load or (lambda: settings), gate)
+    runner = web.AppRunner(build_app(exporter, gate=gate, reloader=reloader), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port,
+                           ssl_context=gate.ssl_context)
         try:
             await site.start()
         except OSError as exc:
             raise ConfigError("listen", f"cannot listen on {settings.listen_host}:"
                                         f"{settings.listen_port}: {exc.strerror}") from exc
         log.info("serving", listen=f"{settings.listen_host}:{settings.listen_port}",
-                 clusters=[c.name or c.url for c in settings.clusters])
+                 clusters=[c.name or c.url for c in settings.clusters],
+                 tls=gate.ssl_context is not None, basic_auth=gate.credentials.enabled)
         if banner:
             print(banner, flush=True)
-        await _until_signalled()
+        await _until_signalled(reloader.reload)
         log.info("stopping")
     finally:
         await runner.cleanup()  # stops the pollers and saves the watch list's state
@@ -142,17 +151,27 @@ def listing_mode(dialect: Dialect | None) -> str:
     return f"{kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
 
 
-async def _until_signalled() -> None:
-    """Wait for SIGTERM or SIGINT, so `run` shuts down cleanly and exits 0."""
+async def _until_signalled(on_hangup: Callable[[], Awaitable[object]]) -> None:
+    """Wait for SIGTERM or SIGINT, so `run` shuts down cleanly and exits 0; SIGHUP reloads."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[object]] = set()
+
+    def hangup() -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(on_hangup())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        for task in reloads:
+            await task
 
 
 def describe(report: PollReport, label: str, *, listing: str = "unknown",

@@ -23,6 +23,9 @@ from exporter.errors import ConfigError
 from exporter.selection import RANKINGS, Pattern, SelectionSettings
 
 DEFAULT_LISTEN = "0.0.0.0:9877"
+#: Paths that may be served without basic auth (`open_paths`), and those that are by default.
+OPENABLE_PATHS = ("/-/healthy", "/-/ready")
+DEFAULT_OPEN_PATHS = ("/-/healthy",)
 
 #: Environment variables and the config keys they set.
 ENVIRONMENT = {
@@ -42,6 +45,7 @@ CLUSTER_KEYS = frozenset({
 })
 TOP_KEYS = CLUSTER_KEYS - {"name"} | {
     "listen", "log_level", "log_format", "clusters", "per_client", "aggregate", "classes",
+    "web_config", "open_paths", "reload_endpoint",
 }
 _TLS_KEYS = frozenset({"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"})
 _PER_CLIENT_KEYS = frozenset({"parts", "labels", "info_labels", "watch", "allow", "deny", "top_k",
@@ -97,6 +101,12 @@ class Settings:
     per_client: PerClientSettings = field(default_factory=PerClientSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     classes: tuple[ClassRule, ...] = ()
+    #: Web config file (exporter-toolkit format): TLS, basic auth, headers, rate limit.
+    web_config: str | None = None
+    #: Paths served without basic auth, for probes.
+    open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS
+    #: Whether `POST /-/reload` reloads the configuration (SIGHUP always does).
+    reload_endpoint: bool = False
 
 
 class _Reader:
@@ -467,4 +477,7 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         ),
         aggregate=AggregateSettings(labels=aggregate_labels, saturation=saturation),
         classes=classes,
+        web_config=reader.text("web_config"),
+        open_paths=reader.names("open_paths", DEFAULT_OPEN_PATHS, OPENABLE_PATHS),
+        reload_endpoint=reader.boolean("reload_endpoint", False),
     )

@@ -76,6 +76,23 @@ class ClusterStats:
         self.api_errors[reason] += amount
 
 
+@dataclass(slots=True)
+class ReloadStatus:
+    """Whether the last reload of a configuration file worked, and when one last did."""
+
+    successful: bool = True
+    last_success: float | None = None
+
+    def record(self, ok: bool, now: float) -> None:
+        self.successful = ok
+        if ok:
+            self.last_success = now
+
+
+#: Files that can be reloaded, each with its own pair of reload metrics.
+RELOADABLE = ("config", "web_config")
+
+
 class SelfMetrics:
     """Collector over every cluster's stats plus the snapshot's age."""
 
@@ -83,6 +100,8 @@ class SelfMetrics:
         self.clusters: list[ClusterStats] = []
         self.snapshot_created: float | None = None
         self.clock = clock
+        #: Reloadable files in use (RELOADABLE names) and how their last reload went.
+        self.reloads: dict[str, ReloadStatus] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # collect() does no I/O, so registering is safe
 
@@ -169,3 +188,20 @@ class SelfMetrics:
                 age.add_metric([], age_value)
         yield from (up, node_up, listed, duration, success, interval, age, series, dropped,
                     build, requests, errors, duplicates, latency)
+        yield from self._reload_families()
+
+    def _reload_families(self) -> Iterator[Metric]:
+        for kind in RELOADABLE:
+            status = self.reloads.get(kind)
+            if status is None:
+                continue
+            ok = GaugeMetricFamily(SELF_PREFIX + f"{kind}_last_reload_successful",
+                                   f"1 when the last reload of the {kind} file worked; 0: the "
+                                   "new file was rejected and the previous one is in use.")
+            ok.add_metric([], 1.0 if status.successful else 0.0)
+            yield ok
+            if status.last_success is not None:
+                yield GaugeMetricFamily(
+                    SELF_PREFIX + f"{kind}_last_reload_success_timestamp_seconds",
+                    f"When the {kind} file was last loaded successfully, Unix time.",
+                    value=status.last_success)

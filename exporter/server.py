@@ -1,7 +1,8 @@
 """The scrape endpoint: serves the latest snapshot; a scrape never triggers a poll.
 
 Routes: /metrics (text 0.0.4 or OpenMetrics by Accept, gzip by Accept-Encoding), /-/healthy,
-/-/ready (503 until a first poll succeeded), and / (a small status page).
+/-/ready (503 until a first poll succeeded), / (a small status page), and POST /-/reload (when
+`reload_endpoint` is on). A WebGate, when given, guards them all (TLS, basic auth, headers).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from exporter import __version__
+from exporter.reload import ConfigReloader
 from exporter.service import Exporter
 from exporter.snapshot import (
     OPENMETRICS_CONTENT_TYPE,
@@ -20,8 +22,10 @@ from exporter.snapshot import (
     Format,
     gzip_bytes,
 )
+from exporter.webgate import WebGate
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
+RELOADER_KEY = web.AppKey("reloader", ConfigReloader)
 
 
 def negotiate(accept: str) -> Format:
@@ -113,10 +117,27 @@ async def status_page(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="text/html")
 
 
-def build_app(exporter: Exporter, *, poll: bool = True) -> web.Application:
+async def reload_config(request: web.Request) -> web.Response:
+    if not request.app[EXPORTER_KEY].settings.reload_endpoint:
+        return web.Response(status=403, text="the reload endpoint is off (reload_endpoint)\n")
+    error = await request.app[RELOADER_KEY].reload()
+    if error is not None:
+        return web.Response(status=500, text=f"configuration not reloaded: {error}\n")
+    return web.Response(text="configuration reloaded\n")
+
+
+def build_app(exporter: Exporter, *, poll: bool = True, gate: WebGate | None = None,
+              reloader: ConfigReloader | None = None) -> web.Application:
     """The aiohttp application; with `poll`, pollers start and stop with it."""
     app = web.Application()
     app[EXPORTER_KEY] = exporter
+    if gate is not None:
+        gate.install(app)
+        if gate.path:
+            exporter.metrics.reloads["web_config"] = gate.status
+    if reloader is not None:
+        app[RELOADER_KEY] = reloader
+        app.router.add_post("/-/reload", reload_config)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from exporter.aggregate import Classifier
-from exporter.config import Settings
+from exporter.config import ClusterSettings, Settings
 from exporter.errors import ExporterError
 from exporter.persist import LastSeen, load_last_seen, save_last_seen
 from exporter.pipeline import Pipeline
@@ -35,17 +35,11 @@ class Exporter:
         #: Prometheus asks for gzipped OpenMetrics by default, so that one is always ready.
         self.wanted_gzip: set[Format] = {"openmetrics"}
         classifier = Classifier(settings.classes)
-        self.pollers: list[ClusterPoller] = []
-        for cluster in settings.clusters:
-            const = (("cluster", cluster.name),) if cluster.name else ()
-            pipeline = Pipeline(settings.per_client, settings.aggregate, classifier,
-                                TimeParser(cluster.timezone), const,
-                                settings.per_client.selection)
-            stats = self.metrics.add_cluster(ClusterStats(cluster.name, cluster.interval))
-            self.pollers.append(ClusterPoller(cluster, pipeline, stats, clock))
-        self._tasks: list[asyncio.Task[None]] = []
+        self.pollers: list[ClusterPoller] = [self._new_poller(c, settings, classifier)
+                                             for c in settings.clusters]
+        self._tasks: dict[ClusterPoller, asyncio.Task[None]] = {}
         self._publish_lock = asyncio.Lock()
-        self._first_done: set[int] = set()
+        self._first_done: set[ClusterPoller] = set()
         self._state_file = settings.per_client.state_file
         self._saved: LastSeen = {}
         if self._state_file:
@@ -86,11 +80,11 @@ class Exporter:
             await asyncio.to_thread(warm, snapshot, tuple(self.wanted_gzip))
             self.snapshot = snapshot
             self.metrics.snapshot_created = created
-            if any(p.stats.up for p in self.pollers) and len(self._first_done) == len(
+            if any(p.stats.up for p in self.pollers) and self._first_done.issuperset(
                     self.pollers):
                 self.ready = True
 
-    async def _run(self, index: int, poller: ClusterPoller) -> None:
+    async def _run(self, poller: ClusterPoller) -> None:
         interval = poller.settings.interval
         while True:
             began = time.monotonic()
@@ -102,22 +96,83 @@ class Exporter:
                 # A bug must not stop the polling; it is logged with its traceback and counted.
                 poller.stats.count_error("internal")
                 log.exception("poll_crashed", cluster=poller.label)
-            self._first_done.add(index)
+            self._first_done.add(poller)
             await self.publish()
             await self.save_state()
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
 
-    def start(self) -> None:
-        for index, poller in enumerate(self.pollers):
-            self._tasks.append(asyncio.create_task(self._run(index, poller),
-                                                   name=f"poll-{poller.label}"))
+    def _new_poller(self, cluster: ClusterSettings, settings: Settings, classifier: Classifier,
+                    stats: ClusterStats | None = None) -> ClusterPoller:
+        const = (("cluster", cluster.name),) if cluster.name else ()
+        pipeline = Pipeline(settings.per_client, settings.aggregate, classifier,
+                            TimeParser(cluster.timezone), const, settings.per_client.selection)
+        if stats is None:
+            stats = ClusterStats(cluster.name, cluster.interval)
+        stats.interval = cluster.interval
+        return ClusterPoller(cluster, pipeline, self.metrics.add_cluster(stats), self.clock)
 
-    async def stop(self) -> None:
-        for task in self._tasks:
+    async def apply(self, settings: Settings) -> None:
+        """Switch to reloaded settings without dropping the served snapshot.
+
+        A cluster whose settings (and the shared per-client, aggregate and class settings) are
+        unchanged keeps its poller, its state and its schedule. A changed one gets a new poller
+        that serves the old one's last rendering and counters until its own first poll.
+        """
+        shared = (settings.per_client, settings.aggregate, settings.classes)
+        same_shared = shared == (self.settings.per_client, self.settings.aggregate,
+                                 self.settings.classes)
+        classifier = Classifier(settings.classes)
+        old = {p.label: p for p in self.pollers}
+        self.metrics.clusters.clear()
+        pollers = []
+        for cluster in settings.clusters:
+            previous = old.get(cluster.name or cluster.url)
+            if previous is not None and same_shared and previous.settings == cluster:
+                self.metrics.add_cluster(previous.stats)
+                pollers.append(previous)
+                continue
+            poller = self._new_poller(cluster, settings, classifier,
+                                      previous.stats if previous else None)
+            if previous is not None:
+                poller.rendered = previous.rendered
+                watch = settings.per_client.selection.watch
+                poller.pipeline.last_seen.update({cid: ts for cid, ts in
+                                                  previous.pipeline.last_seen.items()
+                                                  if cid in watch})
+            pollers.append(poller)
+        retired = [p for p in self.pollers if p not in pollers]
+        running = bool(self._tasks)
+        for poller in retired:
+            await self._stop_task(poller)
+            await poller.close()
+            self._first_done.discard(poller)
+        self.settings = settings
+        self.pollers = pollers
+        self._state_file = settings.per_client.state_file
+        if running:
+            self.start()
+        await self.publish()  # a removed cluster's series go now, the others stay
+        kept = sum(p in old.values() for p in pollers)
+        log.info("settings_applied", kept=kept, rebuilt=len(pollers) - kept, removed=len(retired))
+
+    def start(self) -> None:
+        """Start polling every cluster that is not polling yet."""
+        for poller in self.pollers:
+            if poller not in self._tasks:
+                self._tasks[poller] = asyncio.create_task(self._run(poller),
+                                                          name=f"poll-{poller.label}")
+
+    async def _stop_task(self, poller: ClusterPoller) -> None:
+        task = self._tasks.pop(poller, None)
+        if task is not None:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
+
+    async def stop(self) -> None:
+        for poller in list(self._tasks):
+            self._tasks[poller].cancel()
+        for poller in list(self._tasks):
+            await self._stop_task(poller)
         for poller in self.pollers:
             await poller.close()

@@ -98,6 +98,9 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "emqx_client_exporter_series_dropped",
         "emqx_client_exporter_build_info",
         "emqx_client_exporter_poll_interval_seconds",
+        # the daemon's reload state (web_config_* ones too, only when a web config is in use)
+        "emqx_client_exporter_config_last_reload_successful",
+        "emqx_client_exporter_config_last_reload_success_timestamp_seconds",
     }
 )
 CONTRACT_HISTOGRAMS: frozenset[str] = frozenset(

@@ -42,7 +42,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
 
 
-def _issue(d: Path, name: str, subject: str, extensions: str) -> None:
+def issue(d: Path, name: str, subject: str, extensions: str) -> None:
     """A P-256 key and a certificate for it signed by the CA in `d`."""
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
@@ -52,22 +52,31 @@ def _issue(d: Path, name: str, subject: str, extensions: str) -> None:
              cwd=d)
 
 
+def make_ca(d: Path, name: str = "emqx-client-exporter test CA") -> None:
+    """A throwaway CA in `d` (ca.pem, ca.key) that `issue` signs with."""
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+
+
+def require_openssl() -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is needed to make test certificates")
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A throwaway CA; `server` (emqx.test and 127.0.0.1), `named` (emqx.test only), `client`."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make test certificates")
+    require_openssl()
     d = tmp_path_factory.mktemp("tls")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=emqx-client-exporter test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    _issue(d, "server", "/CN=emqx.test",
+    make_ca(d)
+    issue(d, "server", "/CN=emqx.test",
            "subjectAltName=DNS:emqx.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    _issue(d, "named", "/CN=emqx.test",
+    issue(d, "named", "/CN=emqx.test",
            "subjectAltName=DNS:emqx.test\nextendedKeyUsage=serverAuth\n")
-    _issue(d, "client", "/CN=exporter", "extendedKeyUsage=clientAuth\n")
+    issue(d, "client", "/CN=exporter", "extendedKeyUsage=clientAuth\n")
     return Certs(d)
 
 

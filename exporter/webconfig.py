@@ -1,0 +1,400 @@
+"""The web configuration file of Prometheus exporters (exporter-toolkit format), parsed and checked.
+
+The same file an operator already has for node_exporter works here unchanged:
+
+    tls_server_config: {cert_file: server.crt, key_file: server.key}
+    basic_auth_users: {prometheus: $2y$10$...}
+
+Every key of the format is understood with the toolkit's meaning; what this server cannot do
+the same way is a ConfigError naming the key, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter.config import _Reader
+from exporter.errors import ConfigError
+from exporter.webauth import BCRYPT_HASH
+
+#: Go's names of TLS versions and Python's.
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+#: Go's client auth policies and how OpenSSL is asked for them. RequestClientCert asks for a
+#: certificate and never checks it, so it admits exactly the clients NoClientCert admits.
+#: RequireAnyClientCert (demand a certificate, never check it) has no OpenSSL equivalent.
+CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+UNSUPPORTED_CLIENT_AUTH = ("RequireAnyClientCert", "RequireClientCert")
+
+#: Go's cipher suite names (crypto/tls) and OpenSSL's. TLS 1.3 suites are always enabled
+#: whatever the list says, in Go as in OpenSSL, so they map to nothing.
+CIPHER_SUITES = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
+    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
+    "TLS_AES_128_GCM_SHA256": "",
+    "TLS_AES_256_GCM_SHA384": "",
+    "TLS_CHACHA20_POLY1305_SHA256": "",
+}
+
+#: Go's curve names and OpenSSL's.
+CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1",
+          "X25519": "X25519"}
+
+#: The response headers the toolkit lets a user set, with the values it accepts (None: any).
+HEADERS: dict[str, tuple[str, ...] | None] = {
+    "Content-Security-Policy": None,
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-XSS-Protection": None,
+    "Strict-Transport-Security": None,
+}
+
+_TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users",
+                       "rate_limit"})
+#: Toolkit keys this server does not implement, and why.
+_UNSUPPORTED = {"ip_socket_config": "IP TTL and DSCP of the listening socket are not supported"}
+_TLS_KEYS = frozenset({"cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type",
+                       "client_ca_file", "client_allowed_sans", "min_version", "max_version",
+                       "cipher_suites", "prefer_server_cipher_suites", "curve_preferences"})
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsServerConfig:
+    """`tls_server_config`: where the server's identity and the client CA come from, and policy."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    cert: str | None = field(default=None, repr=False)
+    key: str | None = field(default=None, repr=False)
+    client_ca_file: str | None = None
+    client_ca: str | None = None
+    client_auth_type: str = "NoClientCert"
+    client_allowed_sans: frozenset[str] = frozenset()
+    min_version: str = "TLS12"
+    max_version: str = "TLS13"
+    cipher_suites: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+    curve: str | None = None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files this configuration reads, watched for changes on disk."""
+        return tuple(f for f in (self.cert_file, self.key_file, self.client_ca_file) if f)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`rate_limit`: a token bucket over all requests; `interval` 0 switches it off."""
+
+    interval: float = 0.0
+    burst: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The whole file, checked; the default (no file) serves plain HTTP to everyone."""
+
+    path: str | None = None
+    tls: TlsServerConfig | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    #: user -> bcrypt hash; empty: no authentication.
+    users: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return ((self.path,) if self.path else ()) + (self.tls.files if self.tls else ())
+
+
+def _reader(data: Any, where: str) -> _Reader:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, "must be a mapping")
+    return _Reader(data, where)
+
+
+def _strings(reader: _Reader, name: str) -> tuple[str, ...]:
+    value = reader.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise reader.fail(name, "must be a list of strings")
+    return tuple(value)
+
+
+def _duration(reader: _Reader, name: str) -> float:
+    """A Go duration such as `1s`, `250ms` or `1m30s`; a plain 0 too."""
+    value = reader.get(name)
+    if value is None or value == 0 or value == "0":
+        return 0.0
+    text = str(value).strip()
+    if not isinstance(value, str) or not text or _DURATION.sub("", text):
+        raise reader.fail(name, f"must be a duration such as 1s or 250ms, got {value!r}")
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
+
+
+def _tls(reader: _Reader, directory: Path) -> TlsServerConfig | None:
+    reader.check_keys(_TLS_KEYS)
+    if not any(reader.get(k) for k in ("cert", "key", "client_ca", "cert_file", "key_file",
+                                         "client_ca_file", "client_auth_type")):
+        return None  # as in the toolkit: TLS is off unless something of it is given
+    for inline, path in (("cert", "cert_file"), ("key", "key_file"),
+                         ("client_ca", "client_ca_file")):
+        if reader.text(inline) and reader.text(path):
+            raise reader.fail(inline, f"give either {inline} or {path}, not both")
+    if not (reader.text("cert") or reader.text("cert_file")):
+        raise reader.fail("cert_file", "is required (or cert, inline)")
+    if not (reader.text("key") or reader.text("key_file")):
+        raise reader.fail("key_file", "is required (or key, inline)")
+    auth = reader.text("client_auth_type") or "NoClientCert"
+    if auth in UNSUPPORTED_CLIENT_AUTH:
+        raise reader.fail("client_auth_type", f"{auth} (a certificate demanded but never "
+                          "checked) is not supported: use RequireAndVerifyClientCert with "
+                          "client_ca_file")
+    if auth not in CLIENT_AUTH:
+        raise reader.fail("client_auth_type", f"must be one of {', '.join(CLIENT_AUTH)}; "
+                          f"got {auth!r}")
+    has_ca = bool(reader.text("client_ca_file") or reader.text("client_ca"))
+    if has_ca and CLIENT_AUTH[auth] == ssl.CERT_NONE:
+        raise reader.fail("client_auth_type", f"client CA given, but {auth} never checks a "
+                          "client certificate: use RequireAndVerifyClientCert")
+    if not has_ca and CLIENT_AUTH[auth] != ssl.CERT_NONE:
+        raise reader.fail("client_ca_file", f"is required with client_auth_type {auth}")
+    sans = _strings(reader, "client_allowed_sans")
+    if sans and auth != "RequireAndVerifyClientCert":
+        raise reader.fail("client_allowed_sans", "needs client_auth_type "
+                          "RequireAndVerifyClientCert")
+    versions = []
+    for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        version = reader.text(name) or default
+        if version not in TLS_VERSIONS:
+            raise reader.fail(name, f"must be one of {', '.join(TLS_VERSIONS)}; got {version!r}")
+        versions.append(version)
+    if TLS_VERSIONS[versions[0]] > TLS_VERSIONS[versions[1]]:
+        raise reader.fail("max_version", f"{versions[1]} is below min_version {versions[0]}")
+    suites = _strings(reader, "cipher_suites")
+    for suite in suites:
+        if suite not in CIPHER_SUITES:
+            raise reader.fail("cipher_suites", f"unknown cipher suite {suite!r} (Go's names, "
+                              "e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)")
+    curves = _strings(reader, "curve_preferences")
+    for curve in curves:
+        if curve not in CURVES:
+            raise reader.fail("curve_preferences", f"{curve!r} is not one of "
+                              f"{', '.join(CURVES)}")
+    if len(curves) > 1:
+        raise reader.fail("curve_preferences", "Python's ssl module sets one curve only: list "
+                          "one, or none for OpenSSL's defaults")
+    def file(name: str) -> str | None:
+        """As in the toolkit, a relative path is relative to the web config's directory."""
+        path = reader.text(name)
+        return str(directory / path) if path else None
+
+    return TlsServerConfig(
+        cert_file=file("cert_file"), key_file=file("key_file"),
+        cert=reader.text("cert"), key=reader.text("key"),
+        client_ca_file=file("client_ca_file"), client_ca=reader.text("client_ca"),
+        client_auth_type=auth, client_allowed_sans=frozenset(sans),
+        min_version=versions[0], max_version=versions[1], cipher_suites=suites,
+        prefer_server_cipher_suites=reader.boolean("prefer_server_cipher_suites", True),
+        curve=curves[0] if curves else None)
+
+
+def _headers(reader: _Reader) -> tuple[tuple[str, str], ...]:
+    reader.check_keys(frozenset({"http2", "headers"}))
+    # aiohttp speaks HTTP/1.1 only: with http2 true (the default) a client offering HTTP/2
+    # by ALPN is answered in HTTP/1.1, as a Go server with http2 false would.
+    reader.boolean("http2", True)
+    headers = reader.mapping("headers")
+    out = []
+    for name in headers.data:
+        if name not in HEADERS:
+            raise headers.fail(str(name), f"cannot be set; settable: {', '.join(HEADERS)}")
+        value = headers.text(name) or ""
+        allowed = HEADERS[name]
+        if value and allowed is not None and value.lower() not in allowed:
+            raise headers.fail(name, f"must be one of {', '.join(allowed)}; got {value!r}")
+        if value:  # blank: unset, as in the toolkit
+            out.append((str(name), value))
+    return tuple(out)
+
+
+def _users(data: Any) -> dict[str, bytes]:
+    reader = _reader(data, "web_config.basic_auth_users")
+    users = {}
+    for user, hashed in reader.data.items():
+        if not isinstance(hashed, str) or not BCRYPT_HASH.match(hashed.encode()):
+            raise reader.fail(str(user), "must be a bcrypt hash ($2y$10$..., see "
+                              "`htpasswd -nBC 10 \"\"`)")
+        users[str(user)] = hashed.encode()
+    return users
+
+
+def _rate_limit(reader: _Reader) -> RateLimit:
+    reader.check_keys(frozenset({"interval", "burst"}))
+    interval = _duration(reader, "interval")
+    burst = int(reader.number("burst", 0, minimum=0, integer=True))
+    if interval and not burst:
+        raise reader.fail("burst", "must be at least 1 when interval is set")
+    return RateLimit(interval, burst)
+
+
+def parse_web_config(data: Any, path: str | None = None) -> WebConfig:
+    """A checked WebConfig from the file's parsed YAML; ConfigError names the bad key."""
+    top = _reader(data, "web_config")
+    for key, why in _UNSUPPORTED.items():
+        if key in top.data:
+            raise top.fail(key, why)
+    top.check_keys(_TOP_KEYS)
+    directory = Path(path).parent if path else Path()
+    return WebConfig(
+        path=path,
+        tls=_tls(_reader(top.get("tls_server_config"), "web_config.tls_server_config"),
+                 directory),
+        headers=_headers(_reader(top.get("http_server_config"), "web_config.http_server_config")),
+        users=_users(top.get("basic_auth_users")),
+        rate_limit=_rate_limit(_reader(top.get("rate_limit"), "web_config.rate_limit")),
+    )
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Read, parse and check the file (server_context() then proves the TLS files usable)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("web_config", f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("web_config", f"{path} is not valid YAML: {exc}") from exc
+    return parse_web_config(data, path)
+
+
+def _ssl_fail(key: str, source: str, exc: Exception) -> ConfigError:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return ConfigError(f"web_config.tls_server_config.{key}", f"{source}: {reason}")
+
+
+def apply_policy(context: ssl.SSLContext, tls: TlsServerConfig) -> None:
+    """Versions, client certificate policy, ciphers and curve: what a handshake negotiates."""
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.maximum_version = TLS_VERSIONS[tls.max_version]
+    context.verify_mode = CLIENT_AUTH[tls.client_auth_type]
+    names = [CIPHER_SUITES[s] for s in tls.cipher_suites if CIPHER_SUITES[s]]
+    try:
+        context.set_ciphers(":".join(names) if names else "DEFAULT")
+    except ssl.SSLError as exc:
+        raise _ssl_fail("cipher_suites", ", ".join(tls.cipher_suites), exc) from exc
+    if tls.prefer_server_cipher_suites:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if tls.curve:
+        try:
+            context.set_ecdh_curve(CURVES[tls.curve])
+        except (ValueError, ssl.SSLError) as exc:
+            raise _ssl_fail("curve_preferences", tls.curve, exc) from exc
+
+
+def server_context(tls: TlsServerConfig) -> ssl.SSLContext:
+    """A server SSLContext with the certificate, client CA and policy; ConfigError if unusable."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    apply_policy(context, tls)
+    for suite in tls.cipher_suites:  # one unusable suite in a list OpenSSL would skip silently
+        if CIPHER_SUITES[suite]:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(CIPHER_SUITES[suite])
+            except ssl.SSLError as exc:
+                raise _ssl_fail("cipher_suites", f"{suite} is not available in this OpenSSL",
+                                exc) from exc
+    _load_identity(context, tls)
+    if tls.client_ca_file:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise _ssl_fail("client_ca_file", tls.client_ca_file, exc) from exc
+    elif tls.client_ca:
+        try:
+            context.load_verify_locations(cadata=tls.client_ca)
+        except ssl.SSLError as exc:
+            raise _ssl_fail("client_ca", "inline certificate", exc) from exc
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _load_identity(context: ssl.SSLContext, tls: TlsServerConfig) -> None:
+    key_name = "key_file" if tls.key_file else "key"
+    cert_name = "cert_file" if tls.cert_file else "cert"
+    # OpenSSL loads certificates and keys from files only: inline ones go through a private
+    # temporary directory that is removed right after.
+    with tempfile.TemporaryDirectory(prefix="webconfig-") as scratch:
+        cert_path = tls.cert_file or _private_file(scratch, "cert.pem", tls.cert or "")
+        key_path = tls.key_file or _private_file(scratch, "key.pem", tls.key or "")
+        for name, path, marker in ((cert_name, cert_path, "CERTIFICATE-----"),
+                                   (key_name, key_path, "PRIVATE KEY-----")):
+            try:
+                text = Path(path).read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise _ssl_fail(name, path, exc) from exc
+            # OpenSSL says only "PEM lib" for either file: name the one without its PEM block.
+            if marker not in text:
+                raise ConfigError(f"web_config.tls_server_config.{name}",
+                                  f"{path if name.endswith('_file') else 'inline PEM'}: "
+                                  f"no PEM block ending in {marker}")
+        try:
+            # No password: OpenSSL would otherwise prompt on the terminal for an encrypted key.
+            context.load_cert_chain(cert_path, key_path, password=lambda: b"")
+        except (OSError, ssl.SSLError) as exc:
+            raise _ssl_fail(key_name, (tls.key_file or "inline PEM") + " does not fit "
+                            + (tls.cert_file or "the inline certificate")
+                            + " or is encrypted", exc) from exc
+
+
+def _private_file(directory: str, name: str, text: str) -> str:
+    path = Path(directory) / name
+    path.touch(mode=0o600)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
