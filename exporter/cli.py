@@ -122,9 +122,11 @@ async def _serve(settings: Settings, banner: str | None = None) -> None:
         try:
             await site.start()
         except OSError as exc:
+            # asyncio wraps the bind error's text; the errno alone reads better.
+            cause = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConfigError("listen", f"cannot listen on {settings.listen_host}:"
-                                        f"{settings.listen_port}: {exc.strerror}; choose "
-                                        f"another address with --listen HOST:PORT") from exc
+                                        f"{settings.listen_port}: {cause}; choose another "
+                                        f"address with --listen HOST:PORT") from exc
         log.info("serving", listen=f"{settings.listen_host}:{settings.listen_port}",
                  clusters=[c.name or c.url for c in settings.clusters])
         if banner:
