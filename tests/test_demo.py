@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import shutil
@@ -26,10 +27,13 @@ from tests.test_cli import ROOT, free_port, get, stop, wait_for
 BANNER_END = "Press Ctrl-C to stop."
 
 
-def require_curl() -> str:
-    path = shutil.which("curl")
+def require_command(name: str, package: str) -> str:
+    """Path of a command the user's steps need; skip locally when absent, fail in CI."""
+    path = shutil.which(name)
     if path is None:
-        pytest.skip("curl not installed (the banner's commands use it)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required in CI (apt-get install {package})")
+        pytest.skip(f"{name} not installed (Debian package {package})")
     return path
 
 
@@ -81,7 +85,7 @@ def demo_process(tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen
 
 @pytest.mark.parametrize("api", ["v3", "v4", "v5"])
 def test_demo_starts_clean_and_its_banner_commands_work(tmp_path: Path, api: str) -> None:
-    curl = require_curl()
+    curl = require_command("curl", "curl")
     port = free_port()
     with demo_process(tmp_path, "--listen", f"127.0.0.1:{port}", "--clients", "300",
                       "--nodes", "2", "--api", api) as (process, output):
