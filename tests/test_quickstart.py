@@ -86,6 +86,14 @@ def quick_start_commands() -> list[str]:
             if line.split("#", 1)[0].strip()]
 
 
+def readme_banner_excerpt() -> list[str]:
+    """The lines of the demo banner README's quick start shows (its `...` left out)."""
+    section = (ROOT / "README.md").read_text().split("\n## Quick start\n", 1)[1]
+    block = re.search(r"```text\n(Demo running:.*?)```", section, re.S)
+    assert block is not None, "README's quick start shows no demo banner"
+    return [line for line in block[1].splitlines() if line != "..."]
+
+
 def test_readme_quick_start_is_two_commands() -> None:
     assert quick_start_commands() == ["make demo", "make test"]
 
@@ -120,7 +128,7 @@ def make_demo(build: Build, venv: Path, tmp_path: Path) -> Iterator[tuple[
     (command,) = (c for c in quick_start_commands() if c.startswith("make demo"))
     port = free_port()
     output = tmp_path / "make-demo.out"
-    argv = [make, *shlex.split(command)[1:], f"ARGS=--listen 127.0.0.1:{port} --clients 500"]
+    argv = [make, *shlex.split(command)[1:], f"ARGS=--listen 127.0.0.1:{port}"]
     with output.open("wb") as sink:
         process = subprocess.Popen(argv, cwd=build.clone, env={**os.environ, "VENV": str(venv)},
                                    stdout=sink, stderr=subprocess.STDOUT,
@@ -142,6 +150,12 @@ def test_readme_make_demo_from_a_fresh_clone(make_demo: tuple[subprocess.Popen[b
     assert f"{venv}/bin/emqx-client-exporter demo --listen 127.0.0.1:{port}" in banner
     url = f"http://127.0.0.1:{port}"
     assert f"  metrics:    {url}/metrics\n" in banner
+    # README's excerpt of the banner is what the demo prints (ports aside).
+    sim_port = re.search(r"simulator:  http://127\.0\.0\.1:(\d+)/", banner)
+    assert sim_port is not None
+    for line in readme_banner_excerpt():
+        assert line.replace(":41443/", f":{sim_port[1]}/").replace(":9877/", f":{port}/") in (
+            banner.splitlines()), line
 
     wait_for(f"{url}/-/ready", process)
     samples = samples_text(get(f"{url}/metrics")[1].decode())
