@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from exporter.config import Settings, load_settings
 from exporter.errors import ConfigError
 from exporter.simulator import SimSettings, serving_simulator
-from exporter.simulator.settings import CLIENT_GROUPS, DEFAULT_VERSIONS
+from exporter.simulator.settings import CLIENT_GROUPS, DEFAULT_VERSIONS, MAX_CLIENTS
 
 DEFAULT_LISTEN = "127.0.0.1:9877"
 DEFAULT_CLIENTS = 2000
@@ -33,8 +33,8 @@ EMQX versions imitated by default: {", ".join(f"{a} {v}" for a, v in DEFAULT_VER
 """
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type`: a whole number of at least `minimum`."""
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: a whole number in [minimum, maximum]; argparse names the flag."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -42,6 +42,8 @@ def _at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
     return parse
 
@@ -55,10 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"where the exporter serves /metrics and its status page (default "
              f"{DEFAULT_LISTEN}); use another port when this one is taken")
     parser.add_argument(
-        "--clients", type=_at_least(0), default=DEFAULT_CLIENTS, metavar="N",
+        "--clients", type=_whole(0, MAX_CLIENTS), default=DEFAULT_CLIENTS, metavar="N",
         help=f"MQTT clients in the simulated cluster (default {DEFAULT_CLIENTS})")
     parser.add_argument(
-        "--nodes", type=_at_least(1), default=DEFAULT_NODES, metavar="N",
+        "--nodes", type=_whole(1), default=DEFAULT_NODES, metavar="N",
         help=f"EMQX nodes in the simulated cluster (default {DEFAULT_NODES})")
     parser.add_argument(
         "--api", choices=tuple(DEFAULT_VERSIONS), default="v5",
@@ -69,12 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="EMQX version to imitate within that generation, e.g. 4.3.5 or 6.2.1 (default: "
              + ", ".join(f"{v} for {a}" for a, v in DEFAULT_VERSIONS.items()) + ")")
     parser.add_argument(
-        "--interval", type=_at_least(1), default=DEFAULT_INTERVAL, metavar="SECONDS",
+        "--interval", type=_whole(1), default=DEFAULT_INTERVAL, metavar="SECONDS",
         help=f"seconds between the exporter's polls (default {DEFAULT_INTERVAL})")
 
 
 def simulator_settings(args: argparse.Namespace) -> SimSettings:
-    """What to simulate; a version that does not fit the API generation names its flag."""
+    """What to simulate; the one check argparse cannot make (the version fits the API
+    generation) names its flag."""
     try:
         return SimSettings(api=args.api, version=args.emqx_version, nodes=args.nodes,
                            clients=args.clients, class_prefixes=True)

@@ -146,6 +146,7 @@ def test_demo_port_taken_names_the_flag() -> None:
     (["--api", "v3", "--emqx-version", "5.8.9"], "version '5.8.9' is not of api v3"),
     (["--nodes", "0"], "argument --nodes: must be at least 1, got 0"),
     (["--clients", "many"], "argument --clients: not a whole number: 'many'"),
+    (["--clients", str(2**32)], f"argument --clients: must be at most {2**32 - 1}, got"),
 ])
 def test_demo_bad_flags_name_the_flag(flags: list[str], message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "exporter", "demo", *flags], cwd=ROOT,

@@ -47,18 +47,23 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     base = tmp_path_factory.mktemp("fresh")
     clone = base / "clone"
     subprocess.run([git, "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
-    metadata, dist = base / "metadata", base / "dist"
-    metadata.mkdir()
-    dist.mkdir()
+    metadata, dist, editable = base / "metadata", base / "dist", base / "editable"
+    for directory in (metadata, dist, editable):
+        directory.mkdir()
+    # `pip install .` calls the first three, `pip install -e .` (the Makefile) the last two.
     hooks = ("import sys, setuptools.build_meta as backend\n"
-             "metadata, dist = sys.argv[1:]\n"  # the hooks rewrite sys.argv
+             "metadata, dist, editable = sys.argv[1:]\n"  # the hooks rewrite sys.argv
              "backend.get_requires_for_build_wheel()\n"
              "backend.prepare_metadata_for_build_wheel(metadata)\n"
-             "backend.build_wheel(dist)\n")
+             "backend.build_wheel(dist)\n"
+             "backend.get_requires_for_build_editable()\n"
+             "backend.build_editable(editable)\n")
     # This machine's PYTHONDONTWRITEBYTECODE makes setuptools warn that it skips byte-compiling.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    result = subprocess.run([sys.executable, "-c", hooks, str(metadata), str(dist)], cwd=clone,
-                            env=env, capture_output=True, timeout=300, check=False)
+    # -W error: any Python warning of the backend (deprecations, notices) fails the build.
+    result = subprocess.run([sys.executable, "-W", "error", "-c", hooks, str(metadata),
+                             str(dist), str(editable)], cwd=clone, env=env,
+                            capture_output=True, timeout=300, check=False)
     output = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, output
     (wheel,) = dist.glob("*.whl")
