@@ -2,7 +2,7 @@
 and each generation's example `check` prints what README shows.
 
 Each example's command runs as written (README's `--emqx-url` swapped for a simulator of that
-generation, 3 nodes and 5000 clients, frozen so the counts are the same on every run) with the
+generation, 3 nodes and 2000 clients, frozen so the counts are the same on every run) with the
 starter configuration. Poll durations differ between runs and are compared as `N.NN s`.
 After an intended change of `check`'s output, `pytest tests/test_connect.py --update-golden`
 rewrites README's expected outputs from a real run.
@@ -58,7 +58,7 @@ def connect_examples(text: str) -> list[Example]:
 def run_check(example: Example) -> str:
     """README's command against a simulator of the example's generation; output with the
     simulator's URL replaced by README's."""
-    sim = SimSettings(api=example.api, nodes=3, clients=5000, frozen=True, class_prefixes=True)
+    sim = SimSettings(api=example.api, nodes=3, clients=2000, frozen=True, class_prefixes=True)
     with threaded_sim(sim) as (_, url):
         argv = [url if arg == example.url else arg for arg in example.argv]
         env = {**os.environ, "EMQX_API_KEY": sim.api_key, "EMQX_API_SECRET": sim.api_secret}
