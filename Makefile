@@ -14,7 +14,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/emqx-client-exporter demo $(ARGS)
+	@echo $(BIN)/emqx-client-exporter demo $(ARGS)
+	@$(BIN)/emqx-client-exporter demo $(ARGS) || { status=$$?; echo 'make demo: flags go' \
+	  'through ARGS, e.g. make demo ARGS="--listen 127.0.0.1:9900" (ARGS=--help lists them)' >&2; \
+	  exit $$status; }
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check exporter tests bench

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -103,11 +104,11 @@ def test_readme_quick_start_is_two_commands() -> None:
     assert quick_start_commands() == ["make demo", "make test"]
 
 
-@pytest.fixture
-def venv(build: Build, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def venv(build: Build, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What `make` would create: a venv with the clone's wheel installed and its entry point.
     Its dependencies come from this venv (a path in a .pth file), so no download is needed."""
-    path = tmp_path / "venv"
+    path = tmp_path_factory.mktemp("made") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True,
                    timeout=120)
     python = path / "bin" / "python"
@@ -178,3 +179,19 @@ def test_readme_make_demo_from_a_fresh_clone(make_demo: tuple[subprocess.Popen[b
     shown = subprocess.run(["sh", "-c", first_look], capture_output=True, timeout=30,
                            check=True).stdout.decode()
     assert "emqx_client_exporter_up 1.0" in shown
+
+
+def test_make_demo_on_a_taken_port_says_how_to_pass_the_flag(build: Build, venv: Path) -> None:
+    make = require_command("make", "make")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([make, "demo", f"ARGS=--listen 127.0.0.1:{port}"],
+                                cwd=build.clone, env={**os.environ, "VENV": str(venv)},
+                                capture_output=True, timeout=120, check=False)
+    assert result.returncode != 0
+    err = result.stderr.decode()
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use; choose another " \
+           "address with --listen HOST:PORT\n" in err
+    assert 'make demo: flags go through ARGS, e.g. make demo ARGS="--listen 127.0.0.1:9900"' in err
