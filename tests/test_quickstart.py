@@ -1,6 +1,6 @@
 """README's quick start, run as a new user would: from a fresh `git clone` of the committed
-repository, `make demo` (with a free port), then the banner's commands. The package built from
-that clone must build without warnings.
+repository (HEAD: uncommitted changes are not in it), `make demo` (with a free port), then the
+banner's commands. The package built from that clone must build without warnings.
 
 To stay fast, the virtualenv `make` would create is made here instead: the wheel built from the
 clone is installed into a new venv that borrows this venv's dependencies, and `make` is pointed
