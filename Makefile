@@ -1,5 +1,6 @@
-# Quick start: `make demo` runs the exporter against a simulated cluster; `make test` runs the
-# tests. Each creates .venv on first use.
+# Quick start: `make demo` runs the exporter against a simulated cluster (flags through ARGS,
+# e.g. make demo ARGS="--listen 127.0.0.1:9900 --api v4"; ARGS=--help lists them); `make test`
+# runs ruff, mypy and the tests. Each creates $(VENV) (default .venv) on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,11 +10,14 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/emqx-client-exporter demo
+	@echo $(BIN)/emqx-client-exporter demo $(ARGS)
+	@$(BIN)/emqx-client-exporter demo $(ARGS) || { status=$$?; echo 'make demo: flags go' \
+	  'through ARGS, e.g. make demo ARGS="--listen 127.0.0.1:9900" (ARGS=--help lists them)' >&2; \
+	  exit $$status; }
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check exporter tests bench

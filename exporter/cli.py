@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -17,6 +16,8 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
+from exporter.demo import add_arguments as add_demo_arguments
+from exporter.demo import simulated_cluster
 from exporter.dialects import Dialect
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
@@ -80,9 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --frozen: memory for cached page bodies")
     sim.add_argument("--class-prefixes", action="store_true",
                      help="client ids start with sensor-, gateway- or app-")
-    demo = commands.add_parser("demo", help="a simulated cluster and the exporter, one process")
-    demo.add_argument("--listen", default="127.0.0.1:9877")
-    demo.add_argument("--clients", type=int, default=2000)
+    demo_text = "a simulated EMQX cluster and the exporter polling it, in one process"
+    add_demo_arguments(commands.add_parser("demo", help=demo_text, description=demo_text))
     return parser
 
 
@@ -130,8 +130,11 @@ async def _serve(settings: Settings, banner: str | None = None,
         try:
             await site.start()
         except OSError as exc:
+            # asyncio wraps the bind error's text; the errno alone reads better.
+            cause = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConfigError("listen", f"cannot listen on {settings.listen_host}:"
-                                        f"{settings.listen_port}: {exc.strerror}") from exc
+                                        f"{settings.listen_port}: {cause}; choose another "
+                                        f"address with --listen HOST:PORT") from exc
         log.info("serving", listen=f"{settings.listen_host}:{settings.listen_port}",
                  clusters=[c.name or c.url for c in settings.clusters],
                  tls=gate.ssl_context is not None, basic_auth=gate.credentials.enabled)
@@ -238,32 +241,6 @@ async def _simulate(args: argparse.Namespace) -> None:
     await run_simulator(settings, host, port)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _demo(args: argparse.Namespace) -> None:
-    from exporter.simulator import SimSettings, run_simulator
-
-    sim_port = _free_port()
-    sim = SimSettings(api="v5", nodes=3, clients=args.clients, class_prefixes=True)
-    simulator = asyncio.create_task(run_simulator(sim, "127.0.0.1", sim_port))
-    host, port = _host_port(args.listen)
-    flags = {"emqx_url": f"http://127.0.0.1:{sim_port}", "api_key": sim.api_key,
-             "api_secret": sim.api_secret, "interval": 15, "listen": f"{host}:{port}",
-             "classes": [{"name": name, "clientid": f"{name}-.*"}
-                         for name in ("sensor", "gateway", "app")]}
-    settings = load_settings(flags, {}, None)
-    banner = (f"\nDemo running: a simulated EMQX {sim.api} cluster with {sim.clients} clients "
-              f"on {sim.nodes} nodes.\n"
-              f"  metrics:    http://{host}:{port}/metrics\n"
-              f"  status:     http://{host}:{port}/\n"
-              f"  simulator:  http://127.0.0.1:{sim_port}/api/v5/nodes "
-              f"(user {sim.api_key})\nPress Ctrl-C to stop.\n")
-    try:
-        await _serve(settings, banner)
-    finally:
-        simulator.cancel()
+    async with simulated_cluster(args) as demo:
+        await _serve(demo.settings, demo.banner)

@@ -15,7 +15,7 @@ Fault kinds and their options are listed in ``faults.FaultKind``; ``/sim/...`` r
 (``control``) drive the same controls over HTTP.
 """
 
-from exporter.simulator.app import build_sim_app, run_simulator
+from exporter.simulator.app import build_sim_app, run_simulator, serving_simulator
 from exporter.simulator.clock import ManualClock
 from exporter.simulator.cluster import SimCluster
 from exporter.simulator.faults import FaultKind, FaultRule, Faults
@@ -30,4 +30,5 @@ __all__ = [
     "SimSettings",
     "build_sim_app",
     "run_simulator",
+    "serving_simulator",
 ]

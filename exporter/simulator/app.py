@@ -1,11 +1,14 @@
 """The simulator's aiohttp application (one request funnel for counting, faults and auth) and
-``run_simulator``, which serves it until cancelled (the CLI's ``simulate`` and ``demo``).
+``serving_simulator``, which serves it while a block runs (the CLI's ``demo``), and
+``run_simulator``, which serves it until cancelled (the CLI's ``simulate``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections.abc import AsyncIterator
 from http import HTTPStatus
 
 import structlog
@@ -177,22 +180,26 @@ def _auth_kinds(settings: SimSettings) -> str:
     return "basic app id:secret (api_key:api_secret) or dashboard username:password"
 
 
-async def run_simulator(
+@contextlib.asynccontextmanager
+async def serving_simulator(
     settings: SimSettings, host: str, port: int, ssl_context: ssl.SSLContext | None = None
-) -> None:
-    """Build the cluster, serve its API on host:port, and run until the task is cancelled."""
+) -> AsyncIterator[str]:
+    """Serve a simulated cluster on host:port (0: a free port) and yield its base URL once it
+    accepts connections; stop serving on exit."""
     cluster = SimCluster(settings)
     runner = web.AppRunner(build_sim_app(cluster), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
+        bound = runner.addresses[0][1]
         scheme = "https" if ssl_context is not None else "http"
+        url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound}"
         base = "/api/v3" if settings.api == "v3" else f"/api/{settings.api}"
         # The simulator's credentials are demo values of its own; showing them helps the demo.
         log.info(
             "simulator_listening",
-            url=f"{scheme}://{host}:{port}{base}",
+            url=url + base,
             emqx_version=settings.effective_version,
             nodes=settings.nodes,
             clients=settings.clients,
@@ -200,6 +207,14 @@ async def run_simulator(
             api_key=settings.api_key,
             api_secret=settings.api_secret,
         )
-        await asyncio.Event().wait()
+        yield url
     finally:
         await runner.cleanup()
+
+
+async def run_simulator(
+    settings: SimSettings, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    """Serve a simulated cluster on host:port until the task is cancelled."""
+    async with serving_simulator(settings, host, port, ssl_context):
+        await asyncio.Event().wait()

@@ -15,6 +15,9 @@ ApiGeneration = Literal["v3", "v4", "v5"]
 #: The EMQX version each API generation simulates when none is given.
 DEFAULT_VERSIONS: dict[str, str] = {"v3": "3.2.8", "v4": "4.4.19", "v5": "5.8.9"}
 
+#: Clients are numbered with 32 bits.
+MAX_CLIENTS = 2**32 - 1
+
 #: Username groups (and, with ``class_prefixes``, client-id prefixes) in the population.
 CLIENT_GROUPS: tuple[str, ...] = ("sensor", "gateway", "app")
 
@@ -53,8 +56,8 @@ class SimSettings:
             raise ValueError(f"version {self.effective_version!r} is not of api {self.api}")
         if self.nodes < 1:
             raise ValueError("nodes must be at least 1")
-        if not 0 <= self.clients < 2**32:
-            raise ValueError("clients must be between 0 and 2**32 - 1")
+        if not 0 <= self.clients <= MAX_CLIENTS:
+            raise ValueError(f"clients must be between 0 and {MAX_CLIENTS}")
         for name in ("offline_sessions", "churn"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
