@@ -157,8 +157,9 @@ class Rules:
                 f"    {self.m('emqx_client_info')}\n)")
 
     def held(self, alert: str, current: str, recorded: str, scope: str) -> str:
-        """``current``, or the last value of ``recorded`` while the alert was active and the
-        exporter has not walked ``scope`` ("node" or "cluster") since."""
+        """``current``, or the last value of ``recorded`` while the alert fires and the exporter
+        has not walked ``scope`` ("node" or "cluster") since. Pending alerts are not held: a
+        condition nobody saw last for its `for:` must not fire on data that is gone."""
         if scope == "node":
             walked = f"on ({self.g}, node) node:emqx_client_exporter_node_up:max == 1"
         else:
@@ -167,7 +168,7 @@ class Rules:
         return (f"(\n{indent(current, 2)}\n)\nor\n(\n"
                 f"    last_over_time({recorded}[{self.s.hold}])\n"
                 f"  and ignoring (alertname, alertstate, severity)\n"
-                f'    ALERTS{{alertname="{alert}"}}\n'
+                f'    ALERTS{{alertname="{alert}", alertstate="firing"}}\n'
                 f"  unless {walked}\n)")
 
     def annotations(self, alert: str, summary: str, description: str,
