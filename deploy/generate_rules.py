@@ -266,8 +266,8 @@ class Rules:
             self.alert(
                 "EMQXClientExporterTargetMissing", f"absent({m('up')})", "warning",
                 "Prometheus has no EMQX client exporter target.",
-                f"No target matches {{{self.s.selector}}}: every other rule of this pack is "
-                "silent."),
+                "No scrape target matches the exporter's selector{{ with $labels.job }} (job "
+                "{{ . }}){{ end }}: every other rule of this pack is silent."),
             self.alert(
                 "EMQXClientExporterEMQXUnreachable",
                 f"{m('emqx_client_exporter_up')} == 0", "critical",
