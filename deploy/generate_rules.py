@@ -173,7 +173,8 @@ class Rules:
 
     def annotations(self, alert: str, summary: str, description: str,
                     dashboard: str = FLEET_UID, client: bool = False) -> dict[str, str]:
-        params = f"{{{{ with $labels.{self.s.cluster_label} }}}}var-cluster={{{{ . }}}}{{{{ end }}}}"
+        cluster = self.s.cluster_label
+        params = f"{{{{ with $labels.{cluster} }}}}var-cluster={{{{ . }}}}{{{{ end }}}}"
         if client:
             params += "&var-clientid={{ $labels.clientid }}"
         return {
@@ -211,7 +212,8 @@ class Rules:
              "# A node the exporter lists but cannot walk (stopped) counts 0, not nothing.\n"
              f"sum by ({g}, node) ({m('emqx_clients_online')})\nor\n"
              f"sum by ({g}, node) ({m('emqx_client_exporter_node_up')} == 0)"),
-            ("node:emqx_clients_sessions:sum", f"sum by ({g}, node) ({m('emqx_clients_sessions')})"),
+            ("node:emqx_clients_sessions:sum",
+             f"sum by ({g}, node) ({m('emqx_clients_sessions')})"),
             ("node_class:emqx_clients_mqueue_saturated:ratio",
              f"sum by ({g}, node, class) ({m('emqx_clients_mqueue_saturated')})\n  /\n"
              f"sum by ({g}, node, class) ({m('emqx_clients_sessions')})"),
@@ -232,8 +234,9 @@ class Rules:
              "# Each new connection moves the connected time; the first sample is no change.\n"
              + t.info_join(f"changes({m('emqx_client_connected_timestamp_seconds')}[15m])")),
             ("clientid:emqx_client_watched_online:max",
-             "# Watched clients: those with a last-seen time, and those EMQX does not know (online\n"
-             "# 0 without emqx_client_info). Other offline clients (allow list, top-K) do not count.\n"
+             "# Watched clients: those with a last-seen time, and those EMQX does not know\n"
+             "# (online 0 without emqx_client_info). Other offline clients (allow list,\n"
+             "# top-K) do not count.\n"
              f"max by ({g}, clientid) ({m('emqx_client_online')})\n"
              f"  and on ({g}, clientid)\n(\n"
              f"    max by ({g}, clientid) ({m('emqx_client_last_seen_timestamp_seconds')})\n"
@@ -256,6 +259,8 @@ class Rules:
         errors_rising = f"sum by ({g}, instance) (increase({failed}[5m])) > 0"
         reachable = f"on ({g}, instance) {m('emqx_client_exporter_up')} == 1"
         limit = f"{m('scrape_sample_limit')} > 0"
+        interval = m("emqx_client_exporter_poll_interval_seconds")
+        last_success = m("emqx_client_exporter_last_poll_success_timestamp_seconds")
         return [
             self.alert(
                 "EMQXClientExporterDown", f"{m('up')} == 0", "critical",
@@ -300,9 +305,9 @@ class Rules:
             self.alert(
                 "EMQXClientExporterSnapshotStale",
                 f"(\n    {m('emqx_client_exporter_snapshot_age_seconds')}\n"
-                f"      > {t['stale_intervals']:g} * {m('emqx_client_exporter_poll_interval_seconds')}\n"
-                f"  or\n    time() - {m('emqx_client_exporter_last_poll_success_timestamp_seconds')}\n"
-                f"      > {t['stale_intervals']:g} * {m('emqx_client_exporter_poll_interval_seconds')}\n"
+                f"      > {t['stale_intervals']:g} * {interval}\n"
+                f"  or\n    time() - {last_success}\n"
+                f"      > {t['stale_intervals']:g} * {interval}\n"
                 f")\nunless {m('emqx_client_exporter_up')} == 0",
                 "warning", "The exporter serves stale data.",
                 f"The data {{{{ $labels.instance }}}} serves{in_cluster} is "
@@ -310,7 +315,7 @@ class Rules:
             self.alert(
                 "EMQXClientExporterPollSlow",
                 f"{m('emqx_client_exporter_poll_duration_seconds')}\n"
-                f"  > {t['poll_slow_ratio']:g} * {m('emqx_client_exporter_poll_interval_seconds')}\n"
+                f"  > {t['poll_slow_ratio']:g} * {interval}\n"
                 f"unless {m('emqx_client_exporter_up')} == 0",
                 "warning", "Exporter polls take most of the poll interval.",
                 f"Polls of {{{{ $labels.instance }}}}{in_cluster} take "
