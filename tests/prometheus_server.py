@@ -218,12 +218,16 @@ class Alertmanager:
         return alerts
 
 
+def make_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.asynccontextmanager
 async def alertmanager_server(
     binary: str, workdir: Path, config_file: Path, deadline: float
 ) -> AsyncIterator[Alertmanager]:
     """An Alertmanager on a free loopback port, without clustering; yields once it is ready."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_dir(workdir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = workdir / "alertmanager.log"
