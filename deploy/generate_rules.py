@@ -150,23 +150,28 @@ class Rules:
         return self.s.for_override or self.s.for_[alert]
 
     def info_join(self, expr: str) -> str:
-        """``expr`` per client, with `node` and `username` of emqx_client_info."""
+        """``expr`` per client, with `node` and `username` of emqx_client_info. One info series
+        per client: for a lookback window after a client moved nodes there may be two."""
         return (f"max by ({self.g}, clientid, node, username) (\n"
                 f"    (\n{indent(expr, 6)}\n    )\n"
                 f"  * on ({self.g}, instance, clientid) group_left (node, username)\n"
-                f"    {self.m('emqx_client_info')}\n)")
+                f"    topk by ({self.g}, instance, clientid) (1, {self.m('emqx_client_info')})\n)")
 
     def held(self, alert: str, current: str, recorded: str, scope: str) -> str:
-        """``current``, or the last value of ``recorded`` while the alert fires and the exporter
-        has not walked ``scope`` ("node" or "cluster") since. Pending alerts are not held: a
-        condition nobody saw last for its `for:` must not fire on data that is gone."""
+        """``current``, or the last value of ``recorded`` while the alert fires, the series
+        has no current value, and the exporter has not walked ``scope`` ("node" or "cluster")
+        since. Pending alerts are not held: a condition nobody saw last for its `for:` must
+        not fire on data that is gone. A client with current data anywhere (back online, moved
+        to another node) is judged on it."""
         if scope == "node":
             walked = f"on ({self.g}, node) node:emqx_client_exporter_node_up:max == 1"
         else:
             walked = (f"on ({self.g}) min by ({self.g}) "
                       f"(node:emqx_client_exporter_node_up:max) == 1")
+        current_data = f"on ({self.g}, clientid) " if recorded.startswith("clientid:") else ""
         return (f"(\n{indent(current, 2)}\n)\nor\n(\n"
                 f"    last_over_time({recorded}[{self.s.hold}])\n"
+                f"  unless {current_data}{recorded}\n"
                 f"  and ignoring (alertname, alertstate, severity)\n"
                 f'    ALERTS{{alertname="{alert}", alertstate="firing"}}\n'
                 f"  unless {walked}\n)")
