@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -463,10 +462,9 @@ class Rules:
             ]},
         }
 
-    def inhibit_rules(self) -> list[dict[str, Any]]:
-        alerts = self.groups()["alerts.yml"]["groups"]
-        clients = [r["alert"] for r in alerts[1]["rules"]]
-        client_re = "|".join(clients)
+    def inhibit_rules(self, client_alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A blind exporter silences what it cannot see; a stopped node, its clients."""
+        clients = [r["alert"] for r in client_alerts]
         exporter_side = [*clients, "EMQXNodeStopped", "EMQXClientExporterNodeWalkFailing",
                          "EMQXClientExporterSnapshotStale", "EMQXClientExporterPollSlow",
                          "EMQXClientExporterAPIErrors"]
@@ -483,11 +481,11 @@ class Rules:
             {"source_matchers": ['alertname=~"EMQXNodeStopped|EMQXClientExporterNodeWalkFailing"'],
              "target_matchers": [f'alertname=~"{"|".join(per_node)}"'],
              "equal": [*self.s.job_labels, self.s.cluster_label, "node"]},
-            # Some client alerts of the class storm are the storm itself.
+            # During a storm every client reconnects: the storm speaks for the single loops.
             {"source_matchers": ['alertname="EMQXClientsReconnectStorm"'],
              "target_matchers": ['alertname="EMQXClientReconnectLoop"'],
              "equal": [*self.s.job_labels, self.s.cluster_label]},
-        ] if client_re else []
+        ]
 
 
 def indent(text: str, spaces: int) -> str:
@@ -565,21 +563,19 @@ def render(settings: Settings) -> dict[str, str]:
         "prometheus/alerts.yml": HEADER + dump(alerts),
         "kubernetes/prometheusrule.yaml": HEADER + rule_note + dump(prometheus_rule),
         "alertmanager/alertmanager.yml": HEADER + ALERTMANAGER_NOTE + dump(
-            alertmanager_config(settings, rules.inhibit_rules())),
+            alertmanager_config(settings, rules.inhibit_rules(alerts["groups"][1]["rules"]))),
     }
 
 
-def alert_names(settings: Settings | None = None) -> list[str]:
-    groups = Rules(settings or Settings()).groups()["alerts.yml"]["groups"]
-    return [r["alert"] for g in groups for r in g["rules"]]
-
-
-def write(files: dict[str, str], out_dir: Path) -> Iterable[Path]:
+def write(files: dict[str, str], out_dir: Path) -> list[Path]:
+    """Write ``render()``'s files under ``out_dir``; the paths written."""
+    paths = []
     for relative, text in files.items():
         path = out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-        yield path
+        paths.append(path)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,7 +166,7 @@ async def test_faults_fire_alerts_and_alertmanager_inhibits_client_alerts(tmp_pa
     deadline = time.monotonic() + BUDGET_SECONDS
     gen = generator()
     rules_dir = tmp_path / "rules"
-    list(gen.write(gen.render(gen.Settings.from_mapping(RULE_SETTINGS)), rules_dir))
+    gen.write(gen.render(gen.Settings.from_mapping(RULE_SETTINGS)), rules_dir)
 
     cluster = SimCluster(SIM, clock())
     rows = [r for r in cluster.rows() if r["connected"]]
