@@ -216,6 +216,8 @@ class Rules:
              "# A node the exporter lists but cannot walk (stopped) counts 0, not nothing.\n"
              f"sum by ({g}, node) ({m('emqx_clients_online')})\nor\n"
              f"sum by ({g}, node) ({m('emqx_client_exporter_node_up')} == 0)"),
+            ("node:emqx_clients_online:ratio_of_peak15m",
+             "node:emqx_clients_online:sum\n  /\nmax_over_time(node:emqx_clients_online:sum[15m])"),
             ("node:emqx_clients_sessions:sum",
              f"sum by ({g}, node) ({m('emqx_clients_sessions')})"),
             ("node_class:emqx_clients_mqueue_saturated:ratio",
@@ -382,8 +384,8 @@ class Rules:
                  f"  > {t['storm_ratio']:g}\n"
                  f"and\nclass:emqx_clients_connects:increase5m >= {t['storm_min']:g}")
         online = "node:emqx_clients_online:sum"
-        drop = (f"{online}\n  /\nmax_over_time({online}[15m])\n"
-                f"  < {t['online_drop_ratio']:g}\n"
+        of_peak = "node:emqx_clients_online:ratio_of_peak15m"
+        drop = (f"{of_peak} < {t['online_drop_ratio']:g}\n"
                 f"and\nmax_over_time({online}[15m]) >= {t['online_drop_min_peak']:g}")
         return [
             per_client("EMQXClientMqueueFilling", "clientid:emqx_client_mqueue_fill:ratio", ">=",
@@ -445,7 +447,8 @@ class Rules:
                 "{{ $value | humanizePercentage }} of the online clients within 5 minutes.",
                 keep_firing_for=self.s.storm_keep_firing_for),
             self.alert(
-                "EMQXClientsOnlineDrop", drop, "critical",
+                "EMQXClientsOnlineDrop", self.held("EMQXClientsOnlineDrop", drop, of_peak, "node"),
+                "critical",
                 "Online MQTT clients of an EMQX node dropped sharply.",
                 f"Connected clients on node {{{{ $labels.node }}}}{{{{ with $labels.{cl} }}}} in "
                 "cluster {{ . }}{{ end }} are down to {{ $value | humanizePercentage }} of their "
