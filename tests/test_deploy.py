@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from exporter.config import load_settings
+from exporter.errors import ConfigError
 from tests.test_rules import (
     ALERTS,
     RECORDING,
@@ -150,7 +151,7 @@ def test_the_loader_rejects_the_old_wrong_key(tmp_path: Path) -> None:
     """What the shipped ConfigMap once said: the test above must catch such a sample."""
     config = tmp_path / "config.yaml"
     config.write_text("aggregate_labels: [node, class]\n")
-    with pytest.raises(Exception, match="aggregate_labels"):
+    with pytest.raises(ConfigError, match="aggregate_labels"):
         load_settings({}, DEPLOY_ENV, str(config))
 
 
