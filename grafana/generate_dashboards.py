@@ -32,6 +32,26 @@ CN = 'cluster=~"$cluster", node=~"$node"'
 CNK = 'cluster=~"$cluster", node=~"$node", class=~"$class"'
 CL = 'cluster=~"$cluster", clientid="$clientid"'
 RI = "[$__rate_interval]"
+#: Min interval of every panel that computes a rate or peak: the exporter's default poll
+#: interval. A shorter step only repeats the same snapshot (change it with `interval:`).
+POLL_INTERVAL = "30s"
+#: Bound of the client id variable: a dropdown of 100k ids would stall the browser.
+CLIENTID_CHOICES = 1000
+#: Official dashboards of EMQX's own exporter, for broker-wide metrics.
+EMQX_DASHBOARDS_URL = "https://github.com/emqx/emqx-exporter/tree/main/grafana-dashboard"
+#: Distribution families (OpenMetrics gaugehistograms: `_bucket{le}`, `_gcount`, `_gsum` in
+#: the text format) labelled by the aggregate labels, shown as heatmaps.
+DISTRIBUTIONS = (
+    ("emqx_clients_mqueue_fill_ratio", "Queue fill of clients", "percentunit"),
+    ("emqx_clients_inflight_fill_ratio", "Inflight fill of clients", "percentunit"),
+    ("emqx_clients_received_bytes_per_second", "Received bytes / s per client", "Bps"),
+    ("emqx_clients_sent_bytes_per_second", "Sent bytes / s per client", "Bps"),
+    ("emqx_clients_received_messages_per_second", "Received messages / s per client", "mps"),
+    ("emqx_clients_sent_messages_per_second", "Sent messages / s per client", "mps"),
+    ("emqx_clients_dropped_messages_per_second", "Dropped messages / s per client", "mps"),
+    ("emqx_clients_connection_age_seconds", "Connection age of clients", "s"),
+    ("emqx_clients_subscriptions_per_client", "Subscriptions per client", "short"),
+)
 
 # The join that lends node and username from emqx_client_info to a per-client expression that
 # still has (cluster, job, instance, clientid); the node filter applies through it.
@@ -131,7 +151,7 @@ def timeseries(
     }
     if min0:
         defaults["min"] = 0
-    return {
+    panel: Json = {
         "type": "timeseries",
         "title": title,
         "description": description,
@@ -142,6 +162,40 @@ def timeseries(
             "tooltip": {"mode": "multi", "sort": "desc"},
         },
         "targets": tgts,
+    }
+    return with_min_interval(panel)
+
+
+def with_min_interval(panel: Json) -> Json:
+    """Rates and peaks step no finer than the poll interval (the data changes no faster)."""
+    if any(w in t["expr"] for t in panel["targets"] for w in ("rate(", "_over_time(")):
+        panel["interval"] = POLL_INTERVAL
+    return panel
+
+
+def heatmap(family: str, title: str, unit: str) -> Json:
+    """A distribution family's buckets over time (Grafana de-accumulates `le` buckets)."""
+    tgt = target(f'sum by (le) ({family}_bucket{{{CNK}}})', "{{le}}")
+    tgt["format"] = "heatmap"
+    return {
+        "type": "heatmap",
+        "title": title,
+        "description": f"Clients per bucket of {family} (a gauge histogram the exporter "
+                       "computes each poll over every listed client).",
+        "datasource": DS,
+        "interval": POLL_INTERVAL,
+        "fieldConfig": {"defaults": {"custom": {"scaleDistribution": {"type": "linear"}}},
+                        "overrides": []},
+        "options": {
+            "calculate": False,
+            "yAxis": {"unit": unit, "axisPlacement": "left"},
+            "rowsFrame": {"layout": "auto"},
+            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+            "cellGap": 1,
+            "tooltip": {"mode": "single", "yHistogram": True},
+            "legend": {"show": True},
+        },
+        "targets": [tgt],
     }
 
 
@@ -207,7 +261,7 @@ def stat(
     }
     if no_value is not None:
         defaults["noValue"] = no_value
-    return {
+    panel: Json = {
         "type": "stat",
         "title": title,
         "description": description,
@@ -223,6 +277,7 @@ def stat(
         },
         "targets": [target(expr)],
     }
+    return with_min_interval(panel)
 
 
 def drill_link() -> list[Json]:
@@ -264,7 +319,7 @@ def table(
             ],
         }
     )
-    return {
+    panel: Json = {
         "type": "table",
         "title": title,
         "description": description,
@@ -296,6 +351,7 @@ def table(
         ],
         "targets": [target(expr, table=True)],
     }
+    return with_min_interval(panel)
 
 
 def datasource_var() -> Json:
@@ -304,7 +360,8 @@ def datasource_var() -> Json:
         "label": "Data source",
         "type": "datasource",
         "query": "prometheus",
-        "current": {},
+        # Grafana's import screen asks for DS_PROMETHEUS (see __inputs) and puts its uid here.
+        "current": {"selected": True, "text": "Prometheus", "value": "${DS_PROMETHEUS}"},
         "hide": 0,
         "includeAll": False,
         "multi": False,
@@ -316,7 +373,8 @@ def datasource_var() -> Json:
 
 
 def query_var(
-    name: str, label: str, query: str, *, all_: bool = True, multi: bool = True, desc: str = ""
+    name: str, label: str, query: str, *, all_: bool = True, multi: bool = True, desc: str = "",
+    regex: str = "",
 ) -> Json:
     var: Json = {
         "name": name,
@@ -331,8 +389,9 @@ def query_var(
         "includeAll": all_,
         "multi": multi,
         "options": [],
-        "refresh": 2,
-        "regex": "",
+        # On dashboard load, not on every time range change.
+        "refresh": 1,
+        "regex": regex,
         "skipUrlSync": False,
         "sort": 1,
     }
@@ -355,6 +414,20 @@ def dashboard(
     uid: str, title: str, description: str, layout: Layout, variables: list[Json]
 ) -> Json:
     return {
+        "__inputs": [
+            {
+                "name": "DS_PROMETHEUS",
+                "label": "Prometheus",
+                "description": "The Prometheus that scrapes emqx-client-exporter",
+                "type": "datasource",
+                "pluginId": "prometheus",
+                "pluginName": "Prometheus",
+            }
+        ],
+        "__requires": [
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.4.0"},
+            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+        ],
         "annotations": {
             "list": [
                 {
@@ -383,7 +456,15 @@ def dashboard(
                 "keepTime": True,
                 "icon": "external link",
                 "targetBlank": False,
-            }
+            },
+            {
+                "type": "link",
+                "title": "Official EMQX dashboards (broker-wide metrics)",
+                "url": EMQX_DASHBOARDS_URL,
+                "icon": "external link",
+                "targetBlank": True,
+                "tooltip": "Grafana dashboards of emqx/emqx-exporter",
+            },
         ],
         "panels": layout.panels,
         "refresh": "30s",
@@ -485,6 +566,18 @@ def fleet() -> Json:
     )
 
     lay.row("Clients")
+    lay.add(
+        stat(
+            "EMQX node status",
+            "Per EMQX node: walked by the last poll, or stopped / not walked (recording rule "
+            "node:emqx_client_exporter_node_up:max over emqx_client_exporter_node_up).",
+            f"min by (cluster, node) (node:emqx_client_exporter_node_up:max{{{CN}}})",
+            mappings=up_down_mappings("STOPPED / NOT WALKED", "RUNNING"),
+            steps=[("red", None), ("green", 1)],
+            graph=False,
+        ),
+        (24, 3),
+    )
     lay.add(
         timeseries(
             "Online clients by node",
@@ -693,6 +786,26 @@ def fleet() -> Json:
     )
     lay.add(
         timeseries(
+            "Queue and inflight peaks by node",
+            "The highest queued and inflight messages per node within each step (the current "
+            "value hides short bursts between two points).",
+            targets(
+                (
+                    f"sum by (cluster, node) "
+                    f"(max_over_time(emqx_clients_mqueue_messages{{{CNK}}}[$__interval]))",
+                    "queued peak {{cluster}} {{node}}",
+                ),
+                (
+                    f"sum by (cluster, node) "
+                    f"(max_over_time(emqx_clients_inflight_messages{{{CNK}}}[$__interval]))",
+                    "inflight peak {{cluster}} {{node}}",
+                ),
+            ),
+        ),
+        (8, 8),
+    )
+    lay.add(
+        timeseries(
             "Subscriptions by node",
             "Subscriptions held by the selected clients.",
             targets(
@@ -722,6 +835,10 @@ def fleet() -> Json:
         ),
         (24, 8),
     )
+
+    lay.row("Distributions over all clients")
+    for family, title, unit in DISTRIBUTIONS:
+        lay.add(heatmap(family, title, unit), (8, 8))
 
     lay.row("Exporter health")
     lay.add(
@@ -884,7 +1001,7 @@ def fleet() -> Json:
         table(
             "Exporter and EMQX versions",
             "emqx_client_exporter_build_info per exporter and cluster.",
-            f"emqx_client_exporter_build_info{{{C}}}",
+            f"topk(100, emqx_client_exporter_build_info{{{C}}})",
             value_name="info",
             hide=("Time", "__name__", "job", "Value", "info"),
             link_clientid=False,
@@ -906,7 +1023,7 @@ def fleet() -> Json:
                 "class",
                 "Class",
                 f"label_values(emqx_clients_online{{{C}}}, class)",
-                desc="Client classes; empty unless 'class' is in aggregate_labels.",
+                desc="Client classes; empty unless 'class' is in the exporter's aggregate.labels.",
             ),
         ],
     )
@@ -999,13 +1116,10 @@ def drilldown() -> Json:
     )
     lay.add(
         table(
-            "Top $topn by reconnects in the time range",
-            "Changes of the connected-at timestamp over the dashboard's time range: reconnects "
-            "the exporter saw while the client was exported.",
-            rogue(
-                f"changes(emqx_client_connected_timestamp_seconds{{{C}}}[$__range])",
-                positive=True,
-            ),
+            "Top $topn by reconnects in the last 15 minutes",
+            "New connections the exporter saw while the client was exported (recording rule "
+            "clientid:emqx_client_connects:changes15m: one sample per client, cheap at 100k).",
+            f"topk($topn, clientid:emqx_client_connects:changes15m{{{CN}}} > 0)",
             value_name="reconnects",
         ),
         (12, 9),
@@ -1015,11 +1129,24 @@ def drilldown() -> Json:
             "Offline exported clients",
             "Watched clients that are not connected (also those EMQX does not know) and offline "
             "persistent sessions picked by allow list or top-K.",
-            f"max by (cluster, clientid) (emqx_client_online{{{C}}}) == 0",
+            f"topk($topn, max by (cluster, clientid) (emqx_client_online{{{C}}}) == 0)",
             value_name="online",
         ),
         (12, 9),
     )
+    for kind in ("mqueue", "inflight"):
+        lay.add(
+            table(
+                f"Peak {kind} fill in the last hour",
+                f"The highest {kind} fill each client reached in the last hour, which the "
+                "current value hides (recording rule "
+                f"clientid:emqx_client_{kind}_fill:ratio).",
+                f"topk($topn, max_over_time(clientid:emqx_client_{kind}_fill:ratio{{{CN}}}[1h]))",
+                value_name="peak fill",
+                unit="percentunit",
+            ),
+            (12, 9),
+        )
     lay.add(
         table(
             "Longest offline sessions",
@@ -1120,6 +1247,8 @@ def drilldown() -> Json:
             "Queued messages and the queue's capacity (no capacity line when unlimited).",
             targets(
                 (f"max(emqx_client_mqueue_messages{{{CL}}})", "queued"),
+                (f"max(max_over_time(emqx_client_mqueue_messages{{{CL}}}[$__interval]))",
+                 "peak"),
                 (f"max(emqx_client_mqueue_capacity_messages{{{CL}}})", "capacity"),
             ),
         ),
@@ -1131,6 +1260,8 @@ def drilldown() -> Json:
             "Unacknowledged QoS 1/2 messages and the inflight window.",
             targets(
                 (f"max(emqx_client_inflight_messages{{{CL}}})", "inflight"),
+                (f"max(max_over_time(emqx_client_inflight_messages{{{CL}}}[$__interval]))",
+                 "peak"),
                 (f"max(emqx_client_inflight_capacity_messages{{{CL}}})", "capacity"),
             ),
         ),
@@ -1274,9 +1405,12 @@ def drilldown() -> Json:
             query_var(
                 "clientid",
                 "Client id",
-                f"label_values(emqx_client_info{{{CN}}}, clientid)",
+                f"query_result(topk({CLIENTID_CHOICES}, "
+                f"max by (clientid) (emqx_client_info{{{CN}}})))",
                 all_=False,
                 multi=False,
+                regex='/clientid="([^"]+)"/',
+                desc=f"The first {CLIENTID_CHOICES} exported clients; type any other id.",
             ),
             {
                 "name": "topn",

@@ -197,3 +197,53 @@ async def prometheus_server(
         yield Prometheus(url, session, log, proc)
         if proc.returncode is not None:
             raise AssertionError(f"prometheus exited with {proc.returncode}:\n{tail(log)}")
+
+
+class Alertmanager:
+    """The v2 HTTP API of a running Alertmanager."""
+
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, log: Path, proc: asyncio.subprocess.Process
+    ) -> None:
+        self.url = url
+        self.session = session
+        self.log = log
+        self.proc = proc
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """Every alert Alertmanager holds, active, inhibited or silenced."""
+        async with self.session.get(f"{self.url}/api/v2/alerts", timeout=HTTP_TIMEOUT) as response:
+            assert response.status == 200, await response.text()
+            alerts: list[dict[str, Any]] = await response.json()
+        return alerts
+
+
+def make_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def alertmanager_server(
+    binary: str, workdir: Path, config_file: Path, deadline: float
+) -> AsyncIterator[Alertmanager]:
+    """An Alertmanager on a free loopback port, without clustering; yields once it is ready."""
+    make_dir(workdir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = workdir / "alertmanager.log"
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip port: a single instance
+        "--log.level=info",
+    ]
+    async with (
+        running(argv, log, cwd=workdir) as proc,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_http_ok(session, f"{url}/-/ready", deadline, proc, log)
+        yield Alertmanager(url, session, log, proc)
+        if proc.returncode is not None:
+            raise AssertionError(f"alertmanager exited with {proc.returncode}:\n{tail(log)}")

@@ -49,12 +49,15 @@ from tests.test_rules import (
     ALERTS,
     CONTRACT_HISTOGRAMS,
     DASHBOARDS,
+    RECORDING,
     ROOT,
     SCRAPE_CONFIG,
     contract_metric_names,
     dashboard_exprs,
+    distribution_sample_names,
     load_dashboard,
     load_yaml,
+    promql_metric_names,
     substitute_grafana_vars,
 )
 
@@ -216,32 +219,85 @@ class PanelQuery:
     may_be_empty: str | None
 
 
-def panel_queries(picks: Picks) -> list[PanelQuery]:
-    """Every target of every dashboard, variables substituted as a user would pick them."""
-    queries = []
+async def exported_names(session: aiohttp.ClientSession, exporter_url: str) -> set[str]:
+    """Sample names on the exporter's /metrics."""
+    async with session.get(f"{exporter_url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {re.split(r"[{ ]", line, maxsplit=1)[0]
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def panel_queries(picks: Picks, exported: set[str]) -> tuple[list[PanelQuery], list[str]]:
+    """Every target of every dashboard, variables substituted as a user would pick them;
+    and the panels skipped because a metric they read is absent from the exporter's output
+    (families another branch adds: they are checked once the exporter exports them)."""
+    queries, skipped = [], []
+    recorded = {r["record"] for r in load_yaml(RECORDING)["groups"][0]["rules"]}
     for path in DASHBOARDS:
         for title, expr in dashboard_exprs(load_dashboard(path)):
             key = (path.stem, title)
+            missing = promql_metric_names(expr) - recorded - exported
+            if missing:
+                # Only the distribution families may be missing; anything else is a bug.
+                assert missing <= distribution_sample_names(), (path.name, title, missing)
+                skipped.append(f"{path.stem} / {title}: {sorted(missing)}")
+                continue
             client = picks.role(OTHER_CLIENT.get(key, "busy"))
             text = substitute_grafana_vars(expr, cluster=CLUSTER, clientid=client, **RANGE_VARS)
             assert "$" not in text, f"{path.name} {title}: unsubstituted variable in {text}"
             queries.append(PanelQuery(path.stem, title, text, MAY_BE_EMPTY.get(key)))
-    return queries
+    return queries, skipped
 
 
-def variable_queries() -> list[tuple[str, str, str, str]]:
-    """(dashboard, variable, label, series selector) of every label_values() variable."""
+@dataclass(frozen=True)
+class VariableQuery:
+    dashboard: str
+    name: str
+    #: label_values(): the label and the series selector; query_result(): the query and regex.
+    label: str | None
+    expr: str
+    regex: str | None
+
+
+def variable_queries() -> list[VariableQuery]:
+    """Every label_values() and query_result() variable, with Grafana's variables replaced."""
     out = []
     for path in DASHBOARDS:
         for var in load_dashboard(path)["templating"]["list"]:
             if var.get("type") != "query":
                 continue
             query = var["query"] if isinstance(var["query"], str) else var["query"]["query"]
-            m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", query, re.S)
-            assert m, f"{path.name} ${var['name']}: not a label_values() query: {query}"
-            selector = substitute_grafana_vars(m.group(1), cluster=CLUSTER)
-            out.append((path.stem, var["name"], m.group(2), selector))
+            labels = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", query, re.S)
+            result = re.fullmatch(r"\s*query_result\((.*)\)\s*", query, re.S)
+            assert labels or result, f"{path.name} ${var['name']}: unknown query: {query}"
+            if labels:
+                out.append(VariableQuery(path.stem, var["name"], labels.group(2),
+                                         substitute_grafana_vars(labels.group(1), cluster=CLUSTER),
+                                         None))
+            else:
+                assert result is not None
+                out.append(VariableQuery(path.stem, var["name"], None,
+                                         substitute_grafana_vars(result.group(1), cluster=CLUSTER),
+                                         var["regex"].strip("/")))
     return out
+
+
+async def variable_values(prom: Prometheus, var: VariableQuery) -> list[str]:
+    """The options Grafana would offer: label values, or the regex's group applied to each
+    result line of query_result() (`name{label="value", ...} value timestamp`)."""
+    if var.label is not None:
+        values: list[str] = await prom.api(f"label/{var.label}/values", {"match[]": var.expr})
+        return values
+    assert var.regex is not None
+    out = []
+    for sample in await prom.query(var.expr):
+        labels = ", ".join(f'{k}="{v}"' for k, v in sorted(sample["metric"].items()))
+        line = f"{{{labels}}} {sample['value'][1]} {sample['value'][0]}"
+        m = re.search(var.regex, line)
+        if m:
+            out.append(m.group(1))
+    return sorted(set(out))
 
 
 def remaining(deadline: float) -> float:
@@ -352,17 +408,20 @@ async def test_dashboards_and_alert_rules_on_a_real_prometheus(tmp_path: Path) -
         cluster.reconnect(picks.reconnecting)  # "Top by reconnects" needs a change in range
 
         # 1. Variable queries: each offers values, the picked clients among them.
-        for dashboard, name, label, selector in variable_queries():
-            values = await prom.api(f"label/{label}/values", {"match[]": selector})
-            assert values, f"{dashboard} ${name}: label_values({selector}, {label}) is empty"
-            if name == "cluster":
+        for var in variable_queries():
+            values = await variable_values(prom, var)
+            assert values, f"{var.dashboard} ${var.name}: {var.expr} offers nothing"
+            if var.name == "cluster":
                 assert values == [CLUSTER], values
-            if name == "clientid":  # a client EMQX does not know has no emqx_client_info
+            if var.name == "clientid":  # a client EMQX does not know has no emqx_client_info
                 known = set(picks.watch()) - {MISSING_CLIENT}
                 assert known <= set(values), sorted(known - set(values))
 
         # 2. Every panel query: valid, and data unless allow-listed.
-        errors, empty = await run_panel_queries(prom, panel_queries(picks), deadline)
+        queries, skipped = panel_queries(picks, await exported_names(session, exporter_url))
+        if skipped:
+            print("panels skipped, their metrics are not exported yet:", *skipped, sep="\n  ")
+        errors, empty = await run_panel_queries(prom, queries, deadline)
         assert not errors and not empty, "\n".join(
             ["queries Prometheus rejected:", *errors, "panels without data:", *empty])
 

@@ -1,4 +1,4 @@
-"""Alert rules, their promtool unit tests, the Grafana dashboards and the deployment files.
+"""Alert and recording rules, their generator and promtool unit tests, and the dashboards.
 
 promtool comes from the Debian package ``prometheus``. Tests that need it are marked
 ``promtool``: without it they skip locally and fail when ``CI=true``.
@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROM_DIR / "alerts.yml"
 RECORDING = PROM_DIR / "recording.yml"
-RULE_FILES = [p for p in (ALERTS, RECORDING) if p.exists()]
+RULE_FILES = [RECORDING, ALERTS]
 RULE_TESTS = sorted((PROM_DIR / "tests").glob("*.yml"))
 SCRAPE_CONFIG = PROM_DIR / "prometheus.yml"
 GRAFANA_DIR = ROOT / "grafana"
 DASHBOARDS = sorted(GRAFANA_DIR.glob("*.json"))
-K8S_DIR = ROOT / "deploy" / "kubernetes"
-RENDER_SCRIPT = K8S_DIR / "render-prometheusrule.py"
-PROMETHEUS_RULE = K8S_DIR / "prometheusrule.yaml"
+GENERATOR = ROOT / "deploy" / "generate_rules.py"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +110,28 @@ CONTRACT_HISTOGRAMS: frozenset[str] = frozenset(
 # Series Prometheus writes itself for every target. Only the alert rules may use them (an
 # exporter that is down exports nothing, so only `up` can tell); dashboards may not.
 PROMETHEUS_SCRAPE_SERIES: frozenset[str] = frozenset({"up", "scrape_samples_scraped"})
+
+
+#: Distribution families issue 10 adds (OpenMetrics gaugehistograms; in the text format 0.0.4
+#: gauges `<name>_bucket{le}`, `<name>_gcount`, `<name>_gsum`). The fleet dashboard's heatmaps
+#: read them; the real-Prometheus test skips those panels while the exporter lacks them. Move
+#: them into the contract (exporter.contract) once they are exported.
+DISTRIBUTION_FAMILIES: frozenset[str] = frozenset({
+    "emqx_clients_mqueue_fill_ratio",
+    "emqx_clients_inflight_fill_ratio",
+    "emqx_clients_received_bytes_per_second",
+    "emqx_clients_sent_bytes_per_second",
+    "emqx_clients_received_messages_per_second",
+    "emqx_clients_sent_messages_per_second",
+    "emqx_clients_dropped_messages_per_second",
+    "emqx_clients_connection_age_seconds",
+    "emqx_clients_subscriptions_per_client",
+})
+
+
+def distribution_sample_names() -> frozenset[str]:
+    return frozenset(f"{family}{suffix}" for family in DISTRIBUTION_FAMILIES
+                     for suffix in ("_bucket", "_gcount", "_gsum"))
 
 
 def contract_metric_names() -> frozenset[str]:
@@ -215,6 +237,7 @@ _KEYWORDS = frozenset(
 def promql_metric_names(expr: str) -> set[str]:
     """Metric names an expression selects (a lexer, not a parser: enough for our queries)."""
     s = _STRING.sub('""', expr)
+    s = re.sub(r"#[^\n]*", " ", s)  # comments
     s = _GRAFANA_VAR.sub(" 1 ", s)
     s = re.sub(r"\[[^\]]*\]", " ", s)  # range and subquery selectors
     s = re.sub(r"\{[^}]*\}", " ", s)  # label matchers
@@ -237,6 +260,7 @@ def variable_query_exprs(dashboard: dict[str, Any]) -> list[str]:
             continue
         query = var["query"] if isinstance(var["query"], str) else var["query"]["query"]
         m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query, re.S)
+        m = m or re.fullmatch(r"\s*query_result\((.*)\)\s*", query, re.S)
         exprs.append(m.group(1) if m else query)
     return exprs
 
@@ -306,8 +330,15 @@ def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
     assert not (firing | quiet) - names, "tests for alerts that do not exist"
 
 
-def test_alerts_are_annotated() -> None:
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors of the runbook's alert sections (`## EMQXFoo` -> `emqxfoo`)."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    return {m.lower() for m in re.findall(r"^## (EMQX[A-Za-z]+)$", text, re.M)}
+
+
+def test_alerts_follow_the_mixin_conventions() -> None:
     seen = set()
+    anchors = runbook_anchors()
     for rule in alert_rules():
         name = rule["alert"]
         assert name not in seen, f"duplicate alert {name}"
@@ -315,21 +346,104 @@ def test_alerts_are_annotated() -> None:
         assert re.fullmatch(r"EMQX[A-Za-z]+", name), name
         assert rule.get("labels", {}).get("severity") in {"critical", "warning", "info"}, name
         annotations = rule.get("annotations", {})
-        assert annotations.get("summary"), name
-        assert "Runbook:" in annotations.get("description", ""), name
+        assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}
+        assert "{{" not in annotations["summary"], f"{name}: the summary is a static headline"
+        assert "{{" in annotations["description"], f"{name}: the description names the subject"
+        url, _, anchor = annotations["runbook_url"].partition("#")
+        assert url.endswith("/docs/runbook.md"), name
+        assert anchor == name.lower() and anchor in anchors, f"{name}: no runbook section"
+        assert re.search(r"/d/emqx-clients-(fleet|drilldown)\?", annotations["dashboard_url"])
         assert "for" in rule, f"{name} fires on a single evaluation"
+    assert anchors == {n.lower() for n in seen}, "runbook sections without an alert"
+
+
+def recording_names() -> set[str]:
+    return {r["record"] for g in load_yaml(RECORDING)["groups"] for r in g["rules"]}
 
 
 def test_rule_metrics_are_in_the_contract() -> None:
-    allowed = contract_metric_names() | PROMETHEUS_SCRAPE_SERIES
+    # ALERTS: the hold of client alerts reads their own state; scrape_sample_limit exists with
+    # --enable-feature=extra-scrape-metrics and the rule falls back without it.
+    allowed = contract_metric_names() | PROMETHEUS_SCRAPE_SERIES | recording_names()
+    allowed |= {"ALERTS", "scrape_sample_limit"}
     for rule in all_rules():
         names = promql_metric_names(rule["expr"])
         assert names, rule["expr"]
         assert names <= allowed, (rule.get("alert", rule.get("record")), names - allowed)
-        # metric names in annotation text and template queries
         text = " ".join(rule.get("annotations", {}).values())
         mentioned = set(re.findall(r"\bemqx_clients?_[a-z0-9_]+", text))
         assert mentioned <= allowed, (rule.get("alert"), mentioned - allowed)
+
+
+def test_committed_rules_match_their_generator(tmp_path: Path) -> None:
+    result = run(sys.executable, GENERATOR, "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert written, "the generator wrote nothing"
+    for relative in written:
+        assert (tmp_path / relative).read_text() == (ROOT / "deploy" / relative).read_text(), (
+            f"deploy/{relative} is stale: run python3 deploy/generate_rules.py")
+    prometheus_rule = load_yaml(ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml")
+    assert prometheus_rule["spec"]["groups"] == (
+        load_yaml(RECORDING)["groups"] + load_yaml(ALERTS)["groups"])
+
+
+def test_generator_settings_reach_every_selector_and_grouping(tmp_path: Path) -> None:
+    """No job or label name is hard-coded: a user's selector and target labels go everywhere."""
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({
+        "selector": 'job="mqtt-clients", env="prod"',
+        "job_labels": ["k8s_namespace", "job"],
+        "cluster_label": "emqx_cluster",
+        "thresholds": {"client_drop_rate": 2.5},
+        "for": {"EMQXClientMqueueFilling": "7m"},
+    }))
+    result = run(sys.executable, GENERATOR, "--settings", settings, "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rules = [r for path in ("recording.yml", "alerts.yml")
+             for g in load_yaml(tmp_path / "prometheus" / path)["groups"] for r in g["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
+    for rule in rules:
+        expr = re.sub(r"#[^\n]*", "", rule["expr"])  # comments may name metrics
+        assert "emqx-client-exporter" not in expr, rule
+        assert not re.search(r"\bcluster\b|\bnamespace\b", expr), rule
+        for name in promql_metric_names(expr) - recorded - {"ALERTS"}:
+            uses = re.findall(rf"(?<![:\w]){name}(?![:\w])(\{{[^}}]*)?", expr)
+            assert uses, (name, expr)
+            for matchers in uses:
+                assert matchers.startswith('{job="mqtt-clients", env="prod"'), (name, expr)
+    by_name = {r.get("alert", r.get("record")): r for r in rules}
+    assert by_name["EMQXClientMqueueFilling"]["for"] == "7m"
+    assert "> 2.5" in by_name["EMQXClientDroppingMessages"]["expr"]
+    assert "by (k8s_namespace, job, emqx_cluster, node)" in by_name["EMQXNodeStopped"]["expr"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("threshold: {x: 1}\n")
+    result = run(sys.executable, GENERATOR, "--settings", bad, "--out-dir", tmp_path)
+    assert result.returncode != 0 and "unknown setting 'threshold'" in result.stderr
+
+
+@pytest.mark.promtool
+def test_amtool_check_config() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        if os.environ.get("CI", "").lower() in {"true", "1"}:
+            pytest.fail("amtool is required in CI: install prometheus-alertmanager")
+        pytest.skip("amtool not found: install the Debian package prometheus-alertmanager")
+    result = run(amtool, "check-config", ALERTMANAGER_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 inhibit rules" in result.stdout, result.stdout
+
+
+def test_inhibitions_name_existing_alerts() -> None:
+    names = {r["alert"] for r in alert_rules()}
+    config = load_yaml(ALERTMANAGER_CONFIG)
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            m = re.fullmatch(r'alertname(=~|=)"([^"]*)"', matcher)
+            assert m, matcher
+            listed = set(m.group(2).split("|"))
+            assert listed <= names, listed - names
+        assert "job" in rule["equal"], rule
 
 
 def test_metric_name_lexer() -> None:
@@ -391,7 +505,7 @@ def test_dashboard_structure(path: Path) -> None:
 
 
 def test_dashboard_metrics_are_in_the_contract() -> None:
-    allowed = contract_metric_names()
+    allowed = contract_metric_names() | recording_names() | distribution_sample_names()
     for path in DASHBOARDS:
         dashboard = load_dashboard(path)
         queries = dashboard_exprs(dashboard) + [
@@ -415,178 +529,115 @@ def test_dashboards_match_their_generator(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# deployment files
+# dashboards at 100k exported clients
 
 
-def k8s_documents() -> list[dict[str, Any]]:
-    docs = []
-    for path in sorted(K8S_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if doc is not None:
-                doc["__file__"] = path.name
-                docs.append(doc)
-    return docs
+def panels_of(path: Path) -> list[dict[str, Any]]:
+    return [p for p in walk_panels(load_dashboard(path)["panels"]) if p["type"] != "row"]
 
 
-def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [
-        d
-        for d in k8s_documents()
-        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
-    ]
-    assert len(found) == 1, (kind, name, len(found))
-    return found[0]
+#: Per-client families: a query over them without a bound returns one row per client.
+def per_client_names() -> set[str]:
+    return {n for n in contract_metric_names() if n.startswith("emqx_client_")
+            and not n.startswith("emqx_client_exporter_")} | {
+        r for r in recording_names() if r.startswith("clientid:")}
 
 
-def test_kubernetes_manifests_parse() -> None:
-    docs = k8s_documents()
-    kinds = {d["kind"] for d in docs}
-    assert {
-        "StatefulSet",
-        "ConfigMap",
-        "Secret",
-        "Service",
-        "ServiceMonitor",
-        "PrometheusRule",
-        "Kustomization",
-    } <= kinds
-    for doc in docs:
-        assert doc.get("apiVersion"), doc["__file__"]
-        assert doc.get("kind"), doc["__file__"]
-        if doc["kind"] != "Kustomization":
-            assert doc["metadata"]["name"], doc["__file__"]
-    kustomization = k8s_object("Kustomization")
-    listed = set(kustomization["resources"])
-    on_disk = {d["__file__"] for d in docs if d["kind"] != "Kustomization"}
-    assert listed == on_disk
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_table_is_bounded(path: Path) -> None:
+    for panel in panels_of(path):
+        if panel["type"] != "table":
+            continue
+        for target in panel["targets"]:
+            expr = target["expr"].strip()
+            bounded = re.match(r"(topk|bottomk)\(", expr) or 'clientid="$clientid"' in expr
+            assert bounded, f"{panel['title']}: unbounded table: {expr}"
 
 
-def test_prometheusrule_matches_render_script() -> None:
-    result = run(sys.executable, RENDER_SCRIPT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == PROMETHEUS_RULE.read_text(encoding="utf-8"), (
-        "deploy/kubernetes/prometheusrule.yaml is stale: run "
-        "python3 deploy/kubernetes/render-prometheusrule.py > deploy/kubernetes/prometheusrule.yaml"
-    )
-    assert yaml.safe_load(result.stdout)["spec"] == load_yaml(ALERTS)
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_rate_and_peak_panels_step_no_finer_than_the_poll_interval(path: Path) -> None:
+    checked = 0
+    for panel in panels_of(path):
+        exprs = [t["expr"] for t in panel["targets"]]
+        if any("rate(" in e or "_over_time(" in e for e in exprs):
+            assert panel.get("interval") == "30s", panel["title"]
+            checked += 1
+    assert checked
 
 
-def test_statefulset_shards_and_hardening() -> None:
-    sts = k8s_object("StatefulSet")
-    spec = sts["spec"]
-    pod = spec["template"]["spec"]
-    (container,) = pod["containers"]
-    argv = container.get("command", []) + container["args"]
-    assert argv[:2] == ["emqx-client-exporter", "run"]
-    assert argv[argv.index("--config") + 1] == "/etc/emqx-client-exporter/config.yaml"
-    shard = argv[argv.index("--shard") + 1]
-    assert shard == f"$(POD_INDEX)/{spec['replicas']}", "shard count must equal replicas"
-    assert spec["replicas"] == 3
-    env = {e["name"]: e for e in container["env"]}
-    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
-        "metadata.labels['apps.kubernetes.io/pod-index']"
-    )
-    assert env["EMQX_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "emqx-client-exporter-api"
-    secret_file = Path(env["EMQX_API_SECRET_FILE"]["value"])
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    secret_mount = next(m for m in mounts.values() if m["mountPath"] == str(secret_file.parent))
-    secret_volume = volumes[secret_mount["name"]]["secret"]
-    assert secret_volume["secretName"] == "emqx-client-exporter-api"
-    assert secret_file.name in {i["path"] for i in secret_volume["items"]}
-    assert secret_volume["defaultMode"] == 0o440
-    secret = k8s_object("Secret")
-    keys = {i["key"] for i in secret_volume["items"]} | {
-        env["EMQX_API_KEY"]["valueFrom"]["secretKeyRef"]["key"]
-    }
-    assert keys <= set(secret["stringData"])
-    config_mount = next(m for m in mounts.values() if m["mountPath"] == "/etc/emqx-client-exporter")
-    cm_name = volumes[config_mount["name"]]["configMap"]["name"]
-    assert "config.yaml" in k8s_object("ConfigMap", cm_name)["data"]
-
-    assert container["ports"] == [{"name": "metrics", "containerPort": 9877, "protocol": "TCP"}]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    csc = container["securityContext"]
-    assert csc["readOnlyRootFilesystem"] is True
-    assert csc["allowPrivilegeEscalation"] is False
-    assert csc["capabilities"]["drop"] == ["ALL"]
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(container["resources"][kind])
-
-    labels = spec["template"]["metadata"]["labels"]
-    assert spec["selector"]["matchLabels"].items() <= labels.items()
-    services = [d for d in k8s_documents() if d["kind"] == "Service"]
-    assert any(s["spec"].get("clusterIP") == "None" for s in services)
-    assert spec["serviceName"] in {s["metadata"]["name"] for s in services}
-    for svc in services:
-        assert svc["spec"]["selector"].items() <= labels.items()
-        assert {"name": "metrics", "port": 9877}.items() <= svc["spec"]["ports"][0].items()
+def test_peak_panels_for_queue_and_inflight() -> None:
+    exprs = [t["expr"] for path in DASHBOARDS for p in panels_of(path) for t in p["targets"]]
+    for what in ("mqueue", "inflight"):
+        assert any("max_over_time(" in e and what in e for e in exprs), what
 
 
-def test_servicemonitor_selects_one_service() -> None:
-    monitor = k8s_object("ServiceMonitor")
-    spec = monitor["spec"]
-    assert spec["sampleLimit"] > 20000
-    (endpoint,) = spec["endpoints"]
-    assert endpoint["port"] == "metrics"
-    assert endpoint["interval"] == "30s"
-    selector = spec["selector"]["matchLabels"]
-    services = [d for d in k8s_documents() if d["kind"] == "Service"]
-    selected = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
-    assert len(selected) == 1, "the ServiceMonitor must select exactly one Service"
-    # the alert rules that read `up` match on the job, which is the Service's name
-    assert selected[0]["metadata"]["name"] == "emqx-client-exporter"
-    assert 'up{job="emqx-client-exporter"}' in ALERTS.read_text()
+def test_node_status_panel_and_official_links() -> None:
+    fleet = load_dashboard(GRAFANA_DIR / "emqx-clients-fleet.json")
+    status = [p for p in panels_of(GRAFANA_DIR / "emqx-clients-fleet.json")
+              if "node:emqx_client_exporter_node_up:max" in p["targets"][0]["expr"]]
+    assert status and status[0]["type"] == "stat"
+    for path in DASHBOARDS:
+        links = load_dashboard(path)["links"]
+        assert any("github.com/emqx/emqx-exporter" in link.get("url", "") for link in links)
+    assert fleet["__inputs"][0]["pluginId"] == "prometheus"
 
 
-def test_example_config_uses_the_documented_keys() -> None:
-    config = yaml.safe_load(k8s_object("ConfigMap")["data"]["config.yaml"])
-    known = {"emqx_url", "api_key", "api_secret", "listen", "interval", "log_level"}
-    known |= {"log_format", "timeout", "clusters", "per_client", "classes", "aggregate_labels"}
-    assert set(config) <= known
-    assert "api_key" not in config, "credentials belong in the Secret"
-    assert "api_secret" not in config, "credentials belong in the Secret"
-    assert set(config["per_client"]) <= {"watch", "allow", "deny", "top_k", "max_series"}
-    assert set(config["per_client"]["top_k"]) <= {"mqueue_fill", "drop_rate", "byte_rate"}
-    for cls in config["classes"]:
-        assert set(cls) in ({"name", "clientid"}, {"name", "username"})
-        re.compile(cls.get("clientid") or cls["username"])
-    assert config["listen"].endswith(":9877")
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_import_asks_for_the_data_source(path: Path) -> None:
+    dashboard = load_dashboard(path)
+    (ds_input,) = dashboard["__inputs"]
+    assert ds_input["type"] == "datasource" and ds_input["pluginId"] == "prometheus"
+    (var,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert var["current"]["value"] == "${" + ds_input["name"] + "}"
 
 
-def test_prometheus_scrape_config() -> None:
-    config = load_yaml(SCRAPE_CONFIG)
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "emqx-client-exporter"]
-    assert job["scrape_interval"] == "30s"
-    assert job["sample_limit"] > 0
-    assert job["honor_labels"] is True
-    assert "localhost:9877" in job["static_configs"][0]["targets"]
-    assert {(PROM_DIR / f).resolve() for f in config["rule_files"]} >= {ALERTS.resolve()}
+def test_clientid_variable_is_bounded_and_loaded_once() -> None:
+    dashboard = load_dashboard(GRAFANA_DIR / "emqx-clients-drilldown.json")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    clientid = variables["clientid"]
+    assert re.match(r"query_result\(topk\(\d+,", clientid["query"]), clientid["query"]
+    assert clientid["regex"]
+    for var in variables.values():
+        if var["type"] == "query":
+            assert var["refresh"] == 1, f"${var['name']} reloads on every time change"
 
 
-def test_systemd_unit() -> None:
-    unit = (ROOT / "deploy" / "systemd" / "emqx-client-exporter.service").read_text()
-    settings: dict[str, list[str]] = {}
-    for line in unit.splitlines():
-        if "=" in line and not line.lstrip().startswith(("#", ";")):
-            key, _, value = line.partition("=")
-            settings.setdefault(key.strip(), []).append(value.strip())
-    assert settings["DynamicUser"] == ["yes"]
-    assert settings["EnvironmentFile"]
-    assert "run --config" in settings["ExecStart"][0]
-    for option in ("ProtectSystem", "ProtectHome", "NoNewPrivileges", "PrivateTmp"):
-        assert option in settings, option
+def test_heatmaps_cover_every_distribution_family() -> None:
+    heatmaps = [p for p in panels_of(GRAFANA_DIR / "emqx-clients-fleet.json")
+                if p["type"] == "heatmap"]
+    shown = {n.removesuffix("_bucket") for p in heatmaps
+             for n in promql_metric_names(p["targets"][0]["expr"])}
+    assert shown == DISTRIBUTION_FAMILIES
+    for panel in heatmaps:
+        assert panel["targets"][0]["format"] == "heatmap"
+        assert "sum by (le)" in panel["targets"][0]["expr"]
 
 
-def test_dockerfile() -> None:
-    lines = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
-    instructions = [ln.split(None, 1) for ln in lines if ln.strip() and not ln.startswith("#")]
-    last = {word.upper(): rest for word, *rest in instructions}
-    assert last["FROM"][0].startswith("python:3.11-slim")
-    assert last["EXPOSE"][0].strip() == "9877"
-    assert "emqx-client-exporter" in last["ENTRYPOINT"][0]
-    user = [rest[0] for word, *rest in instructions if word.upper() == "USER"]
-    assert user
-    assert not user[-1].startswith(("root", "0"))
+#: Prometheus' default --query.max-samples.
+MAX_SAMPLES = 50_000_000
+
+
+def test_no_query_reads_more_than_max_samples_at_100k_clients() -> None:
+    """At 100k exported clients, 30 s scrapes and the default 6 h range, a query over the
+    per-client series of every client is an instant table whose window holds no more samples
+    than Prometheus allows (`changes(...[$__range])` did: 72M)."""
+    clients, scrape = 100_000, 30
+    per_client = per_client_names()
+    for path in DASHBOARDS:
+        for panel in panels_of(path):
+            for target in panel["targets"]:
+                expr = target["expr"]
+                if not promql_metric_names(expr) & per_client or 'clientid="$clientid"' in expr:
+                    continue
+                assert target.get("instant"), (path.name, panel["title"], "a range of every client")
+                windows = re.findall(r"\[([^\]]+)\]", substitute_grafana_vars(expr, __range="6h"))
+                seconds = max((_duration(w) for w in windows), default=scrape)
+                samples = clients * max(1, seconds // scrape)
+                assert samples <= MAX_SAMPLES, (path.name, panel["title"], expr, samples)
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    assert m, text
+    return int(m.group(1)) * units[m.group(2)]
