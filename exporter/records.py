@@ -8,6 +8,7 @@ records in one C pass, without an intermediate dict per client.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
@@ -204,6 +205,18 @@ def valid_value(kind: Kind, value: Any) -> bool:
     return isinstance(value, str) or valid_number(value)
 
 
+#: The first client id whose row lost a value in the current asyncio task (one node's walk),
+#: so the poll's single log line can name an example without every dialect passing it along.
+_bad_example: ContextVar[str | None] = ContextVar("bad_example", default=None)
+
+
+def take_bad_example() -> str | None:
+    """The example noted since the last call in this task, and forget it."""
+    example = _bad_example.get()
+    _bad_example.set(None)
+    return example
+
+
 @dataclass(slots=True)
 class LenientResult:
     """Outcome of converting one row field by field."""
@@ -234,4 +247,6 @@ def lenient_record(cls: type[ClientRecord], generation: Generation, row: Any) ->
     clientid = kwargs.get("clientid")
     if not isinstance(clientid, str):
         return LenientResult(None, bad or ["clientid"])
+    if bad and _bad_example.get() is None:
+        _bad_example.set(clientid)
     return LenientResult(cls(**kwargs), bad)

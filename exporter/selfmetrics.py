@@ -64,6 +64,10 @@ class ClusterStats:
     series_dropped: int = 0
     emqx_version: str = ""
     api: str = ""
+    #: When the data served for this cluster was rendered (by its last complete poll).
+    rendered_at: float | None = None
+    #: What is failing now: target (`cluster`, a node) → the error, for the status page.
+    failing: dict[str, str] = field(default_factory=dict)
 
     def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.api_requests[(endpoint, outcome)] += 1
@@ -81,7 +85,6 @@ class SelfMetrics:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clusters: list[ClusterStats] = []
-        self.snapshot_created: float | None = None
         self.clock = clock
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # collect() does no I/O, so registering is safe
@@ -158,14 +161,11 @@ class SelfMetrics:
                 cumulative.append(("+Inf", float(h.count)))
                 latency.add_metric(labels(s, endpoint), cumulative, h.total)
         age = gauge("snapshot_age_seconds",
-                    "Seconds since the served snapshot was rendered (scrapes never poll).", [])
-        if self.snapshot_created is not None:
-            age_value = max(0.0, self.clock() - self.snapshot_created)
-            if named:
-                # One snapshot serves every cluster; its age is the same for each.
-                for s in self.clusters:
-                    age.add_metric(labels(s), age_value)
-            else:
-                age.add_metric([], age_value)
+                    "Seconds since the served data was rendered by a complete poll; grows "
+                    "while polls fail (scrapes never poll).", [])
+        now = self.clock()
+        for s in self.clusters:
+            if s.rendered_at is not None:
+                age.add_metric(labels(s), max(0.0, now - s.rendered_at))
         yield from (up, node_up, listed, duration, success, interval, age, series, dropped,
                     build, requests, errors, duplicates, latency)
