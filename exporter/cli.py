@@ -158,11 +158,8 @@ async def _until_signalled() -> None:
 def describe(report: PollReport, label: str, *, listing: str = "unknown",
              auth: str = "none") -> str:
     """The human summary `check` prints for one cluster; a failed poll is one line."""
-    if report.error is not None and not report.outcomes:
-        cause = str(report.error).replace("\n", " ")
-        if isinstance(report.error, AuthError):
-            cause = f"{cause} (check the credentials given)"
-        return f"cluster {label}: FAILED: {cause}"
+    if report.error is not None and all(o.error is not None for o in report.outcomes):
+        return f"cluster {label}: FAILED: {failure_text(report)}"
     version = next((n.version for n in report.nodes if n.version), "unknown")
     generation = report.dialect.split("-", 1)[0] or "unknown"
     lines = [f"cluster {label}:",
@@ -190,6 +187,23 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     return "\n".join(lines)
 
 
+def failure_text(report: PollReport) -> str:
+    """Why a poll failed, on one line, with the reason label and what to do."""
+    error = report.error
+    assert error is not None
+    cause = str(error).replace("\n", " ")
+    if report.outcomes and len(report.outcomes) > 1:
+        cause = f"all {len(report.outcomes)} nodes failed; first: {cause}"
+    hint = ""
+    if isinstance(error, AuthError):
+        hint = " (check the credentials given"
+        if error.credential_kind == "dashboard login" and error.reason != "login_locked":
+            hint += ("; the daemon retries a rejected login after a growing pause, as EMQX "
+                     "5.9+ locks the user for 10 minutes after 5 failures in 5 minutes")
+        hint += ")"
+    return f"{cause}{hint} [reason {error.reason}]"
+
+
 async def _check(settings: Settings) -> int:
     exporter = Exporter(settings)
     try:
@@ -200,7 +214,9 @@ async def _check(settings: Settings) -> int:
         auth = poller.client.auth
         print(describe(report, poller.label, listing=listing_mode(poller.dialect),
                        auth=auth.kind if auth is not None else "none"))
-    return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
+    # A node that failed fails `check` too: the daemon would report it with node_up 0.
+    complete = all(r.ok and all(o.error is None for o in r.outcomes) for r in reports)
+    return EXIT_OK if complete else EXIT_FAILED
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -284,9 +284,8 @@ def _cluster(reader: _Reader) -> ClusterSettings:
     api_secret = _secret(reader, "api_secret")
     username = reader.text("username")
     password = _secret(reader, "password")
-    _check_credentials(reader, api_key, api_secret, username, password)
     page_size = reader.get("page_size")
-    return ClusterSettings(
+    settings = ClusterSettings(
         url=url,
         name=name,
         api_key=api_key,
@@ -315,6 +314,9 @@ def _cluster(reader: _Reader) -> ClusterSettings:
         shard=_shard(reader),
         filters=_filters(reader),
     )
+    # Last, so a malformed value elsewhere is reported first, as it is where it is written.
+    _check_credentials(reader, api_key, api_secret, username, password)
+    return settings
 
 
 def _check_credentials(reader: _Reader, api_key: str | None, api_secret: str | None,
