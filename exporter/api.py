@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import os
 import random
 import ssl
 import time
@@ -358,7 +359,9 @@ class ApiClient:
             return f"TLS handshake failed: {_excerpt(exc)}"
         if isinstance(exc, aiohttp.ClientConnectorError):
             # aiohttp's own text names its TLS setting ("ssl:default") even for plain HTTP.
-            cause = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+            error = exc.os_error
+            cause = (os.strerror(error.errno) if error.errno
+                     else error.strerror or str(error) or type(error).__name__)
             return f"cannot connect to {exc.host}:{exc.port}: {cause}"
         text = _excerpt(exc)
         dropped = isinstance(exc, aiohttp.ServerDisconnectedError) or (
