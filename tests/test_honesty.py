@@ -46,17 +46,16 @@ def test_counter_state_takes_the_largest_value_in_range() -> None:
     assert deltas == [2**63 - 1] * 11
 
 
-async def test_a_crashing_poll_is_down_and_its_data_ages() -> None:
+async def test_a_crashing_poll_is_down_and_its_data_ages(monkeypatch: pytest.MonkeyPatch) -> None:
     async with rig(SimSettings(version="5.6.2", clients=60)) as r:
         await r.poll()
         assert value(await r.scrape(), "emqx_client_exporter_snapshot_age_seconds") == 0
         state = r.exporter.pollers[0].pipeline.state
-        original = state.observe
 
         def overflow(*args: Any) -> Any:
             raise OverflowError("int too big to convert")
 
-        state.observe = overflow  # type: ignore[method-assign]
+        monkeypatch.setattr(state, "observe", overflow)
         with capture_logs() as logs:
             for _ in range(3):
                 r.clock.advance(30)
@@ -75,7 +74,7 @@ async def test_a_crashing_poll_is_down_and_its_data_ages() -> None:
         assert warnings[0]["reason"] == "internal"
         assert isinstance(warnings[0]["exc_info"], OverflowError)  # the traceback, once
         assert all("exc_info" in e for e in logs if e["event"] == "poll_crashed_again")
-        state.observe = original  # type: ignore[method-assign]
+        monkeypatch.undo()
         with capture_logs() as logs:
             r.clock.advance(30)
             (report,) = await r.exporter.poll_all_once()
