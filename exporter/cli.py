@@ -171,13 +171,17 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
             lines.append(f"  node {o.node or '(no node)'}: {o.clients} clients{pages}, "
                          f"{o.seconds:.2f} s")
         else:
-            lines.append(f"  node {o.node}: FAILED: {o.error}")
+            reason = f" [reason {o.error.reason}]" if o.error is not None else ""
+            lines.append(f"  node {o.node}: FAILED: {o.error}{reason}")
     if cluster_wide:
         walked = next((o for o in report.outcomes if o.walk is not None), None)
         if walked is not None and walked.walk is not None:
             lines.append(f"  cluster-wide walk: {walked.walk.pages} pages, "
                          f"{walked.seconds:.2f} s")
     lines.append(f"  clients: {report.clients} (duplicates dropped: {report.duplicates})")
+    if report.bad_rows or report.bad_values:
+        lines.append(f"  dropped as wrong-typed or out of range: {report.bad_values} values, "
+                     f"{report.bad_rows} rows (api_errors_total bad_value, bad_row)")
     if report.result is not None:
         lines.append(f"  series: {report.result.per_client_series} per-client, "
                      f"{report.result.aggregate_series} aggregate")
