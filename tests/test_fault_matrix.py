@@ -43,7 +43,7 @@ def assert_not_decreasing(before: dict[Any, float], after: dict[Any, float]) -> 
 
 
 def truth(cluster: SimCluster, node: str | None = None) -> set[str]:
-    return {r.get("clientid", r.get("client_id")) for r in cluster.rows()
+    return {str(r.get("clientid", r.get("client_id"))) for r in cluster.rows()
             if node is None or r["node"] == node}
 
 
