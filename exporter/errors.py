@@ -30,7 +30,6 @@ REASONS: dict[str, str] = {
     "bad_row": "a client row without a usable client id, skipped",
     "bad_value": "a value of the wrong type or out of range, dropped (the row is kept)",
     "internal": "a bug in the exporter itself; the poll fails and the loop goes on",
-    "config": "a setting is invalid",
     "error": "an error of no more precise kind",
 }
 
@@ -50,9 +49,7 @@ class ExporterError(Exception):
 
 
 class ConfigError(ExporterError):
-    """The configuration is invalid; `key` names the offending setting."""
-
-    reason = "config"
+    """The configuration is invalid; `key` names the offending setting (exits at start)."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
