@@ -141,3 +141,23 @@ def test_check_against_the_fault(case: FaultCase, capsys: pytest.CaptureFixture[
         assert f"[reason {case.reason}]" in failed[0]
     if case.scope == "cluster":
         assert captured.out.count("\n") == 1
+
+
+def test_every_reason_in_the_code_is_defined() -> None:
+    """Reasons are label values: one list (errors.REASONS), no free strings elsewhere."""
+    import re
+    from pathlib import Path
+
+    patterns = (r'count_error\("(\w+)"', r'reason=(?:reason\()?"(\w+)"\)?[,)\s]',
+                r'(?:DecodeError|WalkError)\([^,()]+,\s*"(\w+)"', r'return "(\w+)"')
+    root = Path(__file__).parent.parent / "exporter"
+    used: set[str] = set()
+    for path in root.rglob("*.py"):
+        if "simulator" in path.parts:
+            continue
+        source = path.read_text()
+        for pattern in patterns[:3]:
+            used.update(re.findall(pattern, source))
+        if path.name == "errors.py":
+            used.update(re.findall(patterns[3], source))
+    assert used and used <= set(REASONS), used - set(REASONS)
