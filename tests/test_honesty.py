@@ -274,3 +274,17 @@ def test_simulated_lockout_follows_emqx() -> None:
     for _ in range(6):
         code(old, "admin", "wrong")
     assert "token" in code(old, "admin", "public")
+
+
+async def test_status_page_says_what_failed() -> None:
+    async with rig(SimSettings(version="5.6.2", clients=30)) as r:
+        r.cluster.faults.add("node_error", node=NODE2, endpoint=CLIENTS_V5)
+        await r.poll()
+        page = await (await r.client.get("/")).text()
+        assert f"{NODE2}: clients: HTTP 500 NODE_DOWN" in page
+        r.cluster.faults.clear()
+        r.cluster.faults.add("http_error", status=503, endpoint="GET /api/v5/nodes")
+        r.clock.advance(30)
+        await r.poll()
+        page = await (await r.client.get("/")).text()
+        assert "down<br>cluster: nodes: HTTP 503" in page
