@@ -19,6 +19,7 @@ from exporter.simulator.matrix import MATRIX, NODE, FaultCase
 from tests.exposition import Sample
 from tests.harness import Rig, per_client, rig, value
 from tests.test_cli import KEY, threaded_sim
+from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
 
 ERRORS = "emqx_client_exporter_api_errors_total"
 NODE_UP = "emqx_client_exporter_node_up"
