@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check":
             settings = _settings(args)
-            configure_logging("error", settings.log_format)
+            # The summary says what failed; a log line or traceback on top would only repeat it.
+            configure_logging("critical", settings.log_format)
             return asyncio.run(_check(settings))
         if args.command == "simulate":
             configure_logging()

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from exporter.simulator import SimSettings
 from exporter.state import CounterState
 from tests.harness import per_client, rig, value
+from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
 
 NODE2 = "emqx@10.0.0.2"
 NODES = ("emqx@10.0.0.1", "emqx@10.0.0.2", "emqx@10.0.0.3")
@@ -288,3 +289,22 @@ async def test_status_page_says_what_failed() -> None:
         await r.poll()
         page = await (await r.client.get("/")).text()
         assert "down<br>cluster: nodes: HTTP 503" in page
+
+
+def test_check_reports_a_crash_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # `check` used to die with a 42-line traceback.
+    from exporter.cli import main
+    from tests.test_cli import KEY, threaded_sim
+
+    def overflow(*args: Any) -> Any:
+        raise OverflowError("int too big to convert")
+
+    monkeypatch.setattr(CounterState, "observe", overflow)
+    with threaded_sim(SimSettings(clients=30)) as (_, url):
+        code = main(["check", "--emqx-url", url, *KEY])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out.count("\n") == 1, captured.out
+    assert captured.out.startswith(f"cluster {url}: FAILED: internal error at ")
+    assert "OverflowError: int too big to convert [reason internal]" in captured.out
+    assert "Traceback" not in captured.err + captured.out
