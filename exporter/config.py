@@ -19,7 +19,7 @@ import yaml
 
 from exporter import contract
 from exporter.aggregate import AggregateSettings, ClassRule
-from exporter.api import TlsSettings
+from exporter.api import DEFAULT_MAX_BODY, TlsSettings
 from exporter.errors import ConfigError
 from exporter.selection import RANKINGS, Pattern, SelectionSettings
 
@@ -56,8 +56,6 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 MAX_NUMBER = 2.0**53
 #: Longest poll interval and request timeout accepted (a day): longer is certainly a mistake.
 MAX_SECONDS = 86_400.0
-#: Default largest response body accepted, in bytes (a 10,000-row v5 page is about 15 MB).
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 #: Where each credential can be given, for error messages that say what to set.
 _CREDENTIAL_SOURCES = {

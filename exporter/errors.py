@@ -13,7 +13,7 @@ REASONS: dict[str, str] = {
     "unreachable": "EMQX could not be reached: connection refused or reset, DNS, TLS",
     "timeout": "no complete answer (body included) within `timeout`",
     "truncated": "the connection closed before the whole body arrived",
-    "body_too_large": "the body was larger than `max_body_bytes` and was refused unread",
+    "body_too_large": "an answer over `max_body_bytes`, refused as it streamed in",
     "unauthorized": "EMQX rejected the credentials (401)",
     "login_locked": "EMQX 5.9+ locked the dashboard user after failed logins (401 LOGIN_LOCKED)",
     "forbidden": "the credentials lack a permission (403)",
