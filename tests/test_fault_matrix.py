@@ -7,7 +7,12 @@ clears, the next poll the back-off allows is complete.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
 import tracemalloc
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,10 +20,10 @@ import pytest
 from exporter.cli import main
 from exporter.errors import REASONS
 from exporter.simulator import SimCluster, SimSettings
-from exporter.simulator.matrix import MATRIX, NODE, FaultCase
-from tests.exposition import Sample
+from exporter.simulator.matrix import CLIENTS, MATRIX, NODE, FaultCase
+from tests.exposition import Sample, samples_text
 from tests.harness import Rig, per_client, rig, value
-from tests.test_cli import KEY, threaded_sim
+from tests.test_cli import KEY, free_port, get, spawn, stop, threaded_sim, wait_for
 from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
 
 ERRORS = "emqx_client_exporter_api_errors_total"
@@ -166,3 +171,77 @@ def test_every_reason_in_the_code_is_defined() -> None:
         if path.name == "errors.py":
             used.update(re.findall(patterns[3], source))
     assert used and used <= set(REASONS), used - set(REASONS)
+
+
+def _metrics(url: str) -> list[Sample]:
+    status, body = get(f"{url}/metrics")
+    assert status == 200  # the daemon serves, whatever EMQX does
+    return samples_text(body.decode())
+
+
+def _until(url: str, process: subprocess.Popen[bytes], wanted: Callable[[list[Sample]], bool],
+           what: str, seconds: float = 20.0) -> list[Sample]:
+    """Scrape until `wanted` holds (bounded); fail early if the daemon died."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+        samples = _metrics(url)
+        if wanted(samples):
+            return samples
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.1)
+
+
+def _control(sim: str, method: str, body: dict[str, Any] | None = None) -> None:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{sim}/sim/faults", data=data, method=method,  # noqa: S310
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+        assert answer.status in (201, 204)
+
+
+def test_faults_switched_at_run_time_against_the_running_daemon() -> None:
+    sim_port, port = free_port(), free_port()
+    sim = f"http://127.0.0.1:{sim_port}"
+    simulator = spawn("simulate", "--emqx-version", "5.6.2", "--nodes", "3", "--clients", "300",
+                      "--listen", f"127.0.0.1:{sim_port}")
+    daemon = None
+    try:
+        wait_for(f"{sim}/api/v5/nodes", simulator, Authorization="Basic ZXhwb3J0ZXI6c2VjcmV0")
+        daemon = spawn("run", "--emqx-url", sim, *KEY, "--listen", f"127.0.0.1:{port}",
+                       "--interval", "0.5", "--timeout", "2")
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/-/ready", daemon)
+        nodes = ["emqx@10.0.0.1", "emqx@10.0.0.2", "emqx@10.0.0.3"]
+
+        def node_up(samples: list[Sample]) -> list[float | None]:
+            return [value(samples, NODE_UP, node=n) for n in nodes]
+
+        def healthy(samples: list[Sample]) -> bool:
+            return value(samples, "emqx_client_exporter_up") == 1 and node_up(samples) == [1] * 3
+
+        _until(url, daemon, healthy, "healthy at start")
+        for rule, reason, scope in (
+                ({"kind": "http_error", "status": 503, "endpoint": "GET /api/v5/nodes"},
+                 "server_error", "cluster"),
+                ({"kind": "rate_limited", "delay": 1, "node": NODE, "endpoint": CLIENTS},
+                 "rate_limited", "node"),
+                ({"kind": "huge_body", "node": NODE, "endpoint": CLIENTS, "size": 80 * 2**20},
+                 "body_too_large", "node")):
+            counted = value(_metrics(url), ERRORS, reason=reason) or 0
+            _control(sim, "POST", rule)
+            expected = [0.0] * 3 if scope == "cluster" else [1.0, 0.0, 1.0]
+
+            def failing(samples: list[Sample], counted: float = counted,
+                        expected: list[float] = expected, reason: str = reason) -> bool:
+                return ((value(samples, ERRORS, reason=reason) or 0) > counted
+                        and node_up(samples) == expected)
+
+            samples = _until(url, daemon, failing, f"{reason} reported")
+            assert value(samples, "emqx_client_exporter_up") == (0 if scope == "cluster" else 1)
+            _control(sim, "DELETE")
+            _until(url, daemon, healthy, f"recovered from {reason}")
+    finally:
+        if daemon is not None:
+            stop(daemon)
+        stop(simulator)
