@@ -5,7 +5,8 @@ by the caller; this module decides what is *logged* (one line when a target star
 for a reason, one when it recovers) and when a failing target may be asked again:
 
 - a node that keeps failing waits `interval/8`, then twice as long after each further
-  failure, up to the interval;
+  failure, up to the interval (counted from the failure, so a node that stays down is asked
+  every second poll);
 - a 429 waits `Retry-After` (bounded by the interval);
 - a rejected login waits a minute, doubling up to 30 minutes: EMQX 5.9+ locks a dashboard
   user for ten minutes after five failed logins in five minutes (humans included), and a
