@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from exporter.errors import BackingOffError, ExporterError, InternalError
+from exporter.errors import AuthError, BackingOffError, ExporterError, InternalError
 
 log = structlog.get_logger(__name__)
 
@@ -111,10 +111,14 @@ class Health:
 
 
 def _why(error: ExporterError) -> str:
-    if error.reason in ("unauthorized", "forbidden", "login_locked"):
-        return ("; a rejected login is retried after a growing pause (up to 30 minutes) so "
-                "EMQX 5.9+ does not lock the user out (5 failures in 5 minutes lock it for "
-                "10 minutes)")
-    if error.reason == "rate_limited":
-        return "; EMQX asked to slow down (429)"
-    return ""
+    if error.reason not in ("unauthorized", "forbidden", "login_locked"):
+        return "; EMQX asked to slow down (429)" if error.reason == "rate_limited" else ""
+    if error.reason == "login_locked":
+        return "; no login is tried before the 10-minute lock ends"
+    pause = "; rejected credentials are retried after a growing pause (1 to 30 minutes)"
+    if isinstance(error, AuthError) and error.credential_kind.startswith("dashboard"):
+        return (f"{pause} so EMQX 5.9+ does not lock the user out (5 failed logins in 5 "
+                f"minutes lock it for 10 minutes, humans included)")
+    return pause
+
+
