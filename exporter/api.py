@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
+import os
 import random
 import ssl
 import time
@@ -26,12 +28,19 @@ from exporter.errors import (
     ApiTimeoutError,
     AuthError,
     ConfigError,
+    reason,
 )
 
 log = structlog.get_logger(__name__)
 
-#: Statuses worth a second try: overload and gateway trouble, not our own mistakes.
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Statuses worth a second try: gateway trouble, not our own mistakes. A 429 is not among
+#: them: it is an explicit request to slow down, obeyed by not asking before `Retry-After`.
+_RETRY_STATUSES = frozenset({502, 503, 504})
+#: Bodies are read in chunks of at most this many bytes, so the size limit holds while reading.
+_CHUNK = 1 << 20
+#: Largest answer accepted by default (`max_body_bytes`): a 10,000-row v5 page with every
+#: field is about 12 MB (the simulator's rows: 1.2 kB each).
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,24 @@ class Response:
     content_type: str
     body: bytes
     endpoint: str
+    #: Seconds from a `Retry-After` header (delta-seconds or an HTTP date), when sent.
+    retry_after: float | None = None
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """`Retry-After` as seconds from `now` (epoch); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 class _ErrorBody(msgspec.Struct):
@@ -170,7 +197,7 @@ class BearerLogin:
             return msgspec.json.decode(response.body, type=_LoginAnswer).token
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ApiError("login", response.status, None, "no token in the login answer",
-                           reason="bad_json") from exc
+                           reason=reason("bad_json")) from exc
 
 
 def _basic_header(user: str, secret: str) -> str:
@@ -248,8 +275,10 @@ class ApiClient:
         tls: TlsSettings | None = None,
         connections: int = 8,
         observer: RequestObserver | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.base_url = URL(base_url)
+        self.max_body = max_body
         self.auth = auth
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -307,7 +336,8 @@ class ApiClient:
                     raise AuthError(request.endpoint, response.status, code, message, kind)
                 # A proxy in front of EMQX answers with its own HTML page: say so.
                 error = ApiError(request.endpoint, response.status, code, message,
-                                 reason="html_page" if "html" in response.content_type else None)
+                                 reason=reason("html_page") if "html" in response.content_type
+                                 else None, retry_after=response.retry_after)
                 retryable = response.status in _RETRY_STATUSES or (
                     response.status >= 500 and code != "NODE_DOWN")
                 if not retryable or attempt >= self.retry.retries:
@@ -330,6 +360,12 @@ class ApiClient:
             return f"TLS: EMQX's certificate was not accepted: {detail[:160]}{hint}"
         if isinstance(exc, aiohttp.ClientSSLError):
             return f"TLS handshake failed: {_excerpt(exc)}"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            # aiohttp's own text names its TLS setting ("ssl:default") even for plain HTTP.
+            error = exc.os_error
+            cause = (os.strerror(error.errno) if error.errno
+                     else error.strerror or str(error) or type(error).__name__)
+            return f"cannot connect to {exc.host}:{exc.port}: {cause}"
         text = _excerpt(exc)
         dropped = isinstance(exc, aiohttp.ServerDisconnectedError) or (
             isinstance(exc, aiohttp.ClientOSError)
@@ -359,21 +395,42 @@ class ApiClient:
                     request.method, url, params=list(request.params), headers=headers,
                     json=request.json_body, server_hostname=self._server_name,
                 ) as answer:
-                    body = await answer.read()
+                    body = await self._read_body(answer, request.endpoint)
                     outcome = str(answer.status)
-                    return (Response(answer.status, answer.content_type, body, request.endpoint),
-                            header)
+                    retry_after = (parse_retry_after(answer.headers.get("Retry-After"),
+                                                     time.time())
+                                   if answer.status in (429, 503) else None)
+                    return (Response(answer.status, answer.content_type, body, request.endpoint,
+                                     retry_after), header)
         except TimeoutError as exc:
             outcome = "timeout"
             raise ApiTimeoutError(request.endpoint, self.timeout) from exc
         except aiohttp.ClientPayloadError as exc:
             raise ApiConnectionError(request.endpoint, f"truncated body: {exc}",
-                                     reason="truncated") from exc
+                                     reason=reason("truncated")) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise ApiConnectionError(request.endpoint, self._describe(exc)) from exc
         finally:
             if self.observer is not None:
                 self.observer(request.endpoint, outcome, time.perf_counter() - started)
+
+    async def _read_body(self, answer: aiohttp.ClientResponse, endpoint: str) -> bytes:
+        """The whole body, refused (and the connection dropped) once it passes `max_body`."""
+        declared = answer.content_length
+        if declared is not None and declared > self.max_body:
+            raise ApiError(endpoint, answer.status, None,
+                           f"body of {declared} bytes refused unread (max_body_bytes="
+                           f"{self.max_body})", reason=reason("body_too_large"))
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in answer.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiError(endpoint, answer.status, None,
+                               f"body passed max_body_bytes={self.max_body} and was refused",
+                               reason=reason("body_too_large"))
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def _excerpt(exc: BaseException) -> str:

@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check":
             settings = _settings(args)
-            configure_logging("error", settings.log_format)
+            # The summary says what failed; a log line or traceback on top would only repeat it.
+            configure_logging("critical", settings.log_format)
             return asyncio.run(_check(settings))
         if args.command == "simulate":
             configure_logging()
@@ -180,11 +181,8 @@ async def _until_signalled(on_hangup: Callable[[], Awaitable[object]]) -> None:
 def describe(report: PollReport, label: str, *, listing: str = "unknown",
              auth: str = "none") -> str:
     """The human summary `check` prints for one cluster; a failed poll is one line."""
-    if report.error is not None and not report.outcomes:
-        cause = str(report.error).replace("\n", " ")
-        if isinstance(report.error, AuthError):
-            cause = f"{cause} (check the credentials given)"
-        return f"cluster {label}: FAILED: {cause}"
+    if report.error is not None and all(o.error is not None for o in report.outcomes):
+        return f"cluster {label}: FAILED: {failure_text(report)}"
     version = next((n.version for n in report.nodes if n.version), "unknown")
     generation = report.dialect.split("-", 1)[0] or "unknown"
     lines = [f"cluster {label}:",
@@ -196,13 +194,17 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
             lines.append(f"  node {o.node or '(no node)'}: {o.clients} clients{pages}, "
                          f"{o.seconds:.2f} s")
         else:
-            lines.append(f"  node {o.node}: FAILED: {o.error}")
+            reason = f" [reason {o.error.reason}]" if o.error is not None else ""
+            lines.append(f"  node {o.node}: FAILED: {o.error}{reason}")
     if cluster_wide:
         walked = next((o for o in report.outcomes if o.walk is not None), None)
         if walked is not None and walked.walk is not None:
             lines.append(f"  cluster-wide walk: {walked.walk.pages} pages, "
                          f"{walked.seconds:.2f} s")
     lines.append(f"  clients: {report.clients} (duplicates dropped: {report.duplicates})")
+    if report.bad_rows or report.bad_values:
+        lines.append(f"  dropped as wrong-typed or out of range: {report.bad_values} values, "
+                     f"{report.bad_rows} rows (api_errors_total bad_value, bad_row)")
     if report.result is not None:
         lines.append(f"  series: {report.result.per_client_series} per-client, "
                      f"{report.result.aggregate_series} aggregate")
@@ -210,6 +212,23 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     if report.error is not None:
         lines.append(f"  FAILED: {report.error}")
     return "\n".join(lines)
+
+
+def failure_text(report: PollReport) -> str:
+    """Why a poll failed, on one line, with the reason label and what to do."""
+    error = report.error
+    assert error is not None
+    cause = str(error).replace("\n", " ")
+    if report.outcomes and len(report.outcomes) > 1:
+        cause = f"all {len(report.outcomes)} nodes failed; first: {cause}"
+    hint = ""
+    if isinstance(error, AuthError):
+        hint = " (check the credentials given"
+        if error.credential_kind == "dashboard login" and error.reason != "login_locked":
+            hint += ("; the daemon retries a rejected login after a growing pause, as EMQX "
+                     "5.9+ locks the user for 10 minutes after 5 failures in 5 minutes")
+        hint += ")"
+    return f"{cause}{hint} [reason {error.reason}]"
 
 
 async def _check(settings: Settings) -> int:
@@ -222,7 +241,9 @@ async def _check(settings: Settings) -> int:
         auth = poller.client.auth
         print(describe(report, poller.label, listing=listing_mode(poller.dialect),
                        auth=auth.kind if auth is not None else "none"))
-    return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
+    # A node that failed fails `check` too: the daemon would report it with node_up 0.
+    complete = all(r.ok and all(o.error is None for o in r.outcomes) for r in reports)
+    return EXIT_OK if complete else EXIT_FAILED
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -7,6 +7,7 @@ A bad value raises ConfigError naming the key, e.g. `clusters[1].interval: must 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import yaml
 
 from exporter import contract
 from exporter.aggregate import AggregateSettings, ClassRule
-from exporter.api import TlsSettings
+from exporter.api import DEFAULT_MAX_BODY, TlsSettings
 from exporter.errors import ConfigError
 from exporter.selection import RANKINGS, Pattern, SelectionSettings
 
@@ -42,6 +43,7 @@ CLUSTER_KEYS = frozenset({
     "name", "emqx_url", "api_key", "api_secret", "api_secret_file", "username", "password",
     "password_file", "api", "listing", "interval", "timeout", "retries", "page_size",
     "node_concurrency", "max_pages", "timezone", "tls", "shard", "filters",
+    "max_body_bytes",
 })
 TOP_KEYS = CLUSTER_KEYS - {"name"} | {
     "listen", "log_level", "log_format", "clusters", "per_client", "aggregate", "classes",
@@ -53,6 +55,19 @@ _PER_CLIENT_KEYS = frozenset({"parts", "labels", "info_labels", "watch", "allow"
 _FILTER_KEYS = frozenset({"username", "conn_state", "like_clientid", "like_username"})
 _AGGREGATE_KEYS = frozenset({"labels", "saturation"})
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+#: Upper bound of any number in the config unless a key sets its own: beyond it a duration
+#: or a count is a typo, and floats lose integer precision.
+MAX_NUMBER = 2.0**53
+#: Longest poll interval and request timeout accepted (a day): longer is certainly a mistake.
+MAX_SECONDS = 86_400.0
+
+#: Where each credential can be given, for error messages that say what to set.
+_CREDENTIAL_SOURCES = {
+    "api_key": "--api-key / EMQX_API_KEY",
+    "api_secret": "--api-secret / EMQX_API_SECRET / EMQX_API_SECRET_FILE / api_secret_file",
+    "username": "--username / EMQX_USERNAME",
+    "password": "--password / EMQX_PASSWORD / EMQX_PASSWORD_FILE / password_file",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,8 @@ class ClusterSettings:
     shard: tuple[int, int] = (0, 1)
     #: Filters EMQX applies itself (v4.1+, v5): fewer rows to send, but see README for cost.
     filters: tuple[tuple[str, str], ...] = ()
+    #: A response body larger than this is refused while it streams in, never buffered.
+    max_body_bytes: int = DEFAULT_MAX_BODY
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +156,28 @@ class _Reader:
         return str(value)
 
     def number(self, name: str, default: float, *, minimum: float = 0.0,
-               integer: bool = False) -> float:
+               integer: bool = False, maximum: float = MAX_NUMBER) -> float:
+        """A finite number in range; with `minimum` 0 a float must be > 0 (a duration)."""
         value = self.data.get(name)
         if value is None:
             return default
+        kind = "a whole number" if integer else "a number"
         try:
-            number = int(value) if integer else float(value)
-            if integer and float(value) != number:
+            if isinstance(value, bool):
                 raise ValueError
-        except (TypeError, ValueError):
-            kind = "a whole number" if integer else "a number"
+            real = float(value)
+            if not math.isfinite(real):
+                raise self.fail(name, f"must be a finite number, got {value!r}")
+            number = int(real) if integer else real
+            if integer and real != number:
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
             raise self.fail(name, f"must be {kind}, got {value!r}") from None
         if number < minimum or (minimum == 0 and not integer and number <= 0):
             bound = f">= {minimum:g}" if minimum or integer else "> 0"
             raise self.fail(name, f"must be {bound}, got {value!r}")
+        if number > maximum:
+            raise self.fail(name, f"must be <= {maximum:g}, got {value!r}")
         return number
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -267,12 +292,8 @@ def _cluster(reader: _Reader) -> ClusterSettings:
     api_secret = _secret(reader, "api_secret")
     username = reader.text("username")
     password = _secret(reader, "password")
-    if api_key and api_secret is None:
-        raise reader.fail("api_secret", "is required with api_key (or api_secret_file)")
-    if username and password is None:
-        raise reader.fail("password", "is required with username (or password_file)")
     page_size = reader.get("page_size")
-    return ClusterSettings(
+    settings = ClusterSettings(
         url=url,
         name=name,
         api_key=api_key,
@@ -281,9 +302,11 @@ def _cluster(reader: _Reader) -> ClusterSettings:
         password=password,
         api=reader.choice("api", "auto", ("auto", "v3", "v4", "v5")),
         listing=reader.choice("listing", "auto", ("auto", "page", "cursor")),
-        interval=reader.number("interval", 30.0),
-        timeout=reader.number("timeout", 10.0),
-        retries=int(reader.number("retries", 2, integer=True)),
+        interval=reader.number("interval", 30.0, maximum=MAX_SECONDS),
+        timeout=reader.number("timeout", 10.0, maximum=MAX_SECONDS),
+        retries=int(reader.number("retries", 2, integer=True, maximum=10)),
+        max_body_bytes=int(reader.number("max_body_bytes", DEFAULT_MAX_BODY, minimum=1024,
+                                         integer=True)),
         page_size=(None if page_size in (None, "auto")
                    else int(reader.number("page_size", 0, minimum=1, integer=True))),
         node_concurrency=int(reader.number("node_concurrency", 2, minimum=1, integer=True)),
@@ -299,6 +322,32 @@ def _cluster(reader: _Reader) -> ClusterSettings:
         shard=_shard(reader),
         filters=_filters(reader),
     )
+    # Last, so a malformed value elsewhere is reported first, as it is where it is written.
+    _check_credentials(reader, api_key, api_secret, username, password)
+    return settings
+
+
+def _check_credentials(reader: _Reader, api_key: str | None, api_secret: str | None,
+                       username: str | None, password: str | None) -> None:
+    """Exactly one complete kind of credential; each mistake names what to set."""
+    def where(key: str) -> str:
+        return f"{reader.key(key)} ({_CREDENTIAL_SOURCES[key]})"
+
+    if api_key and api_secret is None:
+        raise reader.fail("api_secret", f"is required with api_key: set {where('api_secret')}")
+    if api_secret is not None and not api_key:
+        raise reader.fail("api_key", f"is required with api_secret: set {where('api_key')}")
+    if username and password is None:
+        raise reader.fail("password", f"is required with username: set {where('password')}")
+    if password is not None and not username:
+        raise reader.fail("username", f"is required with password: set {where('username')}")
+    if api_key and username:
+        raise reader.fail("username", "give either an API key (api_key, api_secret) or a "
+                                      "dashboard user (username, password), not both")
+    if not api_key and not username:
+        raise reader.fail("api_key", f"no credentials given: set {where('api_key')} and "
+                                     f"{where('api_secret')}, or a dashboard user with "
+                                     f"{where('username')} and {where('password')}")
 
 
 def _listen(value: str) -> tuple[str, int]:

@@ -13,6 +13,8 @@ from pathlib import Path
 from exporter import contract
 from exporter.cli import OPTIONS
 from exporter.config import ENVIRONMENT
+from exporter.errors import REASONS
+from exporter.simulator.matrix import readme_table as fault_matrix_table
 
 
 def flags_table() -> str:
@@ -49,11 +51,19 @@ def aggregate_metrics_table() -> str:
     return "\n".join(_family_rows(contract.AGGREGATE_FAMILIES))
 
 
+def error_reasons_table() -> str:
+    rows = ["| reason | meaning |", "|---|---|"]
+    rows += [f"| `{name}` | {meaning} |" for name, meaning in REASONS.items()]
+    return "\n".join(rows)
+
+
 BLOCKS = {
     "flags": flags_table,
     "parts": parts_table,
     "client-metrics": client_metrics_table,
     "aggregate-metrics": aggregate_metrics_table,
+    "error-reasons": error_reasons_table,
+    "fault-matrix": fault_matrix_table,
 }
 
 

@@ -15,10 +15,11 @@ import structlog
 from exporter.api import ApiClient, Auth, BasicAuth, BearerLogin, RetryPolicy
 from exporter.config import ClusterSettings
 from exporter.dialects import Detected, Dialect, NodeInfo, detect, make_dialect, parse_version
-from exporter.errors import ApiError, ExporterError
+from exporter.errors import ApiError, ExporterError, InternalError
+from exporter.health import CLUSTER, Health
 from exporter.lookup import look_up
 from exporter.pipeline import Pipeline, PipelineResult, PollRun
-from exporter.records import ClientRecord
+from exporter.records import ClientRecord, take_bad_example
 from exporter.render import Rendered
 from exporter.selfmetrics import ClusterStats
 from exporter.walker import NodeWalk, walk
@@ -53,6 +54,8 @@ class NodeOutcome:
     error: ExporterError | None = None
     seconds: float = 0.0
     clients: int = 0
+    #: A client id whose row lost a value in this walk (for the log line).
+    bad_example: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,6 +72,8 @@ class PollReport:
     duplicates: int = 0
     result: PipelineResult | None = None
     error: ExporterError | None = None
+    bad_rows: int = 0
+    bad_values: int = 0
 
     @property
     def ok(self) -> bool:
@@ -87,11 +92,15 @@ class ClusterPoller:
         self.client = ApiClient(
             settings.url, build_auth(settings), timeout=settings.timeout,
             retry=RetryPolicy(retries=settings.retries), tls=settings.tls,
-            connections=settings.node_concurrency + 2, observer=stats.observe_request)
+            connections=settings.node_concurrency + 2, observer=stats.observe_request,
+            max_body=settings.max_body_bytes)
         self.dialect: Dialect | None = None
         self.version: str | None = None
         self.rendered: Rendered = {}
-        self._last_errors: dict[str, str] = {}
+        self.health = Health(self.label, settings.interval)
+        #: Nodes of this replica's share seen by the last discovery: their `node_up` goes to
+        #: 0, not away, when a later poll cannot even list them.
+        self.known_nodes: list[str] = []
         # One worker thread per cluster runs the pipeline: pages are processed in arrival
         # order while the event loop downloads the next ones, and scrapes stay responsive.
         self._worker = ThreadPoolExecutor(max_workers=1,
@@ -147,42 +156,78 @@ class ClusterPoller:
         self.version = version
 
     async def poll_once(self) -> PollReport:
-        """One complete poll; never raises an ExporterError (it lands in the report)."""
+        """One complete poll; never raises: any failure, a bug of ours too, lands in the report."""
         report = PollReport(started=self.clock())
         began = time.perf_counter()
+        waiting = self.health.waiting(CLUSTER, report.started)
+        if waiting is not None:
+            report.error = waiting  # EMQX asked us to wait, or the login is backing off
+            return self._finish(report, began)
         try:
-            nodes = await self._discover(report)
-            assert self.dialect is not None
-            report.nodes = nodes
-            report.dialect = self.dialect.name
-            run = await self._on_worker(self.pipeline.start, report.started)
-            if self.pipeline.selection.watch_only:
-                await self._look_up(self.dialect, nodes, report, run)
-            else:
-                await self._walk_all(self.dialect, nodes, report, run)
-            if not report.ok:
-                # Every node failed and was counted already; the poll fails with the first cause.
-                failed = [o.error for o in report.outcomes if o.error is not None]
-                report.error = failed[0] if failed else ExporterError("no node to walk")
-                self._note_error("cluster", report.error, count=False)
-                await self._on_worker(run.finish, [])
-                return self._finish(report, began)
-            walked = sorted(o.node for o in report.outcomes if o.error is None and o.node)
-            result = await self._on_worker(run.finish, walked)
-            report.result = result
-            report.clients = result.clients
-            report.duplicates = result.duplicates
-            for outcome in report.outcomes:
-                outcome.clients = result.listed.get(outcome.node, 0)
+            await self._poll(report)
         except ExporterError as exc:
             report.error = exc
-            self._note_error("cluster", exc)
+            self._count(exc)
+            self.health.failed(CLUSTER, exc, self.clock())
+        except Exception as exc:  # a bug of ours fails this poll, not the loop
+            error = InternalError(_first_cause(exc))
+            report.error = error
+            self._count(error)
+            self.health.failed(CLUSTER, error, self.clock())
         return self._finish(report, began)
+
+    async def _poll(self, report: PollReport) -> None:
+        """Discover, walk, finish; raises on a cluster-level failure."""
+        nodes = await self._discover(report)
+        assert self.dialect is not None
+        report.nodes = nodes
+        report.dialect = self.dialect.name
+        self.known_nodes = [n.name for n in nodes if in_shard(n.name, self.settings.shard)]
+        run = await self._on_worker(self.pipeline.start, report.started)
+        if self.pipeline.selection.watch_only:
+            await self._look_up(self.dialect, nodes, report, run)
+        else:
+            await self._walk_all(self.dialect, nodes, report, run)
+        self._log_bad_rows(report)
+        if not report.ok:
+            # Every node failed and was counted already; the poll fails with the first cause.
+            failed = [o.error for o in report.outcomes if o.error is not None]
+            report.error = failed[0] if failed else ExporterError("no node to walk")
+            await self._on_worker(run.finish, [])
+            return
+        walked = sorted(o.node for o in report.outcomes if o.error is None and o.node)
+        result = await self._on_worker(run.finish, walked)
+        report.result = result
+        report.clients = result.clients
+        report.duplicates = result.duplicates
+        for outcome in report.outcomes:
+            outcome.clients = result.listed.get(outcome.node, 0)
+        self.health.recovered(CLUSTER, self.clock())
 
     def _finish(self, report: PollReport, began: float) -> PollReport:
         report.duration = time.perf_counter() - began
         self._record(report)
         return report
+
+    def _count(self, error: ExporterError) -> None:
+        self.stats.count_error(error.reason)
+
+    def _log_bad_rows(self, report: PollReport) -> None:
+        """One line per poll at most for rows and values dropped; the counters have the rest."""
+        # A cluster-wide (cursor) walk is shared by every node's outcome: count it once.
+        walks = {id(o.walk): o.walk for o in report.outcomes
+                 if o.walk is not None and o.error is None}
+        for walked in walks.values():
+            report.bad_rows += walked.bad_rows
+            report.bad_values += walked.bad_values
+        if report.bad_rows or report.bad_values:
+            self.stats.count_error("bad_row", report.bad_rows)
+            self.stats.count_error("bad_value", report.bad_values)
+            example = next((o.bad_example for o in report.outcomes if o.bad_example), None)
+            log.warning("bad_client_rows", cluster=self.label, rows_skipped=report.bad_rows,
+                        values_dropped=report.bad_values, example_clientid=example,
+                        hint="a value of the wrong type or out of range is dropped and counted "
+                             "in api_errors_total{reason=\"bad_value\"}")
 
     async def _walk_all(self, dialect: Dialect, nodes: list[NodeInfo], report: PollReport,
                         run: PollRun) -> None:
@@ -194,7 +239,8 @@ class ClusterPoller:
         if not dialect.per_node:
             # Cursor listing without node=: one walk covers the cluster; records name their node.
             outcome = await self._walk_one(dialect, None, run, running)
-            report.outcomes.extend(NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds)
+            report.outcomes.extend(NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds,
+                                               bad_example=outcome.bad_example)
                                    for name in running)
             return
         limit = asyncio.Semaphore(self.settings.node_concurrency)
@@ -203,7 +249,11 @@ class ClusterPoller:
             async with limit:
                 return await self._walk_one(dialect, name, run, [name])
 
-        report.outcomes.extend(await asyncio.gather(*(bounded(n) for n in running)))
+        # A task group, not gather: when one walk raises (a bug), the others are cancelled
+        # instead of feeding a poll that has already failed.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(bounded(n)) for n in running]
+        report.outcomes.extend(task.result() for task in tasks)
 
     async def _look_up(self, dialect: Dialect, nodes: list[NodeInfo], report: PollReport,
                        run: PollRun) -> None:
@@ -220,7 +270,10 @@ class ClusterPoller:
                                deliver, self.pipeline.needed_fields())
         run.unknown = result.unknown
         for error in result.errors:
-            self._note_error("lookup", error)
+            self._count(error)
+            self.health.failed("lookup", error, self.clock())
+        if not result.errors:
+            self.health.recovered("lookup", self.clock())
         seconds = time.perf_counter() - began
         for n in nodes:
             if in_shard(n.name, self.settings.shard):
@@ -232,7 +285,12 @@ class ClusterPoller:
                         covers: list[str]) -> NodeOutcome:
         began = time.perf_counter()
         name = node or "cluster"
+        waiting = self.health.waiting(name, self.clock())
+        if waiting is not None:
+            await self._on_worker(run.fail, covers)
+            return NodeOutcome(name, error=waiting)
         pending: asyncio.Future[None] | None = None
+        take_bad_example()  # examples from an earlier walk in this task are not this walk's
 
         async def deliver(records: list[ClientRecord]) -> None:
             # At most one page per walk waits for the worker: bounded memory, overlapped work.
@@ -249,54 +307,56 @@ class ClusterPoller:
             if pending is not None:
                 await pending
             await self._on_worker(run.fail, covers)
-            self._note_error(name, exc)
+            self._count(exc)
+            self.health.failed(name, exc, self.clock())
             return NodeOutcome(name, error=exc, seconds=time.perf_counter() - began)
         if pending is not None:
             await pending
-        if self._last_errors.pop(name, None) is not None:
-            log.info("node_walk_recovered", cluster=self.label, node=name)
+        self.health.recovered(name, self.clock())
+        sessions = f"{name}/sessions"
         for soft in result.soft_errors:
-            self._note_error(f"{name}/sessions", soft)
+            self._count(soft)
+            self.health.failed(sessions, soft, self.clock())
+        if not result.soft_errors:
+            self.health.recovered(sessions, self.clock())
         for note in set(result.notes):
             log.info("listing_quirk", cluster=self.label, node=name, quirk=note)
-        if result.bad_rows or result.bad_values:
-            self.stats.count_error("bad_row", result.bad_rows)
-            self.stats.count_error("bad_value", result.bad_values)
-            log.warning("bad_client_rows", cluster=self.label, node=name,
-                        rows_skipped=result.bad_rows, values_skipped=result.bad_values)
-        return NodeOutcome(name, result, seconds=time.perf_counter() - began)
-
-    def _note_error(self, where: str, exc: ExporterError, *, count: bool = True) -> None:
-        """Count every failure; log it once, not again while the same error repeats."""
-        if count:
-            self.stats.count_error(exc.reason)
-        text = str(exc)
-        if self._last_errors.get(where) == text:
-            return
-        self._last_errors[where] = text
-        log.warning("poll_failed" if where == "cluster" else "node_walk_failed",
-                    cluster=self.label, node=where, reason=exc.reason, error=text)
+        return NodeOutcome(name, result, seconds=time.perf_counter() - began,
+                           bad_example=take_bad_example())
 
     def _record(self, report: PollReport) -> None:
         s = self.stats
         s.polled = True
         s.poll_duration = report.duration
         s.up = report.ok
-        s.node_up = {o.node: o.error is None for o in report.outcomes if o.node}
+        # Every known node gets a value: 0 when the poll could not even list the nodes.
+        s.node_up = dict.fromkeys(self.known_nodes, False)
+        s.node_up.update({o.node: o.error is None for o in report.outcomes if o.node})
         s.clients_listed = {o.node: o.clients for o in report.outcomes
                             if o.error is None and o.node}
         s.duplicates += report.duplicates
         if self.dialect is not None:
             s.api = self.dialect.name
         s.emqx_version = self.version or ""
+        s.failing = {target: str(error) for target, error in self.health.failing().items()}
         if report.ok and report.result is not None:
             s.last_success = self.clock()
-            if self._last_errors.pop("cluster", None) is not None:
-                log.info("poll_recovered", cluster=self.label)
+            s.rendered_at = s.last_success
             self.rendered = report.result.rendered
             s.series = {"per_client": report.result.per_client_series,
                         "aggregate": report.result.aggregate_series}
             s.series_dropped = report.result.series_dropped
-        elif report.error is not None:
+        else:
+            # Nothing of this poll is served; the self-metrics describe this poll, not the last.
             self.rendered = {}
             s.series = {"per_client": 0, "aggregate": 0}
+            s.series_dropped = 0
+        if report.error is not None:
+            s.failing.setdefault(CLUSTER, str(report.error))
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -8,18 +8,25 @@ records in one C pass, without an intermediate dict per client.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
 Kind = Literal["str", "int", "bool", "limit"]
 
+#: Every number EMQX sends a client row is a count, a size or a duration: a finite,
+#: non-negative integer. Below 2**63 it fits the counter state's signed 64-bit slots and
+#: stays exact through every sum downstream; anything else is dropped at decoding and counted.
+NUMBER_MAX = 2**63 - 1
+Number = Annotated[int, msgspec.Meta(ge=0, le=NUMBER_MAX)]
+
 _PY_TYPES: dict[Kind, Any] = {
     "str": str | None,
-    "int": int | None,
+    "int": Number | None,
     "bool": bool | None,
-    "limit": int | str | None,  # v5 `*_max` may be the string "infinity"
+    "limit": Number | str | None,  # v5 `*_max` may be the string "infinity"
 }
 
 
@@ -180,6 +187,11 @@ def wire_names(generation: Generation, attrs: frozenset[str]) -> list[str]:
     return names
 
 
+def valid_number(value: Any) -> bool:
+    """An integer (not a bool, not a float) in the range of `Number`."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= NUMBER_MAX
+
+
 def valid_value(kind: Kind, value: Any) -> bool:
     """Whether a decoded JSON value fits a field kind (None always does: not reported)."""
     if value is None:
@@ -189,8 +201,20 @@ def valid_value(kind: Kind, value: Any) -> bool:
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        return valid_number(value)
+    return isinstance(value, str) or valid_number(value)
+
+
+#: The first client id whose row lost a value in the current asyncio task (one node's walk),
+#: so the poll's single log line can name an example without every dialect passing it along.
+_bad_example: ContextVar[str | None] = ContextVar("bad_example", default=None)
+
+
+def take_bad_example() -> str | None:
+    """The example noted since the last call in this task, and forget it."""
+    example = _bad_example.get()
+    _bad_example.set(None)
+    return example
 
 
 @dataclass(slots=True)
@@ -223,4 +247,6 @@ def lenient_record(cls: type[ClientRecord], generation: Generation, row: Any) ->
     clientid = kwargs.get("clientid")
     if not isinstance(clientid, str):
         return LenientResult(None, bad or ["clientid"])
+    if bad and _bad_example.get() is None:
+        _bad_example.set(clientid)
     return LenientResult(cls(**kwargs), bad)

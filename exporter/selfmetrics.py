@@ -64,6 +64,10 @@ class ClusterStats:
     series_dropped: int = 0
     emqx_version: str = ""
     api: str = ""
+    #: When the data served for this cluster was rendered (by its last complete poll).
+    rendered_at: float | None = None
+    #: What is failing now: target (`cluster`, a node) → the error, for the status page.
+    failing: dict[str, str] = field(default_factory=dict)
 
     def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.api_requests[(endpoint, outcome)] += 1
@@ -98,7 +102,6 @@ class SelfMetrics:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clusters: list[ClusterStats] = []
-        self.snapshot_created: float | None = None
         self.clock = clock
         #: Reloadable files in use (RELOADABLE names) and how their last reload went.
         self.reloads: dict[str, ReloadStatus] = {}
@@ -177,15 +180,12 @@ class SelfMetrics:
                 cumulative.append(("+Inf", float(h.count)))
                 latency.add_metric(labels(s, endpoint), cumulative, h.total)
         age = gauge("snapshot_age_seconds",
-                    "Seconds since the served snapshot was rendered (scrapes never poll).", [])
-        if self.snapshot_created is not None:
-            age_value = max(0.0, self.clock() - self.snapshot_created)
-            if named:
-                # One snapshot serves every cluster; its age is the same for each.
-                for s in self.clusters:
-                    age.add_metric(labels(s), age_value)
-            else:
-                age.add_metric([], age_value)
+                    "Seconds since the served data was rendered by a complete poll; grows "
+                    "while polls fail (scrapes never poll).", [])
+        now = self.clock()
+        for s in self.clusters:
+            if s.rendered_at is not None:
+                age.add_metric(labels(s), max(0.0, now - s.rendered_at))
         yield from (up, node_up, listed, duration, success, interval, age, series, dropped,
                     build, requests, errors, duplicates, latency)
         yield from self._reload_families()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.reload import ConfigReloader
+from exporter.selfmetrics import ClusterStats
 from exporter.service import Exporter
 from exporter.snapshot import (
     OPENMETRICS_CONTENT_TYPE,
@@ -102,7 +103,7 @@ async def status_page(request: web.Request) -> web.Response:
                           for n, ok in sorted(s.node_up.items())) or "-"
         rows.append(
             f"<tr><td>{html.escape(poller.label)}</td><td>{html.escape(s.emqx_version or '?')}"
-            f"</td><td>{html.escape(s.api or '?')}</td><td>{'up' if s.up else 'down'}</td>"
+            f"</td><td>{html.escape(s.api or '?')}</td><td>{_poll_state(s)}</td>"
             f"<td>{sum(s.clients_listed.values())}</td><td>{nodes}</td>"
             f"<td>{s.poll_duration or 0:.2f} s</td></tr>")
     body = (
@@ -115,6 +116,13 @@ async def status_page(request: web.Request) -> web.Response:
         "<th>poll</th><th>clients</th><th>nodes</th><th>last poll</th></tr>"
         + "".join(rows) + "</table></body></html>")
     return web.Response(text=body, content_type="text/html")
+
+
+def _poll_state(stats: ClusterStats) -> str:
+    """`up`, or `down` with what is failing now (cluster and nodes), escaped."""
+    failing = "".join(f"<br>{html.escape(target)}: {html.escape(error)}"
+                      for target, error in sorted(stats.failing.items()))
+    return ("up" if stats.up else "down") + failing
 
 
 async def reload_config(request: web.Request) -> web.Response:

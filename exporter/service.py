@@ -11,7 +11,6 @@ import structlog
 
 from exporter.aggregate import Classifier
 from exporter.config import ClusterSettings, Settings
-from exporter.errors import ExporterError
 from exporter.persist import LastSeen, load_last_seen, save_last_seen
 from exporter.pipeline import Pipeline
 from exporter.poller import ClusterPoller, PollReport
@@ -79,7 +78,6 @@ class Exporter:
             snapshot = await asyncio.to_thread(compose, rendered, created)
             await asyncio.to_thread(warm, snapshot, tuple(self.wanted_gzip))
             self.snapshot = snapshot
-            self.metrics.snapshot_created = created
             if any(p.stats.up for p in self.pollers) and self._first_done.issuperset(
                     self.pollers):
                 self.ready = True
@@ -89,16 +87,15 @@ class Exporter:
         while True:
             began = time.monotonic()
             try:
-                await poller.poll_once()
-            except ExporterError as exc:  # poll_once reports these itself; belt and braces
-                log.warning("poll_failed", cluster=poller.label, error=str(exc))
-            except Exception:
-                # A bug must not stop the polling; it is logged with its traceback and counted.
+                await poller.poll_once()  # reports every failure itself, bugs included
+                self._first_done.add(poller)
+                await self.publish()
+                await self.save_state()
+            except Exception:  # nothing may stop the polling
+                # Only a bug in publishing gets here: counted, shown as down, logged.
                 poller.stats.count_error("internal")
-                log.exception("poll_crashed", cluster=poller.label)
-            self._first_done.add(poller)
-            await self.publish()
-            await self.save_state()
+                poller.stats.up = False
+                log.exception("publish_crashed", cluster=poller.label)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
 
     def _new_poller(self, cluster: ClusterSettings, settings: Settings, classifier: Classifier,

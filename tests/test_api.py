@@ -10,7 +10,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from exporter.api import ApiClient, BasicAuth, BearerLogin, Request, RetryPolicy
+from exporter.api import (
+    ApiClient,
+    BasicAuth,
+    BearerLogin,
+    Request,
+    RetryPolicy,
+    parse_retry_after,
+)
 from exporter.errors import ApiConnectionError, ApiError, ApiTimeoutError, AuthError
 
 FAST = RetryPolicy(retries=2, backoff=0.001)
@@ -166,3 +173,64 @@ async def test_unreachable() -> None:
             with pytest.raises(ApiConnectionError) as caught:
                 await client.send(NODES)
     assert caught.value.reason == "unreachable"
+
+
+async def test_429_is_rate_limited_and_not_retried(aiohttp_server: ServerFactory) -> None:
+    calls = 0
+
+    async def too_many(_: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=429, text="Too Many Requests", headers={"Retry-After": "7"})
+
+    server = await serve(aiohttp_server, too_many)
+    async with ApiClient(url(server), None, retry=FAST) as client:
+        with pytest.raises(ApiError) as caught:
+            await client.send(NODES)
+    # It used to be `client_error`, retried after a fraction of a second.
+    assert caught.value.reason == "rate_limited" and caught.value.retry_after == 7
+    assert calls == 1
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_body_over_the_limit_is_refused_not_buffered(aiohttp_server: ServerFactory,
+                                                           declared: bool) -> None:
+    async def large(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if declared:
+            response.content_length = 4 * 1024 * 1024
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for _ in range(64):
+                await response.write(b" " * 65536)
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up, as it should
+        return response
+
+    server = await serve(aiohttp_server, large)
+    async with ApiClient(url(server), None, retry=FAST, max_body=1024 * 1024) as client:
+        with pytest.raises(ApiError) as caught:
+            await client.send(NODES)
+    assert caught.value.reason == "body_too_large"
+    assert "max_body_bytes" in str(caught.value)
+
+
+async def test_plain_http_connection_error_has_no_tls_noise() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with ApiClient(f"http://127.0.0.1:{port}", None,
+                         retry=RetryPolicy(retries=0)) as client:
+        with pytest.raises(ApiConnectionError) as caught:
+            await client.send(NODES)
+    text = str(caught.value)
+    assert "ssl" not in text.lower()
+    assert f"cannot connect to 127.0.0.1:{port}: " in text and "refused" in text.lower()
+
+
+def test_retry_after_in_seconds_or_as_a_date() -> None:
+    assert parse_retry_after("120", 0.0) == 120
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", 40.0) == 60
+    assert parse_retry_after("soon", 0.0) is None and parse_retry_after(None, 0.0) is None

@@ -170,7 +170,7 @@ def test_check_unauthorized_names_the_credential_kind(capsys: pytest.CaptureFixt
     (["--timeout", "soon"], "timeout"),
     (["--api", "v6"], "api"),
     (["--api-key", "exporter"], "api_secret"),
-    (["--listen", "nowhere"], "listen"),
+    (["--listen", "nowhere", "--api-key", "k", "--api-secret", "s"], "listen"),
 ])
 def test_check_bad_configuration_exits_2_naming_the_key(capsys: pytest.CaptureFixture[str],
                                                         args: list[str], key: str) -> None:

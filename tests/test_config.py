@@ -9,7 +9,7 @@ import pytest
 from exporter.config import load_settings
 from exporter.errors import ConfigError
 
-URL = {"emqx_url": "http://emqx:18083"}
+URL = {"emqx_url": "http://emqx:18083", "api_key": "k", "api_secret": "s"}
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -98,7 +98,9 @@ clusters:
 ])
 def test_bad_values_name_the_key(tmp_path: Path, text: str, flags: dict[str, str | None],
                                  key: str) -> None:
-    config = write(tmp_path, ("emqx_url: http://x:1\n" if "emqx_url" not in flags else "") + text)
+    credentials = "" if "api_" in text or "username" in text else "api_key: k\napi_secret: s\n"
+    config = write(tmp_path, ("emqx_url: http://x:1\n" if "emqx_url" not in flags else "")
+                   + credentials + text)
     with pytest.raises(ConfigError) as caught:
         load_settings(flags, {}, config)
     assert caught.value.key == key, str(caught.value)
@@ -114,6 +116,8 @@ def test_missing_config_file() -> None:
 def test_parts_and_labels(tmp_path: Path) -> None:
     config = write(tmp_path, """
 emqx_url: http://x:1
+api_key: k
+api_secret: s
 per_client:
   parts: {packets: true, info: false}
   labels: [node]
@@ -127,3 +131,49 @@ aggregate: {saturation: 0.9}
     assert s.per_client.labels == ("node",)
     assert [r.name for r in s.classes] == ["sensors", "apps"]
     assert s.aggregate.labels == ("node", "class") and s.aggregate.saturation == 0.9
+
+
+@pytest.mark.parametrize("key", ["interval", "timeout"])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "-1", "0", "1e9"])
+def test_durations_are_finite_and_in_range(key: str, text: str) -> None:
+    # `--interval nan` used to be accepted and polled in a tight loop.
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**URL, key: text}, {}, None)
+    assert caught.value.key == key and text in str(caught.value)
+
+
+@pytest.mark.parametrize(("yaml_text", "key"), [
+    ("retries: .nan\n", "retries"),
+    ("retries: .inf\n", "retries"),
+    ("retries: -1\n", "retries"),
+    ("page_size: .inf\n", "page_size"),
+    ("max_pages: 1e400\n", "max_pages"),
+    ("node_concurrency: true\n", "node_concurrency"),
+    ("max_body_bytes: 10\n", "max_body_bytes"),
+    ("aggregate: {saturation: .nan}\n", "aggregate.saturation"),
+    ("per_client: {hysteresis: -.inf}\n", "per_client.hysteresis"),
+    ("per_client: {top_k: {drop_rate: .inf}}\n", "per_client.top_k.drop_rate"),
+])
+def test_every_number_is_checked(tmp_path: Path, yaml_text: str, key: str) -> None:
+    config = write(tmp_path, "emqx_url: http://x:1\napi_key: k\napi_secret: s\n" + yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, {}, config)
+    assert caught.value.key == key, str(caught.value)
+
+
+@pytest.mark.parametrize(("flags", "environ", "key", "names"), [
+    ({}, {}, "api_key", ["--api-key", "EMQX_API_KEY", "--username", "EMQX_PASSWORD"]),
+    ({"api_key": "k"}, {}, "api_secret", ["--api-secret", "EMQX_API_SECRET_FILE"]),
+    ({}, {"EMQX_API_SECRET": "s"}, "api_key", ["--api-key", "EMQX_API_KEY"]),
+    ({"username": "u"}, {}, "password", ["--password", "EMQX_PASSWORD"]),
+    ({"password": "p"}, {}, "username", ["--username", "EMQX_USERNAME"]),
+    ({"api_key": "k", "api_secret": "s", "username": "u", "password": "p"}, {}, "username",
+     ["api_key", "username", "not both"]),
+])
+def test_credential_mistakes_name_what_to_set(flags: dict[str, str], environ: dict[str, str],
+                                              key: str, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"emqx_url": "http://x:1", **flags}, environ, None)
+    assert caught.value.key == key, str(caught.value)
+    for name in names:
+        assert name in str(caught.value)

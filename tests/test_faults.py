@@ -51,8 +51,9 @@ async def test_one_bad_node_keeps_the_others(api: str, kind: str, options: dict[
         assert len(failures) == 1 and failures[0]["node"] == NODE2
         assert failures[0]["reason"] == reason
         assert "secret" not in str(failures[0])
-        # The fault is over: the next poll heals, and says so once.
+        # The fault is over: the next poll (one interval later) heals, and says so once.
         r.cluster.faults.clear()
+        r.clock.advance(30)
         with capture_logs() as logs:
             await r.poll()
         assert value(await r.scrape(), "emqx_client_exporter_node_up", node=NODE2) == 1
@@ -66,6 +67,7 @@ async def test_repeated_failure_is_logged_once_and_counted_each_time() -> None:
         with capture_logs() as logs:
             for _ in range(3):
                 await r.poll()
+                r.clock.advance(30)  # the node's back-off never outlasts the interval
         assert len([e for e in logs if e["event"] == "node_walk_failed"]) == 1
         samples = await r.scrape()
         assert value(samples, "emqx_client_exporter_api_errors_total", reason="node_down") == 3

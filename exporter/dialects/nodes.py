@@ -10,6 +10,7 @@ from exporter.api import Response
 from exporter.dialects.base import NodeInfo, decode
 from exporter.dialects.paged import check_envelope
 from exporter.errors import DecodeError
+from exporter.records import valid_number
 
 
 class _Node(msgspec.Struct):
@@ -40,9 +41,9 @@ def _info(node: _Node, endpoint: str) -> NodeInfo:
         name=name,
         running=status == "running",
         version=node.version,
-        connections=node.connections if isinstance(node.connections, int) else None,
+        connections=node.connections if valid_number(node.connections) else None,
         live_connections=(node.live_connections
-                          if isinstance(node.live_connections, int) else None),
+                          if valid_number(node.live_connections) else None),
     )
 
 

@@ -15,23 +15,23 @@ from exporter.dialects.base import decode, require_json
 from exporter.dialects.legacy import LegacyDialect
 from exporter.dialects.paged import GenericPage, Meta, check_envelope, next_page
 from exporter.errors import DecodeError
-from exporter.records import ClientRecord, Generation, valid_value
+from exporter.records import ClientRecord, Generation, Number, valid_value
 
 
 class V3Session(msgspec.Struct, gc=False):
     """The queue-related part of a v3 session row."""
 
     client_id: str
-    mqueue_len: int | None = None
-    max_mqueue: int | None = None
-    mqueue_dropped: int | None = None
-    inflight_len: int | None = None
-    max_inflight: int | None = None
-    awaiting_rel_len: int | None = None
-    max_awaiting_rel: int | None = None
-    subscriptions_count: int | None = None
-    max_subscriptions: int | None = None
-    expiry_interval: int | None = None
+    mqueue_len: Number | None = None
+    max_mqueue: Number | None = None
+    mqueue_dropped: Number | None = None
+    inflight_len: Number | None = None
+    max_inflight: Number | None = None
+    awaiting_rel_len: Number | None = None
+    max_awaiting_rel: Number | None = None
+    subscriptions_count: Number | None = None
+    max_subscriptions: Number | None = None
+    expiry_interval: Number | None = None
     created_at: str | None = None
 
     def apply(self, record: ClientRecord) -> None:

@@ -110,7 +110,7 @@ def _list(request: web.Request, nodes: list[int], view: View, counted: int | Non
         else:
             meta["count"] = counted if counted is not None else total
         if f.hasnext:
-            meta["hasnext"] = total > start + limit
+            meta["hasnext"] = faults.hasnext_lies or total > start + limit
         shape = cluster.dialect.session if view == "sessions" and f.api == "v3" else None
         rows: list[Any]
         rows = cluster.materialize(indices) if shape is None else [*cluster.sessions_of(indices)]

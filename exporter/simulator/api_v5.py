@@ -160,7 +160,7 @@ async def clients(request: web.Request) -> web.Response:
             meta["count"] = sum(sizes)
         meta.update(limit=limit, page=page)
         if f.hasnext:
-            meta["hasnext"] = v5_hasnext(sizes, start, limit)
+            meta["hasnext"] = faults.hasnext_lies or v5_hasnext(sizes, start, limit)
         return {"data": cluster.materialize(indices, shape), "meta": meta}
 
     return cached_json(request, build)

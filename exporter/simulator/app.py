@@ -35,6 +35,10 @@ _ROLE_DENIED = "This API Key don't have permission to access this resource"
 
 #: Faults that change the body of an otherwise normal response.
 _BODY_KINDS = frozenset({"malformed_json", "cut_json", "truncated"})
+#: Faults that answer with a stream or with no answer at all.
+_STREAM_KINDS = frozenset({"connection_reset", "huge_body"})
+#: One repeated piece of the huge body: valid JSON rows, so only the size is wrong.
+_FILLER = b'{"clientid":"filler","recv_oct":1},' * 1024
 
 
 def route_name(request: web.Request) -> str | None:
@@ -77,6 +81,9 @@ def _fault_response(cluster: SimCluster, rule: FaultRule, node: str | None) -> w
             return v5_error(403, str(rule.code or "UNAUTHORIZED_ROLE"),
                             rule.message or _ROLE_DENIED)  # fmt: skip
         return plain(403, rule.message or "Forbidden")
+    if kind == "rate_limited":
+        return web.Response(status=429, text="Too Many Requests",
+                            headers={"Retry-After": str(int(rule.delay or 1))})
     if kind == "html_error":
         status = rule.status or 502
         page = PROXY_ERROR_PAGE.format(status=status, reason=HTTPStatus(status).phrase)
@@ -87,6 +94,29 @@ def _fault_response(cluster: SimCluster, rule: FaultRule, node: str | None) -> w
                         rule.message or "simulated failure")  # fmt: skip
     code = rule.code if isinstance(rule.code, int) else 102
     return legacy_error(code, rule.message or "unknown")
+
+
+async def _streamed(request: web.Request, rule: FaultRule) -> web.StreamResponse:
+    """No answer (the connection is dropped), or a ``rule.size`` body streamed piece by piece."""
+    stream = web.StreamResponse(status=200)
+    if rule.kind == "connection_reset":
+        if request.transport is not None:
+            request.transport.abort()
+        return stream
+    stream.content_type = "application/json"
+    stream.enable_chunked_encoding()
+    await stream.prepare(request)
+    sent = 0
+    try:
+        await stream.write(b'{"data":[')
+        while sent < rule.size:
+            await stream.write(_FILLER)
+            sent += len(_FILLER)
+        await stream.write(b'{"clientid":"last"}],"meta":{"count":1}}')
+        await stream.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass  # the client gave up reading, as it should
+    return stream
 
 
 async def _damaged(
@@ -144,6 +174,8 @@ async def funnel(request: web.Request, handler: Handler) -> web.StreamResponse:
             row_faults.add(rule)
         elif rule.kind in _BODY_KINDS:
             damage = rule
+        elif rule.kind in _STREAM_KINDS:
+            return await _streamed(request, rule)
         else:
             return _fault_response(cluster, rule, node)
     if name not in api_v5.PUBLIC_ROUTES:

@@ -21,6 +21,12 @@ from exporter.simulator.responses import (
 )
 from exporter.simulator.settings import Features, SimSettings
 
+#: EMQX's defaults: ``dashboard.unsuccessful_login_max_attempts``, ``..._interval`` (5 m) and
+#: ``..._lock_duration`` (10 m), ``emqx_dashboard_schema.erl``.
+LOGIN_MAX_ATTEMPTS = 5
+LOGIN_INTERVAL_MS = 300_000
+LOGIN_LOCK_MS = 600_000
+
 
 class LoginBody(msgspec.Struct):
     """Body of ``POST /api/v5/login``."""
@@ -52,6 +58,9 @@ class Authenticator:
         self._now_ms = now_ms
         #: token -> expiry (epoch ms)
         self._tokens: dict[str, int] = {}
+        #: Failed logins of the dashboard user (epoch ms), and when its lock ends.
+        self._failed_logins: list[int] = []
+        self._locked_until = 0
 
     def _key_ok(self, user: str, secret: str) -> bool:
         s = self._settings
@@ -102,9 +111,16 @@ class Authenticator:
             creds = msgspec.json.decode(body, type=LoginBody)
         except msgspec.DecodeError as exc:
             return v5_error(400, "BAD_REQUEST", str(exc))
-        if not self._user_ok(creds.username, creds.password):
-            return v5_error(401, "BAD_USERNAME_OR_PWD", "Auth failed")
         now = self._now_ms()
+        known = _same(creds.username, self._settings.username)
+        if self._features.login_lock and known and now < self._locked_until:
+            # The lock is checked before the password (emqx_dashboard_admin:sign_token).
+            return v5_error(401, "LOGIN_LOCKED", "Login locked")
+        if not self._user_ok(creds.username, creds.password):
+            if self._features.login_lock and known:  # unknown users leave no record
+                self._register_failed_login(now)
+            return v5_error(401, "BAD_USERNAME_OR_PWD", "Auth failed")
+        self._failed_logins.clear()  # a successful login resets the count
         if len(self._tokens) > 1000:  # forget expired tokens now and then
             self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
         token = self._new_token(creds.username)
@@ -116,6 +132,15 @@ class Authenticator:
                 "license": {"edition": "opensource"},
             }
         )
+
+    def _register_failed_login(self, now: int) -> None:
+        """EMQX's rule (``emqx_dashboard_login_lock.erl``): the attempt that finds
+        ``LOGIN_MAX_ATTEMPTS - 1`` earlier failures within the interval locks the user."""
+        window = now - LOGIN_INTERVAL_MS
+        self._failed_logins = [t for t in self._failed_logins if t >= window]
+        if len(self._failed_logins) >= LOGIN_MAX_ATTEMPTS - 1:
+            self._locked_until = now + LOGIN_LOCK_MS
+        self._failed_logins.append(now)
 
     @staticmethod
     def _new_token(username: str) -> str:

@@ -32,13 +32,19 @@ FaultKind = Literal[
     "phantom_cursor",  # clients_v2: the last page carries a cursor leading to an empty page
     "bad_field",  # ``rows`` rows (or ``clientid``) carry ``field`` = ``value`` ("12x")
     "missing_field",  # ``rows`` rows (or ``clientid``) lack ``field``
+    "hasnext_lies",  # ``meta.hasnext`` is true on every page, the last included
+    # Not EMQX itself (it has no rate limit, REFERENCE.md 6.3) but what sits in front of it:
+    "rate_limited",  # HTTP 429 with ``Retry-After: delay`` (a proxy or API gateway)
+    "connection_reset",  # the connection is dropped before any answer
+    "huge_body",  # HTTP 200 streaming ``size`` bytes of JSON, generated, never held whole
 ]
 
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
 #: Kinds that change the rows of a list response rather than the whole response.
 ROW_KINDS = frozenset(
-    {"duplicate_rows", "skip_rows", "phantom_cursor", "bad_field", "missing_field"}
+    {"duplicate_rows", "skip_rows", "phantom_cursor", "bad_field", "missing_field",
+     "hasnext_lies"}
 )
 
 _ids = itertools.count(1)
@@ -61,6 +67,7 @@ class FaultRule:
     field: str = "recv_oct"
     value: Any = "12x"
     clientid: str | None = None
+    size: int = 200 * 1024 * 1024
     id: int = dataclass_field(default_factory=lambda: next(_ids))
     seen: int = 0
     fired: int = 0
@@ -128,6 +135,7 @@ class RowFaults:
     duplicate: int = 0
     skip: int = 0
     phantom: bool = False
+    hasnext_lies: bool = False
     edits: list[FaultRule] = dataclass_field(default_factory=list)
 
     def add(self, rule: FaultRule) -> None:
@@ -138,13 +146,16 @@ class RowFaults:
             self.skip += rule.rows
         elif rule.kind == "phantom_cursor":
             self.phantom = True
+        elif rule.kind == "hasnext_lies":
+            self.hasnext_lies = True
         else:
             self.edits.append(rule)
 
     @property
     def active(self) -> bool:
         """True when any row fault fires (the response then bypasses the page cache)."""
-        return bool(self.duplicate or self.skip or self.phantom or self.edits)
+        return bool(self.duplicate or self.skip or self.phantom or self.hasnext_lies
+                    or self.edits)
 
 
 def _row_id(row: Any) -> Any:

@@ -147,6 +147,9 @@ class Features:
     dashboard_basic_auth: bool
     #: 5.1.0: ``POST /clients/kickout/bulk``.
     bulk_kick: bool
+    #: e5.9.0: five failed logins of a dashboard user in five minutes lock it for ten minutes
+    #: (``emqx_dashboard_login_lock.erl``, REFERENCE.md 12.6).
+    login_lock: bool
 
 
 def features_for(settings: SimSettings) -> Features:
@@ -182,4 +185,5 @@ def features_for(settings: SimSettings) -> Features:
         expiry_in_ms=v5 and v < (5, 0, 14),
         dashboard_basic_auth=v5 and v < (5, 0, 15),
         bulk_kick=v5 and v >= (5, 1, 0),
+        login_lock=v5 and v >= (5, 9, 0),
     )
