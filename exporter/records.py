@@ -14,17 +14,22 @@ from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
-Kind = Literal["str", "int", "bool", "limit"]
+Kind = Literal["str", "int", "words", "bool", "limit"]
 
 #: Every number EMQX sends a client row is a count, a size or a duration: a finite,
 #: non-negative integer. Below 2**63 it fits the counter state's signed 64-bit slots and
 #: stays exact through every sum downstream; anything else is dropped at decoding and counted.
 NUMBER_MAX = 2**63 - 1
 Number = Annotated[int, msgspec.Meta(ge=0, le=NUMBER_MAX)]
+#: Erlang reports process memory in machine words; the exporter exports bytes.
+ERLANG_WORD_BYTES = 8
+#: A size in words, bounded so that its value in bytes is still a `Number`.
+Words = Annotated[int, msgspec.Meta(ge=0, le=NUMBER_MAX // ERLANG_WORD_BYTES)]
 
 _PY_TYPES: dict[Kind, Any] = {
     "str": str | None,
     "int": Number | None,
+    "words": Words | None,
     "bool": bool | None,
     "limit": Number | str | None,  # v5 `*_max` may be the string "infinity"
 }
@@ -92,7 +97,7 @@ FIELDS: tuple[Field, ...] = (
     Field("subscriptions", "int", None, "subscriptions_cnt", "subscriptions_cnt"),
     Field("subscriptions_max", "limit", None, "max_subscriptions", "subscriptions_max"),
     _same("mailbox_len", "int"),
-    _same("heap_size", "int"),
+    _same("heap_size", "words"),
     _same("reductions", "int"),
 )
 
@@ -202,6 +207,8 @@ def valid_value(kind: Kind, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "int":
         return valid_number(value)
+    if kind == "words":
+        return valid_number(value) and value <= NUMBER_MAX // ERLANG_WORD_BYTES
     return isinstance(value, str) or valid_number(value)
 
 

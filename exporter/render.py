@@ -19,7 +19,7 @@ from typing import Any
 from exporter import contract as c
 from exporter.contract import Family
 from exporter.labels import escape
-from exporter.records import ClientRecord
+from exporter.records import ERLANG_WORD_BYTES, ClientRecord
 from exporter.timeparse import TimeParser
 
 #: Rendered families of one batch of clients: samples as UTF-8 lines, without HELP/TYPE.
@@ -32,8 +32,6 @@ _NUMBER = b"%r".__mod__
 
 # EMQX 3.x/4.x print a missing username as the atom `undefined`.
 _NO_USERNAME = frozenset({"undefined", ""})
-
-_ERLANG_WORD_BYTES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +161,7 @@ def _capacity(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) 
 
 
 def _heap_bytes(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
-    return [None if v is None else v * _ERLANG_WORD_BYTES for v in values]
+    return [None if v is None else v * ERLANG_WORD_BYTES for v in values]
 
 
 #: Per-client families that are one value per client: (part, family, field, conversion).

@@ -41,6 +41,21 @@ async def test_out_of_range_counter_drops_the_value_not_the_poll(bad: Any) -> No
         assert value(samples, ERRORS, reason="internal") is None
 
 
+async def test_a_heap_size_whose_bytes_overflow_is_dropped() -> None:
+    # heap_size is exported in bytes (words x 8): 2**60 words would be 2**63 bytes.
+    async with rig(SimSettings(version="5.6.2", clients=20),
+                   per_client={"max_series": 10_000_000, "parts": {"process": True}}) as r:
+        target = "client-0000004"
+        r.cluster.faults.add("bad_field", clientid=target, field="heap_size", value=2**60)
+        (report,) = await r.exporter.poll_all_once()
+        assert report.ok
+        samples = await r.scrape()
+        heap = per_client(samples, "emqx_client_process_heap_bytes")
+        assert target not in heap and heap
+        assert all(v <= 2**63 - 1 for v in heap.values())
+        assert value(samples, ERRORS, reason="bad_value") == 1
+
+
 def test_counter_state_takes_the_largest_value_in_range() -> None:
     state = CounterState()
     deltas, _, _ = state.observe("c", 1, [2**63 - 1] * 11, 0, 1)

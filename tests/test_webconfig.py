@@ -191,7 +191,7 @@ def test_unreadable_or_invalid_file_names_web_config(tmp_path: Path) -> None:
 
 
 def test_main_config_keys_of_the_endpoint(tmp_path: Path) -> None:
-    base = {"emqx_url": "http://emqx:18083"}
+    base = {"emqx_url": "http://emqx:18083", "api_key": "key", "api_secret": "secret"}
     settings = load_settings(base, {}, None)
     assert (settings.web_config, settings.open_paths, settings.reload_endpoint) == (
         None, ("/-/healthy",), False)
@@ -212,7 +212,7 @@ def test_run_exits_2_naming_the_key_of_a_bad_web_config(
     path.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": "hunter2"}}))
     try:
         code = main(["run", "--emqx-url", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
-                     "--web-config", str(path)])
+                     "--api-key", "key", "--api-secret", "secret", "--web-config", str(path)])
     finally:
         structlog.reset_defaults()  # `run` pointed the logs at this test's captured stderr
     assert code == EXIT_CONFIG
