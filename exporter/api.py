@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -32,6 +33,12 @@ log = structlog.get_logger(__name__)
 
 #: Statuses worth a second try: overload and gateway trouble, not our own mistakes.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def path_segment(text: str) -> str:
+    """One percent-encoded path segment: `/`, `?`, `#`, `%` and spaces inside it stay inside
+    (EMQX's HTTP server splits the path on raw `/` before decoding, REFERENCE.md §12.3)."""
+    return quote(text, safe="@:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +357,7 @@ class ApiClient:
             header = await self.auth.header(self)
             if header:
                 headers["Authorization"] = header
-        url = self.base_url.joinpath(*request.path)
+        url = self.base_url.joinpath(*map(path_segment, request.path), encoded=True)
         started = time.perf_counter()
         outcome = "error"
         try:

@@ -171,13 +171,45 @@ def record_type(generation: Generation, *, connected_default: bool | None = None
 
 
 def wire_names(generation: Generation, attrs: frozenset[str]) -> list[str]:
-    """The wire names of the given normalized fields in `generation` (for v5 `fields=`)."""
+    """The wire names of the given normalized fields in `generation`."""
     names = []
     for f in FIELDS:
         wire = getattr(f, generation)
         if f.attr in attrs and wire is not None:
             names.append(wire)
     return names
+
+
+#: What v5's `fields=` enum accepts (REFERENCE.md §3.6, §12.1): the names of the client schema,
+#: `fields(client)` in `emqx_mgmt_api_clients.erl`. Only names `FIELDS` reads are listed;
+#: 5.7.0 adds durable-session names (`durable`, `is_expired`, ...) and 5.7.1 `client_attrs`,
+#: none of which the exporter reads, so one set serves 5.6.0 on.
+V5_FIELDS_ENUM = frozenset({
+    "clientid", "username", "node", "mountpoint", "ip_address", "proto_name", "proto_ver",
+    "clean_start", "connected", "keepalive", "expiry_interval", "connected_at", "created_at",
+    "disconnected_at", "recv_oct", "send_oct", "recv_pkt", "send_pkt", "recv_msg", "send_msg",
+    "recv_msg.qos0", "recv_msg.qos1", "recv_msg.qos2", "send_msg.qos0", "send_msg.qos1",
+    "send_msg.qos2", "recv_msg.dropped", "recv_msg.dropped.await_pubrel_timeout",
+    "send_msg.dropped", "send_msg.dropped.expired", "send_msg.dropped.queue_full",
+    "send_msg.dropped.too_large", "mqueue_len", "mqueue_max", "mqueue_dropped", "inflight_cnt",
+    "inflight_max", "awaiting_rel_cnt", "awaiting_rel_max", "subscriptions_cnt",
+    "subscriptions_max", "mailbox_len", "heap_size", "reductions",
+})
+#: Fields v5 rows carry that the enum lacks: naming them is a 400, so a listing that needs one
+#: must ask for every field (`listener`), except `zone`, which list rows lose from 5.1 on
+#: (and 5.0 has no `fields=`): it is simply not asked for.
+V5_UNNAMEABLE = frozenset({"listener"})
+
+
+def v5_fields_param(version: tuple[int, int, int], attrs: frozenset[str]) -> list[str] | None:
+    """The `fields=` names for these record fields at this v5 version; None: ask for all
+    (before 5.6.0 there is no `fields=`, and a needed field may not be nameable)."""
+    if version < (5, 6, 0):
+        return None
+    wanted = wire_names("v5", attrs)
+    if V5_UNNAMEABLE.intersection(wanted):
+        return None
+    return [name for name in wanted if name in V5_FIELDS_ENUM]
 
 
 def valid_value(kind: Kind, value: Any) -> bool:

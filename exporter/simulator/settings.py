@@ -43,6 +43,9 @@ class SimSettings:
     class_prefixes: bool = False
     #: Budget for cached page bodies when ``frozen`` (least recently used pages are evicted).
     page_cache_mb: int = 1024
+    #: Offline durable sessions (``durable_sessions.enable = true``, v5 5.6.0+ only), listed
+    #: after every node's clients (see ``simulator.durable``).
+    durable_sessions: int = 0
 
     def __post_init__(self) -> None:
         if self.api not in DEFAULT_VERSIONS:
@@ -61,6 +64,11 @@ class SimSettings:
                 raise ValueError(f"{name} must be a fraction between 0 and 1")
         if self.offline_sessions + self.churn > 1.0:
             raise ValueError("offline_sessions + churn must not exceed 1")
+        if self.durable_sessions < 0:
+            raise ValueError("durable_sessions must not be negative")
+        if self.durable_sessions and (
+                self.api != "v5" or parse_version(self.effective_version) < (5, 6, 0)):
+            raise ValueError("durable_sessions exist from EMQX 5.6.0 on")
         if self.token_ttl <= 0:
             raise ValueError("token_ttl must be positive")
         try:
@@ -120,6 +128,8 @@ class Features:
     descending: bool
     #: 5.6.0: ``fields=`` and the repeatable exact ``clientid=`` filter.
     fields_param: bool
+    #: 5.6.0: offline durable sessions are listed after the nodes' clients when enabled.
+    durable_sessions: bool
     #: 5.6.0: ``cluster_sessions`` in ``/nodes``.
     cluster_sessions: bool
     #: 5.7.0: ``GET /clients_v2`` (cursor paging).
@@ -128,7 +138,8 @@ class Features:
     v2_hasnext: bool
     #: Before e5.9.0 / 6.0.0: a ``/clients_v2`` page may hold more than ``limit`` rows.
     v2_long_pages: bool
-    #: 6.1.2 / 6.2.1: ``node=`` on ``/clients_v2`` (ignored before).
+    #: 6.1.2 / 6.2.1: ``node=`` on ``/clients_v2`` (PR #17120); ignored in 6.0.3, e5.10.4 and
+    #: 6.2.0 (REFERENCE.md §1.4, §12.7).
     v2_node_filter: bool
     #: 5.0.x only: the ``zone`` field.
     v5_zone: bool
@@ -167,6 +178,7 @@ def features_for(settings: SimSettings) -> Features:
         max_limit=10000 if v >= (5, 5, 0) else 1000,
         descending=v5 and v >= (5, 5, 0),
         fields_param=v5 and v >= (5, 6, 0),
+        durable_sessions=v5 and v >= (5, 6, 0),
         cluster_sessions=v5 and v >= (5, 6, 0),
         clients_v2=v5 and v >= (5, 7, 0),
         v2_hasnext=v5 and (5, 7, 0) <= v < (5, 8, 0),

@@ -72,25 +72,41 @@ V5_FIELDS = (
     "disconnected_at",
 )  # fmt: skip
 
-#: Names v5 ``fields=`` accepts: the ``client`` schema plus ``client_attrs``. EMQX's schema
-#: misses some returned fields (listener, is_persistent, enable_authn, peerport, peersni, ...),
-#: which therefore cannot be asked for by name (5.6.0+, ``emqx_mgmt_api_clients.erl``).
-V5_NAMEABLE_FIELDS = frozenset(
+#: Names v5 ``fields=`` accepts from 5.6.0: exactly the ``fields(client)`` schema of
+#: ``emqx_mgmt_api_clients.erl``@v5.6.0 (L461-669; ``requested_client_fields`` L692-699). The
+#: schema misses some returned fields (listener, is_persistent, enable_authn, peerport, peersni,
+#: zone, ...), which therefore cannot be asked for by name.
+_V5_FIELDS_ENUM_5_6 = frozenset(
     {
         "awaiting_rel_cnt", "awaiting_rel_max", "clean_start", "clientid", "connected",
         "connected_at", "created_at", "disconnected_at", "expiry_interval", "heap_size",
-        "inflight_cnt", "inflight_max", "ip_address", "is_bridge", "is_expired", "keepalive",
-        "mailbox_len", "mqueue_dropped", "mqueue_len", "mqueue_max", "node", "port",
-        "proto_name", "proto_ver", "recv_cnt", "recv_msg", "recv_msg.dropped",
-        "recv_msg.dropped.await_pubrel_timeout", "recv_msg.qos0", "recv_msg.qos1",
-        "recv_msg.qos2", "recv_oct", "recv_pkt", "reductions", "send_cnt", "send_msg",
-        "send_msg.dropped", "send_msg.dropped.expired", "send_msg.dropped.queue_full",
-        "send_msg.dropped.too_large", "send_msg.qos0", "send_msg.qos1", "send_msg.qos2",
-        "send_oct", "send_pkt", "subscriptions_cnt", "subscriptions_max", "username",
-        "mountpoint", "durable", "client_attrs", "n_streams", "seqno_q1_comm", "seqno_q1_dup",
-        "seqno_q1_next", "seqno_q2_comm", "seqno_q2_dup", "seqno_q2_rec", "seqno_q2_next",
+        "inflight_cnt", "inflight_max", "ip_address", "is_bridge", "keepalive", "mailbox_len",
+        "mqueue_dropped", "mqueue_len", "mqueue_max", "node", "port", "proto_name", "proto_ver",
+        "recv_cnt", "recv_msg", "recv_msg.dropped", "recv_msg.dropped.await_pubrel_timeout",
+        "recv_msg.qos0", "recv_msg.qos1", "recv_msg.qos2", "recv_oct", "recv_pkt", "reductions",
+        "send_cnt", "send_msg", "send_msg.dropped", "send_msg.dropped.expired",
+        "send_msg.dropped.queue_full", "send_msg.dropped.too_large", "send_msg.qos0",
+        "send_msg.qos1", "send_msg.qos2", "send_oct", "send_pkt", "subscriptions_cnt",
+        "subscriptions_max", "username", "mountpoint",
     }
 )  # fmt: skip
+#: 5.7.0 adds the durable-session fields to the schema (``fields(client)``@v5.7.0 L518-780).
+_V5_FIELDS_ENUM_5_7 = _V5_FIELDS_ENUM_5_6 | {
+    "durable", "is_expired", "n_streams", "seqno_q1_comm", "seqno_q1_dup", "seqno_q1_next",
+    "seqno_q2_comm", "seqno_q2_dup", "seqno_q2_rec", "seqno_q2_next",
+}  # fmt: skip
+
+
+def v5_fields_enum(version: tuple[int, int, int]) -> frozenset[str]:
+    """The names ``fields=`` accepts at this version (empty before 5.6.0: no ``fields``)."""
+    if version < (5, 6, 0):
+        return frozenset()
+    if version < (5, 7, 0):
+        return _V5_FIELDS_ENUM_5_6
+    if version < (5, 7, 1):
+        return _V5_FIELDS_ENUM_5_7
+    # 5.7.1: ``client_attrs`` joins the enum (``requested_client_fields``@v5.7.1).
+    return _V5_FIELDS_ENUM_5_7 | {"client_attrs"}
 
 _SNI = "mqtt.example.com"
 _ONLINE_TAIL: tuple[Any, ...] = (UNSET,)

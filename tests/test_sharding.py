@@ -1,0 +1,146 @@
+"""Replicas started with `--shard i/N` split one cluster: every node and every client exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from exporter.config import load_settings
+from exporter.dialects import NodeInfo
+from exporter.server import build_app
+from exporter.service import Exporter
+from exporter.sharding import assign
+from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
+from tests.exposition import Sample, samples_text
+from tests.harness import per_client
+
+
+def _nodes(*names: str, stopped: tuple[str, ...] = ()) -> list[NodeInfo]:
+    return [NodeInfo(name, name not in stopped) for name in names]
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 4, 5, 7, 10])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 6])
+def test_assignment_is_balanced_and_covers_each_node_once(nodes: int, count: int) -> None:
+    names = [f"emqx@10.0.0.{k}" for k in range(nodes)]
+    plans = [assign(_nodes(*reversed(names)), (i, count)) for i in range(count)]
+    owned = Counter(node for plan in plans for node in plan.owned)
+    assert owned == Counter(names)
+    sizes = {len(plan.owned) for plan in plans}
+    assert sizes <= {nodes // count, -(-nodes // count)}
+
+
+def test_rows_of_no_known_node_belong_to_the_first_running_node() -> None:
+    nodes = _nodes("emqx@a", "emqx@b", "emqx@c", stopped=("emqx@a",))
+    plans = [assign(nodes, (i, 2)) for i in range(2)]
+    assert [p.anchor for p in plans] == ["emqx@b", "emqx@b"]
+    assert [p.owner_of_row(None) for p in plans] == ["emqx@b", "emqx@b"]
+    assert plans[0].owner_of_row("emqx@gone") == "emqx@b"
+    assert plans[0].owner_of_row("emqx@c") == "emqx@c"
+
+
+@asynccontextmanager
+async def replicas(sim: SimSettings, count: int, **config: Any) -> AsyncIterator[
+        tuple[SimCluster, list[Exporter]]]:
+    """One simulated cluster and `count` exporters, replica i started with `--shard i/count`."""
+    clock = ManualClock()
+    cluster = SimCluster(sim, clock)
+    server = TestServer(build_sim_app(cluster), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("/")).rstrip("/")
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(server.close)
+        exporters = []
+        for index in range(count):
+            flags: dict[str, Any] = {
+                "emqx_url": url, "api_key": sim.api_key, "api_secret": sim.api_secret,
+                "retries": 0, "shard": f"{index}/{count}",
+                "per_client": {"max_series": 10_000_000}, **config}
+            exporter = Exporter(load_settings(flags, {}, None), clock=clock)
+            stack.push_async_callback(exporter.stop)
+            exporters.append(exporter)
+        yield cluster, exporters
+
+
+async def _poll(exporter: Exporter) -> list[Sample]:
+    """One poll, then what /metrics serves."""
+    await exporter.poll_all_once()
+    async with TestClient(TestServer(build_app(exporter, poll=False), host="127.0.0.1")) as http:
+        response = await http.get("/metrics")
+        assert response.status == 200
+        return samples_text(await response.text())
+
+
+def _by_node(samples: list[Sample], name: str) -> dict[str, float]:
+    return {dict(labels)["node"]: v for n, labels, v in samples if n == name}
+
+
+def _one(samples: list[Sample], name: str) -> float:
+    (found,) = [v for n, _, v in samples if n == name]
+    return found
+
+
+LISTINGS = [
+    pytest.param(SimSettings(version="5.8.9", durable_sessions=3), {"listing": "cursor"},
+                 id="v5-cursor-cluster-wide"),
+    pytest.param(SimSettings(version="5.8.9", durable_sessions=3), {"listing": "page"},
+                 id="v5-page-per-node"),
+    pytest.param(SimSettings(version="6.1.2", durable_sessions=3), {"listing": "cursor"},
+                 id="v5-cursor-per-node"),
+    pytest.param(SimSettings(api="v4"), {}, id="v4-per-node"),
+    pytest.param(SimSettings(version="5.8.9", durable_sessions=3),
+                 {"listing": "cursor", "filters": {"conn_state": "connected"}},
+                 id="v5-cursor-filtered"),
+    pytest.param(SimSettings(version="5.8.9", durable_sessions=3),
+                 {"listing": "page", "filters": {"conn_state": "connected"}},
+                 id="v5-page-filtered"),
+]
+
+
+@pytest.mark.parametrize("count", [3, 4])
+@pytest.mark.parametrize(("sim", "config"), LISTINGS)
+async def test_replicas_cover_the_cluster_once(sim: SimSettings, config: dict[str, Any],
+                                               count: int) -> None:
+    sim = SimSettings(**{**sim.__dict__, "nodes": 3, "clients": 600, "frozen": True})
+    async with replicas(sim, count, **config) as (cluster, exporters):
+        connected_only = "filters" in config
+        # Offline durable sessions count once, for the node they were last connected to.
+        expected = {row["clientid"]: row["node"]
+                    for row in [*cluster.rows(), *cluster.durable.rows()]
+                    if row.get("connected", True) or not connected_only}
+        seen: Counter[str] = Counter()
+        sessions: Counter[str] = Counter()
+        node_up: Counter[str] = Counter()
+        owned = []
+        for exporter in exporters:
+            samples = await _poll(exporter)
+            assert _one(samples, "emqx_client_exporter_up") == 1.0
+            assert _one(samples, "emqx_client_exporter_duplicate_clients_total") == 0.0
+            owned.append(_one(samples, "emqx_client_exporter_shard_nodes"))
+            online = per_client(samples, "emqx_client_online")
+            seen.update(online.keys())
+            sessions.update(_by_node(samples, "emqx_clients_sessions"))
+            node_up.update(_by_node(samples, "emqx_client_exporter_node_up"))
+        assert sorted(owned) == sorted([1.0] * 3 + [0.0] * (count - 3))
+        assert set(node_up) == set(cluster.node_names) and set(node_up.values()) == {1}
+        assert seen == Counter(expected.keys()), "each client exported by exactly one replica"
+        assert sessions == Counter(expected.values())
+
+
+async def test_an_idle_replica_is_up_and_exports_nothing_of_the_cluster() -> None:
+    sim = SimSettings(version="5.8.9", nodes=1, clients=50, frozen=True)
+    async with replicas(sim, 2, listing="cursor") as (cluster, exporters):
+        requests_before = sum(cluster.requests.values())
+        samples = await _poll(exporters[1])
+        assert _one(samples, "emqx_client_exporter_up") == 1.0
+        assert _one(samples, "emqx_client_exporter_shard_nodes") == 0.0
+        assert not per_client(samples, "emqx_client_online")
+        assert not _by_node(samples, "emqx_client_exporter_node_up")
+        # /nodes only (detection probes included): an idle replica lists no clients.
+        listed = [k for k in cluster.requests if "clients" in k]
+        assert sum(cluster.requests.values()) - requests_before >= 1 and not listed
