@@ -71,6 +71,7 @@ class LegacyDialect:
         records, meta, code, message, bad_rows, bad_values = decode_listing(
             response, self._pages, self._rows)
         check_envelope(response, code, message)
+        normalize_usernames(records)
         nxt = next_page(request, meta, len(records) + bad_rows, "_page", self.page_size)
         return paged_result(records, meta, nxt, bad_rows, bad_values)
 
@@ -86,4 +87,14 @@ class LegacyDialect:
             return None
         check_envelope(response, answer.code, answer.message)
         record: ClientRecord | None = answer.data[0] if answer.data else None
+        if record is not None:
+            normalize_usernames([record])
         return record
+
+
+def normalize_usernames(records: list[ClientRecord]) -> None:
+    """v3/v4 write a client without a username as `"undefined"` (the Erlang atom): make it
+    None, so allow/deny, class rules and labels see "no username" (REFERENCE.md §12.10)."""
+    for record in records:
+        if record.username == "undefined":
+            record.username = None
