@@ -1,21 +1,19 @@
-"""Replicas started with `--shard i/N` split one cluster: every node and every client exactly once."""
+"""Replicas with `--shard i/N` split one cluster: every node and every client exactly once."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from exporter.config import load_settings
+from bench.shard_listing import listing_cost, replicas
 from exporter.dialects import NodeInfo
 from exporter.server import build_app
 from exporter.service import Exporter
 from exporter.sharding import assign
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
+from exporter.simulator import SimSettings
 from tests.exposition import Sample, samples_text
 from tests.harness import per_client
 
@@ -42,29 +40,6 @@ def test_rows_of_no_known_node_belong_to_the_first_running_node() -> None:
     assert [p.owner_of_row(None) for p in plans] == ["emqx@b", "emqx@b"]
     assert plans[0].owner_of_row("emqx@gone") == "emqx@b"
     assert plans[0].owner_of_row("emqx@c") == "emqx@c"
-
-
-@asynccontextmanager
-async def replicas(sim: SimSettings, count: int, **config: Any) -> AsyncIterator[
-        tuple[SimCluster, list[Exporter]]]:
-    """One simulated cluster and `count` exporters, replica i started with `--shard i/count`."""
-    clock = ManualClock()
-    cluster = SimCluster(sim, clock)
-    server = TestServer(build_sim_app(cluster), host="127.0.0.1")
-    await server.start_server()
-    url = str(server.make_url("/")).rstrip("/")
-    async with AsyncExitStack() as stack:
-        stack.push_async_callback(server.close)
-        exporters = []
-        for index in range(count):
-            flags: dict[str, Any] = {
-                "emqx_url": url, "api_key": sim.api_key, "api_secret": sim.api_secret,
-                "retries": 0, "shard": f"{index}/{count}",
-                "per_client": {"max_series": 10_000_000}, **config}
-            exporter = Exporter(load_settings(flags, {}, None), clock=clock)
-            stack.push_async_callback(exporter.stop)
-            exporters.append(exporter)
-        yield cluster, exporters
 
 
 async def _poll(exporter: Exporter) -> list[Sample]:
@@ -144,3 +119,21 @@ async def test_an_idle_replica_is_up_and_exports_nothing_of_the_cluster() -> Non
         # /nodes only (detection probes included): an idle replica lists no clients.
         listed = [k for k in cluster.requests if "clients" in k]
         assert sum(cluster.requests.values()) - requests_before >= 1 and not listed
+
+
+async def test_listing_costs_behind_the_sharding_choice() -> None:
+    """README "Sharding": three replicas on three nodes, 3000 clients a node, pages of 500.
+
+    Keeping own rows from a cluster-wide cursor walk costs each replica a full walk (3x the
+    requests and rows returned), but its continuation reads each row once; per-node page
+    listing reads every earlier page again and `select_count`s the node on every page, so
+    the rows it scans grow with the square of a node's pages.
+    """
+    cursor = await listing_cost("cursor", 9000, 500, 3)
+    page = await listing_cost("page", 9000, 500, 3)
+    assert cursor.rows_returned == 3 * page.rows_returned == 3 * 9000
+    assert cursor.requests > 2 * page.requests
+    assert cursor.rows_scanned == cursor.rows_returned  # a cursor reads only what it returns
+    # 6 pages a node: 3.5 node reads plus 6 counts per node, against 3 cluster walks.
+    assert page.rows_scanned > 3 * cursor.rows_scanned
+

@@ -161,6 +161,12 @@ async def clients(request: web.Request) -> web.Response:
         first = max(0, start - faults.duplicate) + faults.skip
         indices = page_window(seqs, first, limit + (start - max(0, start - faults.duplicate)))
         sizes = [seq.size for seq in seqs]
+        # EMQX reads each node from its first row and drops rows before the page (MA@v5.8.9
+        # L456-600), and node= or an exact filter turns the cheap count into a select_count
+        # scan of every node asked, on every page (MA L527-541, CL L935-944).
+        cluster.rows_scanned += min(start + limit, sum(sizes))
+        if "node" in query or flt.active:
+            cluster.rows_scanned += sum(sizes)
         data = cluster.materialize(indices, shape)
         # Offline durable sessions follow the nodes' rows: unfiltered, whatever node= says,
         # whole whatever fields= says, and counted in the total (simulator.durable).
@@ -169,6 +175,7 @@ async def clients(request: web.Request) -> web.Response:
             skip = max(0, start - sum(sizes))
             data += durable[skip : skip + max(0, limit - len(data))]
             sizes.append(len(durable))
+        cluster.rows_returned += len(data)
         meta: dict[str, Any] = {}
         if not flt.fuzzy:  # fuzzy filters cannot be counted cheaply: EMQX leaves count out
             meta["count"] = sum(sizes)
@@ -214,6 +221,12 @@ async def clients_v2(request: web.Request) -> web.Response:
         node_pos, ord_from = start
         ord_from = max(0, ord_from - faults.duplicate) + faults.skip
         page = cursor_page(seqs, node_pos, ord_from, limit, f.v2_long_pages)
+        # A continuation resumes where the last page ended: only this page's rows are read
+        # (with node=, a per-row guard over every node: those rows are read too).
+        cluster.rows_scanned += len(page.indices)
+        if wanted is not None and "cursor" not in query:
+            others = [k for k in scanned if k != guard]
+            cluster.rows_scanned += sum(seq.size for seq in cluster.seqs(others, "sessions", flt))
         data = cluster.materialize(page.indices)
         cursor = page.next_cursor
         if cursor is None and durable:
@@ -225,6 +238,7 @@ async def clients_v2(request: web.Request) -> web.Response:
         if cursor is None and faults.phantom and data and seqs:
             # Resume past the end of the last node: the next page is empty and final.
             cursor = (len(seqs) - 1, len(seqs[-1].members))
+        cluster.rows_returned += len(data)
         meta: dict[str, Any] = {"count": len(data)}
         if cursor is not None:
             meta["cursor"] = encode_cursor(*cursor)

@@ -44,6 +44,11 @@ class SimCluster:
         self._node_ids = {name: i for i, name in enumerate(self.node_names)}
         self.faults = Faults()
         self.requests: collections.Counter[str] = collections.Counter()
+        #: Channel-table rows EMQX would visit answering v5 list requests (a cost model:
+        #: rows read up to the page's end, ``select_count`` scans, cursor continuations).
+        self.rows_scanned = 0
+        #: Rows v5 list requests returned (each formatted and encoded by EMQX).
+        self.rows_returned = 0
         self.population = Population(settings)
         self._factory = ProfileFactory(self.population, settings.seed, self.start_ms)
         self.dialect = Dialect(self.features, settings.timezone, self.node_names)
