@@ -68,6 +68,7 @@ LISTINGS = [
     pytest.param(SimSettings(version="6.1.2", durable_sessions=3), {"listing": "cursor"},
                  id="v5-cursor-per-node"),
     pytest.param(SimSettings(api="v4"), {}, id="v4-per-node"),
+    pytest.param(SimSettings(api="v3"), {}, id="v3-per-node"),
     pytest.param(SimSettings(version="5.8.9", durable_sessions=3),
                  {"listing": "cursor", "filters": {"conn_state": "connected"}},
                  id="v5-cursor-filtered"),
@@ -85,7 +86,7 @@ async def test_replicas_cover_the_cluster_once(sim: SimSettings, config: dict[st
     async with replicas(sim, count, **config) as (cluster, exporters):
         connected_only = "filters" in config
         # Offline durable sessions count once, for the node they were last connected to.
-        expected = {row["clientid"]: row["node"]
+        expected = {row.get("clientid") or row["client_id"]: row["node"]
                     for row in [*cluster.rows(), *cluster.durable.rows()]
                     if row.get("connected", True) or not connected_only}
         seen: Counter[str] = Counter()
@@ -105,6 +106,28 @@ async def test_replicas_cover_the_cluster_once(sim: SimSettings, config: dict[st
         assert set(node_up) == set(cluster.node_names) and set(node_up.values()) == {1}
         assert seen == Counter(expected.keys()), "each client exported by exactly one replica"
         assert sessions == Counter(expected.values())
+
+
+@pytest.mark.parametrize("count", [3, 4])
+@pytest.mark.parametrize("version", ["5.4.1", "5.8.9"])
+async def test_replicas_report_each_watched_client_once(version: str, count: int) -> None:
+    """Watch-only: every replica looks the list up, and only the owner of the client's node
+    exports it online; the others say 0, as they do in walk mode (alerts take the max)."""
+    sim = SimSettings(version=version, nodes=3, clients=300, frozen=True, offline_sessions=0,
+                      churn=0)
+    watch = [f"client-{i:07d}" for i in range(0, 300, 7)]
+    async with replicas(sim, count, per_client={"watch": watch, "watch_only": True,
+                                                "max_series": 100_000}) as (cluster, exporters):
+        online: Counter[str] = Counter()
+        sessions: Counter[str] = Counter()
+        for exporter in exporters:
+            samples = await _poll(exporter)
+            assert _one(samples, "emqx_client_exporter_up") == 1.0
+            online.update(c for c, v in per_client(samples, "emqx_client_online").items() if v)
+            sessions.update(_by_node(samples, "emqx_clients_sessions"))
+        assert online == Counter(watch)
+        assert sessions == Counter({name: cluster.node_counts(k)[0]
+                                    for k, name in enumerate(cluster.node_names)})
 
 
 async def test_an_idle_replica_is_up_and_exports_nothing_of_the_cluster() -> None:
