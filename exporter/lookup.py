@@ -12,15 +12,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import structlog
-
 from exporter.api import ApiClient, Request
 from exporter.dialects import Dialect, parse_version
-from exporter.dialects.v5 import V5Base, fields_rejected
+from exporter.dialects.v5 import V5Base, send_asking_for_all_if_rejected
 from exporter.errors import ApiError, ExporterError
 from exporter.records import ClientRecord
-
-log = structlog.get_logger(__name__)
 
 #: Longest request line (method, path, query, HTTP version) a batch may produce.
 MAX_REQUEST_LINE = 4096
@@ -80,29 +76,20 @@ async def _filtered(client: ApiClient, dialect: V5Base, ids: list[str],
     base_line = (len("GET /api/v5/clients?") + len(" HTTP/1.1") + len("&page=9999")
                  + sum(len(k) + len(quote(v, safe=",")) + 2 for k, v in first.params))
     for batch in batches(ids, base_line):
-        wanted = set(batch)
         try:
-            await _one_batch(client, dialect, batch, wanted, deliver, result)
+            await _one_batch(client, dialect, batch, deliver, result)
         except ExporterError as exc:
             result.errors.append(exc)
             result.unknown.update(batch)
 
 
-async def _one_batch(client: ApiClient, dialect: V5Base, batch: list[str], wanted: set[str],
+async def _one_batch(client: ApiClient, dialect: V5Base, batch: list[str],
                      deliver: Callable[[list[ClientRecord]], Awaitable[None]],
                      result: LookupResult) -> None:
     request: Request | None = dialect.lookup_list_request(batch)
-    missing = set(wanted)
+    missing = set(batch)
     while request is not None and missing:
-        try:
-            response = await client.send(request)
-        except ApiError as exc:
-            if not fields_rejected(exc, request):
-                raise
-            log.warning("v5_fields_rejected", error=str(exc), hint="asking for all fields")
-            dialect.drop_fields()
-            request = dialect.lookup_list_request(batch)
-            response = await client.send(request)
+        response, request = await send_asking_for_all_if_rejected(client, dialect, request)
         result.requests += 1
         page = dialect.parse_page(response, request)
         # Offline durable sessions come with every answer, asked for or not (REFERENCE.md

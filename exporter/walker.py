@@ -5,18 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import structlog
-
 from exporter.api import ApiClient, Request
 from exporter.dialects import Dialect
-from exporter.dialects.paged import offline_row_check, without_param
+from exporter.dialects.paged import offline_row_check
 from exporter.dialects.v3 import V3Dialect
-from exporter.dialects.v5 import V5Base, fields_rejected
-from exporter.errors import ApiError, ExporterError, WalkError
+from exporter.dialects.v5 import V5Base, send_asking_for_all_if_rejected
+from exporter.errors import ExporterError, WalkError
 from exporter.records import ClientRecord
-
-log = structlog.get_logger(__name__)
-
 
 #: Receives each page's records as the walk goes (the poll's pipeline).
 Deliver = Callable[[list[ClientRecord]], Awaitable[None]]
@@ -48,17 +43,9 @@ async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pag
         if result.pages >= max_pages:
             raise WalkError(node or "cluster", "page_limit",
                             f"more than max_pages={max_pages} pages; raise max_pages or page_size")
-        try:
-            response = await client.send(request)
-        except ApiError as exc:
-            # Our `fields=` list may name a field this build's enum lacks: ask for all, once
-            # (every concurrent walk whose request named fields, not only the first).
-            if not (isinstance(dialect, V5Base) and fields_rejected(exc, request)):
-                raise
-            log.warning("v5_fields_rejected", node=node, error=str(exc),
-                        hint="asking for all fields from now on")
-            dialect.drop_fields()
-            request = without_param(request, "fields")
+        if isinstance(dialect, V5Base):
+            response, request = await send_asking_for_all_if_rejected(client, dialect, request)
+        else:
             response = await client.send(request)
         page = dialect.parse_list(response, request)
         if offline_check is not None:

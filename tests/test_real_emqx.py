@@ -190,3 +190,13 @@ async def test_undefined_username_means_none_for_rules(api: str) -> None:
         assert set(per_client(samples, "emqx_client_online")) == nameless
         assert not [labels for n, labels, _ in samples
                     if n == "emqx_client_info" and ("username", "undefined") in labels]
+
+
+def test_the_fields_we_name_are_in_every_fields_enum() -> None:
+    """The exporter's `fields=` names against the simulator's enums, which follow EMQX's schema
+    version by version (tests/test_conformance.py)."""
+    from exporter.simulator.wire import v5_fields_enum
+
+    for version in ((5, 6, 0), (5, 7, 0), (5, 7, 1), (5, 8, 9), (6, 0, 1)):
+        assert records.V5_FIELDS_ENUM <= v5_fields_enum(version), version
+    assert not records.V5_FIELDS_ENUM & {"zone", "listener", "is_persistent", "peerport"}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import msgspec
+import structlog
 
-from exporter.api import Request, Response
+from exporter.api import ApiClient, Request, Response
 from exporter.dialects.base import NodeInfo, Page, RowDecoder, decode, parse_version
 from exporter.dialects.nodes import parse_bare_nodes
 from exporter.dialects.paged import (
@@ -14,9 +15,12 @@ from exporter.dialects.paged import (
     paged_result,
     param,
     with_param,
+    without_param,
 )
 from exporter.errors import ApiError
 from exporter.records import ClientRecord, Generation, record_type, v5_fields_param
+
+log = structlog.get_logger(__name__)
 
 _RECORD = record_type("v5")
 
@@ -24,10 +28,6 @@ _RECORD = record_type("v5")
 def max_page_size(version: tuple[int, int, int]) -> int:
     """Largest `limit`: 1000 before 5.5.0, 10000 from 5.5.0."""
     return 10_000 if version >= (5, 5, 0) else 1_000
-
-
-def supports_fields(version: tuple[int, int, int]) -> bool:
-    return version >= (5, 6, 0)
 
 
 def cursor_is_reliable(version: tuple[int, int, int]) -> bool:
@@ -52,10 +52,20 @@ def expiry_in_milliseconds(version: tuple[int, int, int]) -> bool:
     return (5, 0, 0) <= version < (5, 0, 14)
 
 
-def fields_rejected(exc: ApiError, request: Request) -> bool:
-    """Whether a 400 answers a request that named `fields=`: a build whose enum lacks one of
-    our names (REFERENCE.md §12.1). The caller asks again, once, for every field."""
-    return exc.status == 400 and param(request, "fields") is not None
+async def send_asking_for_all_if_rejected(client: ApiClient, dialect: V5Base,
+                                          request: Request) -> tuple[Response, Request]:
+    """Send a listing or lookup; should EMQX reject its `fields=` with 400 (a build whose enum
+    lacks one of our names, REFERENCE.md §12.1), ask again without it, once, and leave it out
+    of this dialect's requests from now on. Returns the answer and the request it answers."""
+    try:
+        return await client.send(request), request
+    except ApiError as exc:
+        if exc.status != 400 or param(request, "fields") is None:
+            raise
+        log.warning("v5_fields_rejected", error=str(exc), hint="asking for all fields from now on")
+        dialect.drop_fields()
+        request = without_param(request, "fields")
+        return await client.send(request), request
 
 
 class V5Base:
