@@ -198,5 +198,5 @@ def test_the_fields_we_name_are_in_every_fields_enum() -> None:
     from exporter.simulator.wire import v5_fields_enum
 
     for version in ((5, 6, 0), (5, 7, 0), (5, 7, 1), (5, 8, 9), (6, 0, 1)):
-        assert records.V5_FIELDS_ENUM <= v5_fields_enum(version), version
+        assert v5_fields_enum(version) >= records.V5_FIELDS_ENUM, version
     assert not records.V5_FIELDS_ENUM & {"zone", "listener", "is_persistent", "peerport"}
