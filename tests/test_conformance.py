@@ -211,3 +211,17 @@ async def test_no_username_is_written_undefined(make_client: MakeClient, api: st
     listed = {r[key]: r["username"] for r in body["data"]}
     names = {listed[c] for c in map(cluster.population.clientid, missing) if c in listed}
     assert names == {"undefined"}
+
+
+@pytest.mark.parametrize(("version", "divisor"), [("3.1.2", 1000), ("3.2.0", 1)])
+async def test_v3_session_expiry_unit(make_client: MakeClient, version: str,
+                                      divisor: int) -> None:
+    """REFERENCE.md §12.5: EMQX 3.0-3.1 report the expiry seconds divided by 1000 (fixed in
+    3.2.0)."""
+    cluster, _ = sim("v3", version, clients=50)
+    client = await make_client(cluster)
+    _, body = await get(client, f"/api/v3/nodes/{cluster.node_names[0]}/sessions/?_limit=100")
+    expected = {cluster.population.clientid(i): cluster.profile(i).expiry // divisor
+                for i in range(50)}
+    got = {r["client_id"]: r["expiry_interval"] for r in body["data"]}
+    assert got and all(v == expected[c] for c, v in got.items())

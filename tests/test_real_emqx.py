@@ -200,3 +200,16 @@ def test_the_fields_we_name_are_in_every_fields_enum() -> None:
     for version in ((5, 6, 0), (5, 7, 0), (5, 7, 1), (5, 8, 9), (6, 0, 1)):
         assert v5_fields_enum(version) >= records.V5_FIELDS_ENUM, version
     assert not records.V5_FIELDS_ENUM & {"zone", "listener", "is_persistent", "peerport"}
+
+
+@pytest.mark.parametrize(("version", "exported"), [("3.1.2", False), ("3.2.8", True)])
+async def test_v3_expiry_that_cannot_be_undone_is_not_exported(version: str,
+                                                               exported: bool) -> None:
+    sim = SimSettings(api="v3", version=version, clients=40, offline_sessions=0, churn=0)
+    async with rig(sim, per_client={"parts": {"session": True}}) as r:
+        await r.poll()
+        expiry = per_client(await r.scrape(), "emqx_client_session_expiry_seconds")
+        assert bool(expiry) == exported
+        expected = {r.cluster.population.clientid(i): float(r.cluster.profile(i).expiry)
+                    for i in range(40)}
+        assert all(v == expected[c] for c, v in expiry.items())

@@ -151,6 +151,9 @@ class Features:
     peersni: bool
     #: 5.0.0-5.0.13: ``expiry_interval`` in milliseconds (seconds from 5.0.14).
     expiry_in_ms: bool
+    #: 3.0-3.1: session ``expiry_interval`` is the seconds divided by 1000 (fixed in 3.2.0,
+    #: REFERENCE.md §12.5).
+    v3_expiry_divided: bool
     #: 5.0.0-5.0.14: Basic auth with a dashboard user is accepted (API keys only from 5.0.15).
     dashboard_basic_auth: bool
     #: 5.1.0: ``POST /clients/kickout/bulk``.
@@ -189,6 +192,7 @@ def features_for(settings: SimSettings) -> Features:
         durable_fields=v5 and v >= (5, 7, 0),
         peersni=v5 and v >= (5, 8, 0),
         expiry_in_ms=v5 and v < (5, 0, 14),
+        v3_expiry_divided=api == "v3" and v < (3, 2, 0),
         dashboard_basic_auth=v5 and v < (5, 0, 15),
         bulk_kick=v5 and v >= (5, 1, 0),
     )

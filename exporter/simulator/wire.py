@@ -184,12 +184,14 @@ def _v3_connection(tf: TimeFormatter, nodes: Sequence[str]) -> Builder:
     return build
 
 
-def _v3_session(tf: TimeFormatter, nodes: Sequence[str]) -> Builder:
+def _v3_session(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
+    divisor = 1000 if f.v3_expiry_divided else 1
+
     def build(p: Profile, tl: Timeline, tr: Traffic) -> RowValues:
         t = tr
         return (
             t[4], "local", p.clean_start, p.clientid, tf.local(tl[2]), t[20],
-            t[20] + t[2] + t[26], p.expiry, t[6], t[1], t[5], _limit(p.awaiting_rel_max),
+            t[20] + t[2] + t[26], p.expiry // divisor, t[6], t[1], t[5], _limit(p.awaiting_rel_max),
             p.inflight_max, p.mqueue_max, _limit(p.subscriptions_max), t[3], t[2],
             nodes[p.node], t[7], t[0], _username_v4(p),
         )  # fmt: skip
@@ -263,7 +265,7 @@ class Dialect:
             self.client = RowShape("V3Connection", V3_CONNECTION_FIELDS)
             self.build: Builder = _v3_connection(tf, nodes)
             self.session = RowShape("V3Session", V3_SESSION_FIELDS)
-            self.build_session = _v3_session(tf, nodes)
+            self.build_session = _v3_session(tf, features, nodes)
         elif features.api == "v4":
             self.client = RowShape("V4Client", V4_FIELDS)
             self.build = _v4(tf, features, nodes)
