@@ -134,7 +134,11 @@ async def test_an_idle_replica_is_up_and_exports_nothing_of_the_cluster() -> Non
     sim = SimSettings(version="5.8.9", nodes=1, clients=50, frozen=True)
     async with replicas(sim, 2, listing="cursor") as (cluster, exporters):
         requests_before = sum(cluster.requests.values())
-        samples = await _poll(exporters[1])
+        idle = exporters[1]
+        idle._first_done.add(0)  # what the poll loop records after its first poll
+        samples = await _poll(idle)
+        async with TestClient(TestServer(build_app(idle, poll=False), host="127.0.0.1")) as http:
+            assert (await http.get("/-/ready")).status == 200
         assert _one(samples, "emqx_client_exporter_up") == 1.0
         assert _one(samples, "emqx_client_exporter_shard_nodes") == 0.0
         assert not per_client(samples, "emqx_client_online")
