@@ -181,9 +181,9 @@ def wire_names(generation: Generation, attrs: frozenset[str]) -> list[str]:
 
 
 #: What v5's `fields=` enum accepts (REFERENCE.md §3.6, §12.1): the names of the client schema,
-#: `fields(client)` in `emqx_mgmt_api_clients.erl`. Only names `FIELDS` reads are listed;
-#: 5.7.0 adds durable-session names (`durable`, `is_expired`, ...) and 5.7.1 `client_attrs`,
-#: none of which the exporter reads, so one set serves 5.6.0 on.
+#: `fields(client)` in `emqx_mgmt_api_clients.erl`@v5.6.0, as far as `FIELDS` reads them. 5.7.0
+#: adds durable-session names (`durable`, `is_expired`, ...) and 5.7.1 `client_attrs`; the
+#: exporter reads none of them, so these names are valid on every version with `fields=`.
 V5_FIELDS_ENUM = frozenset({
     "clientid", "username", "node", "mountpoint", "ip_address", "proto_name", "proto_ver",
     "clean_start", "connected", "keepalive", "expiry_interval", "connected_at", "created_at",
@@ -195,21 +195,21 @@ V5_FIELDS_ENUM = frozenset({
     "inflight_max", "awaiting_rel_cnt", "awaiting_rel_max", "subscriptions_cnt",
     "subscriptions_max", "mailbox_len", "heap_size", "reductions",
 })
-#: Fields v5 rows carry that the enum lacks: naming them is a 400, so a listing that needs one
-#: must ask for every field (`listener`), except `zone`, which list rows lose from 5.1 on
-#: (and 5.0 has no `fields=`): it is simply not asked for.
-V5_UNNAMEABLE = frozenset({"listener"})
+#: Not in the enum, and not worth all fields: list rows lose `zone` from 5.1 on, and 5.0 has
+#: no `fields=`.
+V5_NEVER_LISTED = frozenset({"zone"})
 
 
 def v5_fields_param(version: tuple[int, int, int], attrs: frozenset[str]) -> list[str] | None:
     """The `fields=` names for these record fields at this v5 version; None: ask for all
-    (before 5.6.0 there is no `fields=`, and a needed field may not be nameable)."""
+    (before 5.6.0 there is no `fields=`; and a needed field the enum lacks, such as
+    `listener`, comes only with every field)."""
     if version < (5, 6, 0):
         return None
-    wanted = wire_names("v5", attrs)
-    if V5_UNNAMEABLE.intersection(wanted):
+    wanted = [name for name in wire_names("v5", attrs) if name not in V5_NEVER_LISTED]
+    if not V5_FIELDS_ENUM.issuperset(wanted):
         return None
-    return [name for name in wanted if name in V5_FIELDS_ENUM]
+    return wanted
 
 
 def valid_value(kind: Kind, value: Any) -> bool:
