@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bench.shard_listing import listing_cost, replicas
 from exporter.dialects import NodeInfo
+from exporter.records import ClientRecord
 from exporter.server import build_app
 from exporter.service import Exporter
 from exporter.sharding import assign
@@ -40,6 +41,21 @@ def test_rows_of_no_known_node_belong_to_the_first_running_node() -> None:
     assert [p.owner_of_row(None) for p in plans] == ["emqx@b", "emqx@b"]
     assert plans[0].owner_of_row("emqx@gone") == "emqx@b"
     assert plans[0].owner_of_row("emqx@c") == "emqx@c"
+
+
+def test_each_row_is_kept_by_exactly_one_walk() -> None:
+    """Per-node walks (durable sessions appended to every answer) and cluster-wide walks."""
+    nodes = _nodes("emqx@a", "emqx@b", "emqx@c")
+    rows = [ClientRecord("on-a", node="emqx@a"), ClientRecord("on-b", node="emqx@b"),
+            ClientRecord("no-node"), ClientRecord("gone", node="emqx@gone")]
+    for count in (1, 2, 3):
+        plans = [assign(nodes, (i, count)) for i in range(count)]
+        per_node = Counter(r.clientid for p in plans for n in p.owned for r in p.keep(n, rows))
+        cluster_wide = Counter(r.clientid for p in plans for r in p.keep(None, rows))
+        assert per_node == cluster_wide == Counter(r.clientid for r in rows), count
+    whole = assign(nodes)
+    assert [r.clientid for r in whole.keep("emqx@b", rows)] == ["on-b"]
+    assert [r.clientid for r in whole.keep("emqx@a", rows)] == ["on-a", "no-node", "gone"]
 
 
 async def _poll(exporter: Exporter) -> list[Sample]:
