@@ -170,7 +170,20 @@ class Aggregator:
                             for name in classes)
         return keys
 
-    def render(self, gauges: dict[GroupKey, Gauges], *, counters: bool = True) -> RenderedBatch:
+    def render_node_totals(self, totals: dict[str, tuple[int | None, int | None]]) -> (
+            RenderedBatch):
+        """Online and session gauges per node from `/nodes` (watch-only polls), leaving out
+        each figure the version does not report."""
+        out: RenderedBatch = {}
+        for family, position in ((c.CLIENTS_ONLINE, 0), (c.CLIENTS_SESSIONS, 1)):
+            rows = [(self._labels((node,)), figures[position])
+                    for node, figures in sorted(totals.items())]
+            known = [(labels, v) for labels, v in rows if v is not None]
+            if known:
+                out[family] = render_groups(family, known)
+        return out
+
+    def render(self, gauges: dict[GroupKey, Gauges]) -> RenderedBatch:
         """Every aggregate family: this poll's gauges and the lasting counters."""
         out: RenderedBatch = {}
         gauge_rows = sorted((self._labels(k), g) for k, g in gauges.items())
@@ -179,7 +192,7 @@ class Aggregator:
                 out[family] = render_groups(family, [(ls, getattr(g, attr))
                                                      for ls, g in gauge_rows])
         counter_rows = sorted((self._labels(k), totals) for k, totals in self.counters.items())
-        if counter_rows and counters:
+        if counter_rows:
             for family, index in _COUNTER_FAMILIES:
                 out[family] = render_groups(family, [(ls, t[index]) for ls, t in counter_rows])
             out[c.CLIENTS_DROPPED] = render_groups(c.CLIENTS_DROPPED, [

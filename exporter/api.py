@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -41,6 +42,12 @@ _CHUNK = 1 << 20
 #: Largest answer accepted by default (`max_body_bytes`): a 10,000-row v5 page with every
 #: field is about 12 MB (the simulator's rows: 1.2 kB each).
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+def path_segment(text: str) -> str:
+    """One percent-encoded path segment: `/`, `?`, `#`, `%` and spaces inside it stay inside
+    (EMQX's HTTP server splits the path on raw `/` before decoding, REFERENCE.md §12.3)."""
+    return quote(text, safe="@:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +393,7 @@ class ApiClient:
             header = await self.auth.header(self)
             if header:
                 headers["Authorization"] = header
-        url = self.base_url.joinpath(*request.path)
+        url = self.base_url.joinpath(*map(path_segment, request.path), encoded=True)
         started = time.perf_counter()
         outcome = "error"
         try:

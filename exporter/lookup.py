@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from exporter.api import ApiClient, Request
 from exporter.dialects import Dialect, parse_version
-from exporter.dialects.v5 import V5PageDialect
+from exporter.dialects.v5 import V5Base, send_asking_for_all_if_rejected
 from exporter.errors import ApiError, ExporterError
 from exporter.records import ClientRecord
 
@@ -48,49 +48,58 @@ def batches(clientids: Sequence[str], base_line: int) -> Iterator[list[str]]:
         yield batch
 
 
-def supports_clientid_filter(dialect: Dialect) -> bool:
-    version = parse_version(getattr(dialect, "version", None))
-    return dialect.generation == "v5" and version >= (5, 6, 0)
+def filter_dialect(dialect: Dialect) -> V5Base | None:
+    """The dialect itself when its version takes repeated `clientid=` filters (5.6+)."""
+    if isinstance(dialect, V5Base) and parse_version(dialect.version) >= (5, 6, 0):
+        return dialect
+    return None
 
 
 async def look_up(client: ApiClient, dialect: Dialect, clientids: Sequence[str],
-                  deliver: Callable[[list[ClientRecord]], Awaitable[None]],
-                  attrs: frozenset[str] | None = None) -> LookupResult:
+                  deliver: Callable[[list[ClientRecord]], Awaitable[None]]) -> LookupResult:
     """Find the watched clients; each batch or lookup that fails marks its ids unknown."""
     result = LookupResult()
     ids = sorted(set(clientids))
-    if supports_clientid_filter(dialect):
-        pages = V5PageDialect(getattr(dialect, "version", None), attrs=attrs)
-        await _filtered(client, pages, ids, deliver, result)
+    filtering = filter_dialect(dialect)
+    if filtering is not None:
+        await _filtered(client, filtering, ids, deliver, result)
     else:
         await _one_by_one(client, dialect, ids, deliver, result)
     return result
 
 
-async def _filtered(client: ApiClient, dialect: V5PageDialect, ids: list[str],
+async def _filtered(client: ApiClient, dialect: V5Base, ids: list[str],
                     deliver: Callable[[list[ClientRecord]], Awaitable[None]],
                     result: LookupResult) -> None:
-    first = dialect.list_request(None)
-    fixed = tuple((k, v) for k, v in first.params if k in ("limit", "fields"))
+    first = dialect.lookup_list_request([])
     # "GET /api/v5/clients?limit=..&fields=..&page=N HTTP/1.1", with room for a long page.
     base_line = (len("GET /api/v5/clients?") + len(" HTTP/1.1") + len("&page=9999")
-                 + sum(len(k) + len(quote(v, safe=",")) + 2 for k, v in fixed))
+                 + sum(len(k) + len(quote(v, safe=",")) + 2 for k, v in first.params))
     for batch in batches(ids, base_line):
-        request: Request | None = Request(
-            "GET", first.path, (*fixed, ("page", "1"), *(("clientid", c) for c in batch)),
-            endpoint="clients_lookup")
         try:
-            while request is not None:
-                response = await client.send(request)
-                result.requests += 1
-                page = dialect.parse_list(response, request)
-                result.found += len(page.records)
-                if page.records:
-                    await deliver(page.records)
-                request = page.next
+            await _one_batch(client, dialect, batch, deliver, result)
         except ExporterError as exc:
             result.errors.append(exc)
             result.unknown.update(batch)
+
+
+async def _one_batch(client: ApiClient, dialect: V5Base, batch: list[str],
+                     deliver: Callable[[list[ClientRecord]], Awaitable[None]],
+                     result: LookupResult) -> None:
+    request: Request | None = dialect.lookup_list_request(batch)
+    missing = set(batch)
+    while request is not None and missing:
+        response, request = await send_asking_for_all_if_rejected(client, dialect, request)
+        result.requests += 1
+        page = dialect.parse_page(response, request)
+        # Offline durable sessions come with every answer, asked for or not (REFERENCE.md
+        # §12.2): keep the asked ids only.
+        records = [r for r in page.records if r.clientid in missing]
+        missing.difference_update(r.clientid for r in records)
+        result.found += len(records)
+        if records:
+            await deliver(records)
+        request = page.next
 
 
 async def _one_by_one(client: ApiClient, dialect: Dialect, ids: list[str],

@@ -160,8 +160,9 @@ class PollRun:
         self.lookup = False
         #: Watched ids whose lookup failed: unknown, so not reported offline.
         self.unknown: set[str] = set()
-        #: Per-node (live connections, sessions) from /nodes, for watch-only aggregates.
-        self.node_totals: dict[str, tuple[int, int]] = {}
+        #: Per-node (live connections, sessions) from /nodes, for watch-only aggregates;
+        #: None where the version does not report the figure.
+        self.node_totals: dict[str, tuple[int | None, int | None]] = {}
 
     def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
         """Take one page of one walk (records may name their node; cursor walks span nodes)."""
@@ -291,10 +292,12 @@ class PollRun:
             for key, g in part.gauges.items():
                 gauges.setdefault(key, Gauges()).add(g)
         if self.lookup:
-            # Without a walk, only /nodes knows the totals, and only per node.
-            gauges = ({(n,): Gauges(online=o, sessions=s) for n, (o, s) in self.node_totals.items()}
-                      if p.aggregator.settings.labels == ("node",) else {})
-        aggregates = p.aggregator.render(gauges, counters=not self.lookup)
+            # Without a walk, only /nodes knows totals, only per node, and only those the
+            # version reports: the rest is unknown, so absent.
+            aggregates = (p.aggregator.render_node_totals(self.node_totals)
+                          if p.aggregator.settings.labels == ("node",) else {})
+        else:
+            aggregates = p.aggregator.render(gauges)
         for family, text in aggregates.items():
             rendered.setdefault(family, []).append(text)
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from exporter.pipeline import Pipeline, PipelineResult, PollRun
 from exporter.records import ClientRecord, take_bad_example
 from exporter.render import Rendered
 from exporter.selfmetrics import ClusterStats
+from exporter.sharding import ShardPlan, assign
 from exporter.walker import NodeWalk, walk
 
 T = TypeVar("T")
@@ -39,12 +39,6 @@ def build_auth(settings: ClusterSettings) -> Auth | None:
             return BasicAuth(settings.username, settings.password, "dashboard user")
         return BearerLogin(settings.username, settings.password)
     return None
-
-
-def in_shard(node: str, shard: tuple[int, int]) -> bool:
-    """Stable assignment of nodes to replicas: crc32 of the name, modulo the shard count."""
-    index, count = shard
-    return count == 1 or zlib.crc32(node.encode()) % count == index
 
 
 @dataclass(slots=True)
@@ -67,6 +61,8 @@ class PollReport:
     detected: Detected | None = None
     dialect: str = ""
     nodes: list[NodeInfo] = field(default_factory=list)
+    #: This replica's share of the nodes (`--shard`); None until /nodes answered.
+    shard: ShardPlan | None = None
     outcomes: list[NodeOutcome] = field(default_factory=list)
     clients: int = 0
     duplicates: int = 0
@@ -77,7 +73,11 @@ class PollReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and any(o.error is None for o in self.outcomes)
+        """No cluster-level error, and some node walked (or none to walk: an empty shard)."""
+        if self.error is not None:
+            return False
+        idle = self.shard is not None and not self.shard.owned
+        return idle or any(o.error is None for o in self.outcomes)
 
 
 class ClusterPoller:
@@ -182,12 +182,13 @@ class ClusterPoller:
         assert self.dialect is not None
         report.nodes = nodes
         report.dialect = self.dialect.name
-        self.known_nodes = [n.name for n in nodes if in_shard(n.name, self.settings.shard)]
+        report.shard = assign(nodes, self.settings.shard)
+        self.known_nodes = [n.name for n in nodes if report.shard.owns(n.name)]
         run = await self._on_worker(self.pipeline.start, report.started)
         if self.pipeline.selection.watch_only:
-            await self._look_up(self.dialect, nodes, report, run)
+            await self._look_up(self.dialect, nodes, report.shard, report, run)
         else:
-            await self._walk_all(self.dialect, nodes, report, run)
+            await self._walk_all(self.dialect, nodes, report.shard, report, run)
         self._log_bad_rows(report)
         if not report.ok:
             # Every node failed and was counted already; the poll fails with the first cause.
@@ -229,16 +230,19 @@ class ClusterPoller:
                         hint="a value of the wrong type or out of range is dropped and counted "
                              "in api_errors_total{reason=\"bad_value\"}")
 
-    async def _walk_all(self, dialect: Dialect, nodes: list[NodeInfo], report: PollReport,
-                        run: PollRun) -> None:
-        mine = [n for n in nodes if in_shard(n.name, self.settings.shard)]
+    async def _walk_all(self, dialect: Dialect, nodes: list[NodeInfo], shard: ShardPlan,
+                        report: PollReport, run: PollRun) -> None:
+        mine = [n for n in nodes if shard.owns(n.name)]
         running = [n.name for n in mine if n.running]
         for n in mine:
             if not n.running:
                 report.outcomes.append(NodeOutcome(n.name, error=ExporterError("node stopped")))
+        if not running:
+            return
         if not dialect.per_node:
-            # Cursor listing without node=: one walk covers the cluster; records name their node.
-            outcome = await self._walk_one(dialect, None, run, running)
+            # Cursor listing without node=: one walk covers the cluster; records name their node
+            # and the shard keeps its own nodes' rows (README "Sharding" says why not per node).
+            outcome = await self._walk_one(dialect, None, run, running, shard)
             report.outcomes.extend(NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds,
                                                bad_example=outcome.bad_example)
                                    for name in running)
@@ -247,7 +251,7 @@ class ClusterPoller:
 
         async def bounded(name: str) -> NodeOutcome:
             async with limit:
-                return await self._walk_one(dialect, name, run, [name])
+                return await self._walk_one(dialect, name, run, [name], shard)
 
         # A task group, not gather: when one walk raises (a bug), the others are cancelled
         # instead of feeding a poll that has already failed.
@@ -255,19 +259,21 @@ class ClusterPoller:
             tasks = [group.create_task(bounded(n)) for n in running]
         report.outcomes.extend(task.result() for task in tasks)
 
-    async def _look_up(self, dialect: Dialect, nodes: list[NodeInfo], report: PollReport,
-                       run: PollRun) -> None:
+    async def _look_up(self, dialect: Dialect, nodes: list[NodeInfo], shard: ShardPlan,
+                       report: PollReport, run: PollRun) -> None:
         """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
         began = time.perf_counter()
         run.lookup = True
-        run.node_totals = {n.name: (n.live_connections or 0, n.connections or 0)
-                           for n in nodes if n.running and in_shard(n.name, self.settings.shard)}
+        run.node_totals = {n.name: (n.online, n.sessions)
+                           for n in nodes if n.running and shard.owns(n.name)}
+        if not shard.owned:
+            return
 
         async def deliver(records: list[ClientRecord]) -> None:
-            await self._on_worker(run.add_page, None, records)
+            await self._on_worker(run.add_page, None, shard.keep(None, records))
 
         result = await look_up(self.client, dialect, sorted(self.pipeline.selection.watch),
-                               deliver, self.pipeline.needed_fields())
+                               deliver)
         run.unknown = result.unknown
         for error in result.errors:
             self._count(error)
@@ -276,13 +282,13 @@ class ClusterPoller:
             self.health.recovered("lookup", self.clock())
         seconds = time.perf_counter() - began
         for n in nodes:
-            if in_shard(n.name, self.settings.shard):
+            if shard.owns(n.name):
                 report.outcomes.append(NodeOutcome(
                     n.name, NodeWalk(n.name, pages=result.requests, rows=result.found),
                     None if n.running else ExporterError("node stopped"), seconds))
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: PollRun,
-                        covers: list[str]) -> NodeOutcome:
+                        covers: list[str], shard: ShardPlan) -> NodeOutcome:
         began = time.perf_counter()
         name = node or "cluster"
         waiting = self.health.waiting(name, self.clock())
@@ -298,7 +304,7 @@ class ClusterPoller:
             if pending is not None:
                 await pending
             pending = asyncio.get_running_loop().run_in_executor(
-                self._worker, run.add_page, node, records)
+                self._worker, run.add_page, node, shard.keep(node, records))
 
         try:
             result = await walk(self.client, dialect, node, max_pages=self.settings.max_pages,
@@ -329,6 +335,8 @@ class ClusterPoller:
         s.polled = True
         s.poll_duration = report.duration
         s.up = report.ok
+        if report.shard is not None:
+            s.shard_nodes = len(report.shard.owned)
         # Every known node gets a value: 0 when the poll could not even list the nodes.
         s.node_up = dict.fromkeys(self.known_nodes, False)
         s.node_up.update({o.node: o.error is None for o in report.outcomes if o.node})

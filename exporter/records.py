@@ -183,7 +183,7 @@ def record_type(generation: Generation, *, connected_default: bool | None = None
 
 
 def wire_names(generation: Generation, attrs: frozenset[str]) -> list[str]:
-    """The wire names of the given normalized fields in `generation` (for v5 `fields=`)."""
+    """The wire names of the given normalized fields in `generation`."""
     names = []
     for f in FIELDS:
         wire = getattr(f, generation)
@@ -195,6 +195,38 @@ def wire_names(generation: Generation, attrs: frozenset[str]) -> list[str]:
 def valid_number(value: Any) -> bool:
     """An integer (not a bool, not a float) in the range of `Number`."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= NUMBER_MAX
+
+
+#: What v5's `fields=` enum accepts (REFERENCE.md §3.6, §12.1): the names of the client schema,
+#: `fields(client)` in `emqx_mgmt_api_clients.erl`@v5.6.0, as far as `FIELDS` reads them. 5.7.0
+#: adds durable-session names (`durable`, `is_expired`, ...) and 5.7.1 `client_attrs`; the
+#: exporter reads none of them, so these names are valid on every version with `fields=`.
+V5_FIELDS_ENUM = frozenset({
+    "clientid", "username", "node", "mountpoint", "ip_address", "proto_name", "proto_ver",
+    "clean_start", "connected", "keepalive", "expiry_interval", "connected_at", "created_at",
+    "disconnected_at", "recv_oct", "send_oct", "recv_pkt", "send_pkt", "recv_msg", "send_msg",
+    "recv_msg.qos0", "recv_msg.qos1", "recv_msg.qos2", "send_msg.qos0", "send_msg.qos1",
+    "send_msg.qos2", "recv_msg.dropped", "recv_msg.dropped.await_pubrel_timeout",
+    "send_msg.dropped", "send_msg.dropped.expired", "send_msg.dropped.queue_full",
+    "send_msg.dropped.too_large", "mqueue_len", "mqueue_max", "mqueue_dropped", "inflight_cnt",
+    "inflight_max", "awaiting_rel_cnt", "awaiting_rel_max", "subscriptions_cnt",
+    "subscriptions_max", "mailbox_len", "heap_size", "reductions",
+})
+#: Not in the enum, and not worth all fields: list rows lose `zone` from 5.1 on, and 5.0 has
+#: no `fields=`.
+V5_NEVER_LISTED = frozenset({"zone"})
+
+
+def v5_fields_param(version: tuple[int, int, int], attrs: frozenset[str]) -> list[str] | None:
+    """The `fields=` names for these record fields at this v5 version; None: ask for all
+    (before 5.6.0 there is no `fields=`; and a needed field the enum lacks, such as
+    `listener`, comes only with every field)."""
+    if version < (5, 6, 0):
+        return None
+    wanted = [name for name in wire_names("v5", attrs) if name not in V5_NEVER_LISTED]
+    if not V5_FIELDS_ENUM.issuperset(wanted):
+        return None
+    return wanted
 
 
 def valid_value(kind: Kind, value: Any) -> bool:

@@ -68,6 +68,8 @@ class ClusterStats:
     rendered_at: float | None = None
     #: What is failing now: target (`cluster`, a node) → the error, for the status page.
     failing: dict[str, str] = field(default_factory=dict)
+    #: EMQX nodes this replica owns (`--shard`); None until /nodes answered.
+    shard_nodes: int | None = None
 
     def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.api_requests[(endpoint, outcome)] += 1
@@ -139,6 +141,8 @@ class SelfMetrics:
         series = gauge("series", "Series in the current snapshot, by kind.", ["kind"])
         dropped = gauge("series_dropped",
                         "Per-client series left out by the series cap in the last poll.", [])
+        shard_nodes = gauge("shard_nodes",
+                            "EMQX nodes this replica polls (--shard); 0: idle, not failed.", [])
         build = gauge("build_info", "Exporter version, EMQX version and API dialect in use.",
                       ["version", "emqx_version", "api"])
         requests = CounterMetricFamily(SELF_PREFIX + "api_requests",
@@ -168,6 +172,8 @@ class SelfMetrics:
             for kind, count in sorted(s.series.items()):
                 series.add_metric(labels(s, kind), count)
             dropped.add_metric(labels(s), s.series_dropped)
+            if s.shard_nodes is not None:
+                shard_nodes.add_metric(labels(s), s.shard_nodes)
             build.add_metric(labels(s, __version__, s.emqx_version, s.api), 1.0)
             for (endpoint, code), count in sorted(s.api_requests.items()):
                 requests.add_metric(labels(s, endpoint, code), count)
@@ -187,7 +193,7 @@ class SelfMetrics:
             if s.rendered_at is not None:
                 age.add_metric(labels(s), max(0.0, now - s.rendered_at))
         yield from (up, node_up, listed, duration, success, interval, age, series, dropped,
-                    build, requests, errors, duplicates, latency)
+                    shard_nodes, build, requests, errors, duplicates, latency)
         yield from self._reload_families()
 
     def _reload_families(self) -> Iterator[Metric]:

@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import structlog
-
 from exporter.api import ApiClient, Request
 from exporter.dialects import Dialect
+from exporter.dialects.paged import offline_row_check
 from exporter.dialects.v3 import V3Dialect
-from exporter.errors import ApiError, ExporterError, WalkError
+from exporter.dialects.v5 import V5Base, send_asking_for_all_if_rejected
+from exporter.errors import ExporterError, WalkError
 from exporter.records import ClientRecord
-
-log = structlog.get_logger(__name__)
-
 
 #: Receives each page's records as the walk goes (the poll's pipeline).
 Deliver = Callable[[list[ClientRecord]], Awaitable[None]]
@@ -39,27 +36,21 @@ async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pag
     """Every page until the last; raises on any failure (the caller drops the node's pages)."""
     result = NodeWalk(node)
     request: Request | None = dialect.list_request(node)
-    retried_without_fields = False
+    offline_check = offline_row_check(dialect)
     # v3 keeps queue figures in a separate session listing: hold its rows until merged.
     held: list[ClientRecord] | None = [] if isinstance(dialect, V3Dialect) else None
     while request is not None:
         if result.pages >= max_pages:
             raise WalkError(node or "cluster", "page_limit",
                             f"more than max_pages={max_pages} pages; raise max_pages or page_size")
-        try:
+        if isinstance(dialect, V5Base):
+            response, request = await send_asking_for_all_if_rejected(client, dialect, request)
+        else:
             response = await client.send(request)
-        except ApiError as exc:
-            # Our `fields=` list may name a field this build's enum lacks: ask for all, once.
-            if (exc.status == 400 and result.pages == 0 and not retried_without_fields
-                    and getattr(dialect, "fields", None)):
-                log.warning("v5_fields_rejected", node=node, error=str(exc),
-                            hint="asking for all fields from now on")
-                dialect.drop_fields()  # type: ignore[attr-defined]
-                retried_without_fields = True
-                request = dialect.list_request(node)
-                continue
-            raise
         page = dialect.parse_list(response, request)
+        if offline_check is not None:
+            page.records = [r for r in page.records if r.connected is not False
+                            or offline_check(r)]
         result.pages += 1
         result.rows += len(page.records)
         result.bad_rows += page.bad_rows

@@ -76,7 +76,7 @@ def test_v4_errors_inside_http_200(name: str, code: int) -> None:
 
 def test_v4_nodes() -> None:
     nodes = V4Dialect().parse_nodes(answer(fixture_bytes("v4", "v4-nodes.json"), endpoint="nodes"))
-    assert [(n.name, n.running, n.version, n.live_connections) for n in nodes] == [
+    assert [(n.name, n.running, n.version, n.online) for n in nodes] == [
         ("emqx@127.0.0.1", True, "4.4.19", 1)]
 
 

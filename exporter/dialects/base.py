@@ -15,13 +15,18 @@ from exporter.records import ClientRecord, Generation, lenient_record
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """A cluster node as `/nodes` lists it."""
+    """A cluster node as `/nodes` lists it, with its totals where the version reports them.
+
+    None means the version does not report the figure (REFERENCE.md §12.4): unknown, not 0.
+    """
 
     name: str
     running: bool
     version: str | None = None
-    connections: int | None = None
-    live_connections: int | None = None
+    #: Live MQTT connections: `live_connections` (4.4.19+, 5.1+), or v3's `connections`.
+    online: int | None = None
+    #: Sessions, disconnected persistent ones included: `connections` in v4 and v5.
+    sessions: int | None = None
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -57,7 +58,8 @@ class LegacyDialect:
         return Request("GET", (*self._api, "nodes"), endpoint="nodes")
 
     def parse_nodes(self, response: Response) -> list[NodeInfo]:
-        return parse_enveloped_nodes(response)
+        return parse_enveloped_nodes(response,
+                                     connections_are_sessions=self.generation != "v3")
 
     def list_request(self, node: str | None) -> Request:
         where = (*self._api, "nodes", node) if node else self._api
@@ -69,11 +71,14 @@ class LegacyDialect:
         records, meta, code, message, bad_rows, bad_values = decode_listing(
             response, self._pages, self._rows)
         check_envelope(response, code, message)
+        normalize_usernames(records)
         nxt = next_page(request, meta, len(records) + bad_rows, "_page", self.page_size)
         return paged_result(records, meta, nxt, bad_rows, bad_values)
 
     def lookup_request(self, clientid: str) -> Request:
-        return Request("GET", (*self._api, *self.lookup_path, clientid),
+        # v3/v4 percent-decode the id once more after the HTTP server did (REFERENCE.md §12.3,
+        # `emqx_mgmt_util:urldecode`): encode it here once, and the client encodes the segment.
+        return Request("GET", (*self._api, *self.lookup_path, quote(clientid, safe="")),
                        endpoint=self.lookup_path[0].rstrip("s"))
 
     def parse_lookup(self, response: Response) -> ClientRecord | None:
@@ -82,4 +87,14 @@ class LegacyDialect:
             return None
         check_envelope(response, answer.code, answer.message)
         record: ClientRecord | None = answer.data[0] if answer.data else None
+        if record is not None:
+            normalize_usernames([record])
         return record
+
+
+def normalize_usernames(records: list[ClientRecord]) -> None:
+    """v3/v4 write a client without a username as `"undefined"` (the Erlang atom): make it
+    None, so allow/deny, class rules and labels see "no username" (REFERENCE.md §12.10)."""
+    for record in records:
+        if record.username == "undefined":
+            record.username = None

@@ -32,28 +32,36 @@ _BARE = msgspec.json.Decoder(list[_Node])
 _ENVELOPED = msgspec.json.Decoder(_Envelope)
 
 
-def _info(node: _Node, endpoint: str) -> NodeInfo:
+def _count(value: Any) -> int | None:
+    return value if valid_number(value) else None
+
+
+def _info(node: _Node, endpoint: str, connections_are_sessions: bool) -> NodeInfo:
     name = node.node or node.name
     if not name:
         raise DecodeError(endpoint, "bad_shape", "a node without a name")
     status = (node.node_status or "running").lower()
+    connections = _count(node.connections)
+    # v3 counts its connection table (live connections); v4 and v5 count the channel table,
+    # which holds disconnected persistent sessions too (REFERENCE.md §1.5, §12.4). Only
+    # `live_connections` (4.4.19+, 5.1+) counts live connections there.
     return NodeInfo(
         name=name,
         running=status == "running",
         version=node.version,
-        connections=node.connections if valid_number(node.connections) else None,
-        live_connections=(node.live_connections
-                          if valid_number(node.live_connections) else None),
+        online=_count(node.live_connections) if connections_are_sessions else connections,
+        sessions=connections if connections_are_sessions else None,
     )
 
 
 def parse_bare_nodes(response: Response) -> list[NodeInfo]:
     """v5: a bare JSON array; a stopped node has only three keys."""
-    return [_info(n, response.endpoint) for n in decode(response, _BARE)]
+    return [_info(n, response.endpoint, True) for n in decode(response, _BARE)]
 
 
-def parse_enveloped_nodes(response: Response) -> list[NodeInfo]:
+def parse_enveloped_nodes(response: Response, *, connections_are_sessions: bool) -> list[
+        NodeInfo]:
     """v3/v4: `{"code":0,"data":[...]}`."""
     envelope = decode(response, _ENVELOPED)
     check_envelope(response, envelope.code, envelope.message)
-    return [_info(n, response.endpoint) for n in envelope.data]
+    return [_info(n, response.endpoint, connections_are_sessions) for n in envelope.data]

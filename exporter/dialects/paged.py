@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import msgspec
 
 from exporter.api import Request, Response
-from exporter.dialects.base import Page, RowDecoder, decode, require_json
+from exporter.dialects.base import Page, RowDecoder, decode, parse_version, require_json
 from exporter.errors import ApiError, DecodeError
 from exporter.records import ClientRecord
 
@@ -89,10 +90,39 @@ def filter_params(generation: str, filters: tuple[tuple[str, str], ...]) -> tupl
     return tuple((names[k], v) for k, v in filters if k in names)
 
 
+def offline_row_check(dialect: object) -> Callable[[ClientRecord], bool] | None:
+    """For v5 5.6+ walks with server-side filters, a check of offline rows against them.
+
+    EMQX appends offline durable sessions to `/clients` answers without applying the filters
+    (REFERENCE.md §12.2), so a walk for `conn_state=connected` or one username would count
+    them too. They are always offline, and rows EMQX did filter match already, so only
+    offline rows are checked. None when there is nothing to check.
+    """
+    filters = getattr(dialect, "filters", ())
+    version = parse_version(getattr(dialect, "version", None))
+    if not filters or getattr(dialect, "generation", "") != "v5" or version < (5, 6, 0):
+        return None
+    wanted = dict(filters)
+
+    def matches(record: ClientRecord) -> bool:
+        username = record.username or ""
+        return (wanted.get("username", username) == username
+                and wanted.get("conn_state", "disconnected") == "disconnected"
+                and wanted.get("like_clientid", "") in record.clientid
+                and wanted.get("like_username", "") in username)
+
+    return matches
+
+
 def with_param(request: Request, key: str, value: str) -> Request:
     """The same request with one query parameter set (added or replaced)."""
     params = (*tuple((k, v) for k, v in request.params if k != key), (key, value))
     return replace(request, params=params)
+
+
+def without_param(request: Request, key: str) -> Request:
+    """The same request without a query parameter."""
+    return replace(request, params=tuple((k, v) for k, v in request.params if k != key))
 
 
 def param(request: Request, key: str) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from exporter.api import Request, Response
-from exporter.dialects.base import decode, require_json
+from exporter.dialects.base import decode, parse_version, require_json
 from exporter.dialects.legacy import LegacyDialect
 from exporter.dialects.paged import GenericPage, Meta, check_envelope, next_page
 from exporter.errors import DecodeError
@@ -118,10 +118,19 @@ class V3Dialect(LegacyDialect):
             generic = decode(response, _GENERIC)  # bad_shape when the envelope itself is wrong
             check_envelope(response, generic.code, generic.message)
             sessions, bad_rows, bad_values = lenient_sessions(generic.data)
+            self._drop_bad_expiry(sessions)
             return sessions, next_page(request, generic.meta, len(generic.data), "_page",
                                        self.page_size), bad_rows, bad_values
         except msgspec.DecodeError as exc:
             raise DecodeError(response.endpoint, "bad_json", str(exc)) from exc
         check_envelope(response, page.code, page.message)
         nxt = next_page(request, page.meta, len(page.data), "_page", self.page_size)
+        self._drop_bad_expiry(page.data)
         return page.data, nxt, 0, 0
+
+    def _drop_bad_expiry(self, sessions: list[V3Session]) -> None:
+        """3.0-3.1 divide the expiry seconds by 1000 (fixed in 3.2.0, REFERENCE.md §12.5):
+        what is left cannot be turned back, so it is not reported."""
+        if (3, 0, 0) <= parse_version(self.version) < (3, 2, 0):
+            for session in sessions:
+                session.expiry_interval = None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import msgspec
+import structlog
 
-from exporter.api import Request, Response
+from exporter.api import ApiClient, Request, Response
 from exporter.dialects.base import NodeInfo, Page, RowDecoder, decode, parse_version
 from exporter.dialects.nodes import parse_bare_nodes
 from exporter.dialects.paged import (
@@ -14,14 +15,14 @@ from exporter.dialects.paged import (
     paged_result,
     param,
     with_param,
+    without_param,
 )
-from exporter.records import ClientRecord, Generation, record_type, wire_names
+from exporter.errors import ApiError
+from exporter.records import ClientRecord, Generation, record_type, v5_fields_param
+
+log = structlog.get_logger(__name__)
 
 _RECORD = record_type("v5")
-
-#: Wire names that the `fields=` enum does not accept (REFERENCE.md §3.6): asking for any of
-#: them means asking for every field.
-UNNAMEABLE_FIELDS = frozenset({"listener", "is_persistent", "enable_authn", "peerport", "peersni"})
 
 
 def max_page_size(version: tuple[int, int, int]) -> int:
@@ -29,27 +30,49 @@ def max_page_size(version: tuple[int, int, int]) -> int:
     return 10_000 if version >= (5, 5, 0) else 1_000
 
 
-def supports_fields(version: tuple[int, int, int]) -> bool:
-    return version >= (5, 6, 0)
-
-
 def cursor_is_reliable(version: tuple[int, int, int]) -> bool:
-    """`/clients_v2` exists from 5.7.0 but timed out on large clusters until 5.8.9/5.10.2/6.0.1."""
+    """`/clients_v2` exists from 5.7.0 but timed out on large clusters until the fix in
+    5.8.9, e5.9.2, e5.10.2 and 6.0.1 (REFERENCE.md §12.7)."""
     return ((5, 8, 9) <= version < (5, 9, 0)
+            or (5, 9, 2) <= version < (5, 10, 0)
             or (5, 10, 2) <= version < (6, 0, 0)
             or version >= (6, 0, 1))
 
 
 def cursor_has_node_filter(version: tuple[int, int, int]) -> bool:
-    """`node=` on `/clients_v2` arrived in 6.1.2 and 6.2.1."""
+    """`node=` on `/clients_v2` arrived in 6.1.2 and 6.2.1 (not in 6.0.3, e5.10.4 or 6.2.0:
+    REFERENCE.md §1.4, §12.7); elsewhere it is ignored and a per-node walk would list the
+    whole cluster once per node."""
     return (6, 1, 2) <= version < (6, 2, 0) or version >= (6, 2, 1)
 
 
-class _V5Base:
+def expiry_in_milliseconds(version: tuple[int, int, int]) -> bool:
+    """5.0.0-5.0.13 report `expiry_interval` in ms; the `div 1000` arrived in 5.0.14
+    (`emqx_mgmt_api_clients.erl`@v5.0.14 L874, L945-946)."""
+    return (5, 0, 0) <= version < (5, 0, 14)
+
+
+async def send_asking_for_all_if_rejected(client: ApiClient, dialect: V5Base,
+                                          request: Request) -> tuple[Response, Request]:
+    """Send a listing or lookup; should EMQX reject its `fields=` with 400 (a build whose enum
+    lacks one of our names, REFERENCE.md §12.1), ask again without it, once, and leave it out
+    of this dialect's requests from now on. Returns the answer and the request it answers."""
+    try:
+        return await client.send(request), request
+    except ApiError as exc:
+        if exc.status != 400 or param(request, "fields") is None:
+            raise
+        log.warning("v5_fields_rejected", error=str(exc), hint="asking for all fields from now on")
+        dialect.drop_fields()
+        request = without_param(request, "fields")
+        return await client.send(request), request
+
+
+class V5Base:
     generation: Generation = "v5"
 
-    def __init__(self, version: str | None, page_size: int | None,
-                 attrs: frozenset[str] | None) -> None:
+    def __init__(self, version: str | None = None, page_size: int | None = None,
+                 attrs: frozenset[str] | None = None) -> None:
         self.version = version
         parsed = parse_version(version)
         self.page_size = min(page_size or max_page_size(parsed), max_page_size(parsed))
@@ -59,6 +82,13 @@ class _V5Base:
         self._pages = page_decoders(listed)
         self._rows = RowDecoder(listed, "v5")
         self._one = msgspec.json.Decoder(_RECORD)
+        self._expiry_ms = expiry_in_milliseconds(parsed)
+        #: `fields=` of page listings and clientid lookups; None asks for every field.
+        self.fields = v5_fields_param(parsed, attrs) if attrs else None
+
+    def drop_fields(self) -> None:
+        """Ask for every field from now on (the server rejected our `fields=` list)."""
+        self.fields = None
 
     def nodes_request(self) -> Request:
         return Request("GET", ("api", "v5", "nodes"), endpoint="nodes")
@@ -67,26 +97,45 @@ class _V5Base:
         return parse_bare_nodes(response)
 
     def lookup_request(self, clientid: str) -> Request:
+        # One path segment whatever the id holds: the client encodes `/` too (cowboy decodes
+        # each segment once, REFERENCE.md §12.3).
         return Request("GET", ("api", "v5", "clients", clientid), endpoint="client")
 
     def parse_lookup(self, response: Response) -> ClientRecord | None:
         record: ClientRecord = decode(response, self._one)
+        self._normalize([record])
         return record
 
+    def lookup_list_request(self, clientids: list[str]) -> Request:
+        """`GET /clients?clientid=..&clientid=..` (5.6+): one request for many ids."""
+        params: list[tuple[str, str]] = [("limit", str(self.page_size))]
+        if self.fields:
+            params.append(("fields", ",".join(self.fields)))
+        params.append(("page", "1"))
+        params.extend(("clientid", c) for c in clientids)
+        return Request("GET", ("api", "v5", "clients"), tuple(params),
+                       endpoint="clients_lookup")
 
-class V5PageDialect(_V5Base):
+    def parse_page(self, response: Response, request: Request) -> Page:
+        """A page of the page-numbered `/clients` listing."""
+        records, meta, _, _, bad_rows, bad_values = decode_listing(
+            response, self._pages, self._rows)
+        self._normalize(records)
+        nxt = next_page(request, meta, len(records) + bad_rows, "page", self.page_size)
+        return paged_result(records, meta, nxt, bad_rows, bad_values)
+
+    def _normalize(self, records: list[ClientRecord]) -> None:
+        if self._expiry_ms:
+            for record in records:
+                if record.expiry_interval:
+                    record.expiry_interval //= 1000
+
+
+class V5PageDialect(V5Base):
     """`GET /api/v5/clients?node=N&page=P&limit=L[&fields=...]`, walked per node."""
 
     name = "v5"
     per_node = True
-
-    def __init__(self, version: str | None = None, page_size: int | None = None,
-                 attrs: frozenset[str] | None = None) -> None:
-        super().__init__(version, page_size, attrs)
-        fields = wire_names("v5", attrs) if attrs else None
-        usable = (fields is not None and supports_fields(self._parsed_version)
-                  and not UNNAMEABLE_FIELDS.intersection(fields))
-        self.fields = fields if usable else None
 
     def list_request(self, node: str | None) -> Request:
         params: list[tuple[str, str]] = []
@@ -98,18 +147,11 @@ class V5PageDialect(_V5Base):
         params.extend(self.filters)
         return Request("GET", ("api", "v5", "clients"), tuple(params), endpoint="clients")
 
-    def drop_fields(self) -> None:
-        """Ask for every field from now on (the server rejected our `fields=` list)."""
-        self.fields = None
-
     def parse_list(self, response: Response, request: Request) -> Page:
-        records, meta, _, _, bad_rows, bad_values = decode_listing(
-            response, self._pages, self._rows)
-        nxt = next_page(request, meta, len(records) + bad_rows, "page", self.page_size)
-        return paged_result(records, meta, nxt, bad_rows, bad_values)
+        return self.parse_page(response, request)
 
 
-class V5CursorDialect(_V5Base):
+class V5CursorDialect(V5Base):
     """`GET /api/v5/clients_v2?limit=L[&node=N][&cursor=C]`: O(limit) per page, no offset drift.
 
     Tolerates what released versions do: an empty last page, pages longer than `limit` (5.8.x),
@@ -133,6 +175,7 @@ class V5CursorDialect(_V5Base):
     def parse_list(self, response: Response, request: Request) -> Page:
         records, meta, _, _, bad_rows, bad_values = decode_listing(
             response, self._pages, self._rows)
+        self._normalize(records)
         page = Page(records, None, bad_rows, bad_values)
         cursor = meta.cursor
         if not cursor or (not records and not bad_rows):

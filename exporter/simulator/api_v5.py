@@ -22,7 +22,7 @@ from exporter.simulator.listing import (
 from exporter.simulator.nodes import node_info, nodes_list
 from exporter.simulator.responses import json_response, v5_error
 from exporter.simulator.settings import Features
-from exporter.simulator.wire import V5_NAMEABLE_FIELDS, RowShape
+from exporter.simulator.wire import RowShape, v5_fields_enum
 
 PREFIX = "/api/v5"
 #: Routes that need no Authorization header.
@@ -79,15 +79,18 @@ def parse_filter(query: MultiMapping[str], f: Features) -> ClientFilter:
     # Exact clientid (repeatable) and repeatable username arrived in 5.6.0; before, minirest
     # kept only the last value of a repeated parameter and clientid was not a filter at all.
     usernames = query.getall("username", [])
+    clientids = tuple(query.getall("clientid", [])) if f.fields_param else ()
+    # A fuzzy filter on a key the exact filters already name is dropped (emqx_mgmt_api.erl
+    # @v5.8.9 L617-620, do_parse_qstring: "remove fuzzy keys if present in accurate query").
     return ClientFilter(
-        clientids=tuple(query.getall("clientid", [])) if f.fields_param else (),
+        clientids=clientids,
         usernames=tuple(usernames if f.fields_param else usernames[-1:]),
         conn_state=state,
         ip_address=query.get("ip_address"),
         clean_start=clean,
         proto_ver=proto,
-        like_clientid=query.get("like_clientid"),
-        like_username=query.get("like_username"),
+        like_clientid=None if clientids else query.get("like_clientid"),
+        like_username=None if usernames else query.get("like_username"),
     )
 
 
@@ -107,8 +110,11 @@ def _shape(cluster: SimCluster, query: MultiMapping[str]) -> RowShape | None:
     spec = query.getall("fields")[-1]
     if spec == "all":
         return None
+    # `all` or an array of enum names (a hoconsc union): `all` among names, or a name outside
+    # this version's enum, fails both members of the union.
     names = [name for name in spec.split(",") if name]
-    unknown = [name for name in names if name not in V5_NAMEABLE_FIELDS]
+    enum = v5_fields_enum(cluster.features.version)
+    unknown = [name for name in names if name not in enum]
     if unknown or not names:
         raise _validation_error("fields", spec, "unable_to_convert_to_enum_symbol")
     return cluster.dialect.subset(names)
@@ -155,13 +161,28 @@ async def clients(request: web.Request) -> web.Response:
         first = max(0, start - faults.duplicate) + faults.skip
         indices = page_window(seqs, first, limit + (start - max(0, start - faults.duplicate)))
         sizes = [seq.size for seq in seqs]
+        # EMQX reads each node from its first row and drops rows before the page (MA@v5.8.9
+        # L456-600), and node= or an exact filter turns the cheap count into a select_count
+        # scan of every node asked, on every page (MA L527-541, CL L935-944).
+        cluster.rows_scanned += min(start + limit, sum(sizes))
+        if "node" in query or flt.active:
+            cluster.rows_scanned += sum(sizes)
+        data = cluster.materialize(indices, shape)
+        # Offline durable sessions follow the nodes' rows: unfiltered, whatever node= says,
+        # whole whatever fields= says, and counted in the total (simulator.durable).
+        durable = cluster.durable.rows()
+        if durable:
+            skip = max(0, start - sum(sizes))
+            data += durable[skip : skip + max(0, limit - len(data))]
+            sizes.append(len(durable))
+        cluster.rows_returned += len(data)
         meta: dict[str, Any] = {}
         if not flt.fuzzy:  # fuzzy filters cannot be counted cheaply: EMQX leaves count out
             meta["count"] = sum(sizes)
         meta.update(limit=limit, page=page)
         if f.hasnext:
             meta["hasnext"] = faults.hasnext_lies or v5_hasnext(sizes, start, limit)
-        return {"data": cluster.materialize(indices, shape), "meta": meta}
+        return {"data": data, "meta": meta}
 
     return cached_json(request, build)
 
@@ -177,13 +198,20 @@ async def clients_v2(request: web.Request) -> web.Response:
         flt = parse_filter(query, f)
     except BadRequestError as exc:
         return exc.response()
-    nodes = _scope(cluster, query.get("node") if f.v2_node_filter else None)
-    if isinstance(nodes, web.Response):
-        return nodes
+    # Where node= exists (6.1.2) it is a per-row guard while EMQX scans every running node,
+    # so an unknown node lists nothing: 200 and no rows (SUITE L2053-2058), not NODE_DOWN.
+    scanned = cluster.listing_nodes()
+    wanted = query.get("node") if f.v2_node_filter else None
+    guard = None if wanted is None else cluster.node_id(wanted)
+    nodes = scanned if wanted is None else [k for k in scanned if k == guard]
+    # With node=, durable sessions last connected to that node ("changes/6.1.2.en.md" L207).
+    durable = [r for r in cluster.durable.rows(flt) if wanted is None or r.get("node") == wanted]
     start = (0, 0)
     if "cursor" in query:
         decoded = decode_cursor(query["cursor"])
-        if decoded is None or decoded[0] >= len(nodes):
+        # The durable-session stage follows the last node: its index is one past the nodes.
+        if decoded is None or decoded[0] > len(nodes) or (decoded[0] == len(nodes)
+                                                           and not durable):
             return v5_error(400, "BAD_REQUEST", "bad cursor")
         start = decoded
 
@@ -193,16 +221,30 @@ async def clients_v2(request: web.Request) -> web.Response:
         node_pos, ord_from = start
         ord_from = max(0, ord_from - faults.duplicate) + faults.skip
         page = cursor_page(seqs, node_pos, ord_from, limit, f.v2_long_pages)
+        # A continuation resumes where the last page ended: only this page's rows are read
+        # (with node=, a per-row guard over every node: those rows are read too).
+        cluster.rows_scanned += len(page.indices)
+        if wanted is not None and "cursor" not in query:
+            others = [k for k in scanned if k != guard]
+            cluster.rows_scanned += sum(seq.size for seq in cluster.seqs(others, "sessions", flt))
+        data = cluster.materialize(page.indices)
         cursor = page.next_cursor
-        if cursor is None and faults.phantom and page.indices:
+        if cursor is None and durable:
+            skip = ord_from if node_pos == len(seqs) else 0
+            room = limit - len(data)
+            data += durable[skip : skip + max(0, room)]
+            if skip + room < len(durable):
+                cursor = (len(seqs), skip + max(0, room))
+        if cursor is None and faults.phantom and data and seqs:
             # Resume past the end of the last node: the next page is empty and final.
             cursor = (len(seqs) - 1, len(seqs[-1].members))
-        meta: dict[str, Any] = {"count": len(page.indices)}
+        cluster.rows_returned += len(data)
+        meta: dict[str, Any] = {"count": len(data)}
         if cursor is not None:
             meta["cursor"] = encode_cursor(*cursor)
         if f.v2_hasnext:
             meta["hasnext"] = cursor is not None
-        return {"data": cluster.materialize(page.indices), "meta": meta}
+        return {"data": data, "meta": meta}
 
     return cached_json(request, build)
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from exporter.simulator.durable import DurableSessions
 from exporter.simulator.faults import Faults
 from exporter.simulator.listing import ClientFilter, NodeSeq, compile_filter
 from exporter.simulator.population import CHURN, OFFLINE, Population, node_name
@@ -43,9 +44,16 @@ class SimCluster:
         self._node_ids = {name: i for i, name in enumerate(self.node_names)}
         self.faults = Faults()
         self.requests: collections.Counter[str] = collections.Counter()
+        #: Channel-table rows EMQX would visit answering v5 list requests (a cost model:
+        #: rows read up to the page's end, ``select_count`` scans, cursor continuations).
+        self.rows_scanned = 0
+        #: Rows v5 list requests returned (each formatted and encoded by EMQX).
+        self.rows_returned = 0
         self.population = Population(settings)
         self._factory = ProfileFactory(self.population, settings.seed, self.start_ms)
         self.dialect = Dialect(self.features, settings.timezone, self.node_names)
+        self.durable = DurableSessions(self.features, settings.durable_sessions, self.node_names,
+                                       settings.timezone, self.start_ms)
         self._profiles: dict[int, Profile] | None = (
             {} if settings.clients <= _PROFILE_CACHE_MAX else None
         )
@@ -173,7 +181,10 @@ class SimCluster:
     def row(self, clientid: str) -> dict[str, Any] | None:
         """The client as ``GET /clients/{id}`` returns it now, or None when it is not listed."""
         index = self.population.index_of(clientid)
-        if index is None or self.population.node_of(index) in self._down:
+        if index is None:
+            k = self.durable.index_of(clientid)
+            return None if k is None else self.durable.row(k)
+        if self.population.node_of(index) in self._down:
             return None
         if self.features.api == "v3" and not self.connected(index):
             return None  # v3 looks up connections, and an offline session has none

@@ -46,6 +46,9 @@ class SimSettings:
     class_prefixes: bool = False
     #: Budget for cached page bodies when ``frozen`` (least recently used pages are evicted).
     page_cache_mb: int = 1024
+    #: Offline durable sessions (``durable_sessions.enable = true``, v5 5.6.0+ only), listed
+    #: after every node's clients (see ``simulator.durable``).
+    durable_sessions: int = 0
 
     def __post_init__(self) -> None:
         if self.api not in DEFAULT_VERSIONS:
@@ -64,6 +67,11 @@ class SimSettings:
                 raise ValueError(f"{name} must be a fraction between 0 and 1")
         if self.offline_sessions + self.churn > 1.0:
             raise ValueError("offline_sessions + churn must not exceed 1")
+        if self.durable_sessions < 0:
+            raise ValueError("durable_sessions must not be negative")
+        if self.durable_sessions and (
+                self.api != "v5" or parse_version(self.effective_version) < (5, 6, 0)):
+            raise ValueError("durable_sessions exist from EMQX 5.6.0 on")
         if self.token_ttl <= 0:
             raise ValueError("token_ttl must be positive")
         try:
@@ -123,6 +131,8 @@ class Features:
     descending: bool
     #: 5.6.0: ``fields=`` and the repeatable exact ``clientid=`` filter.
     fields_param: bool
+    #: 5.6.0: offline durable sessions are listed after the nodes' clients when enabled.
+    durable_sessions: bool
     #: 5.6.0: ``cluster_sessions`` in ``/nodes``.
     cluster_sessions: bool
     #: 5.7.0: ``GET /clients_v2`` (cursor paging).
@@ -131,7 +141,8 @@ class Features:
     v2_hasnext: bool
     #: Before e5.9.0 / 6.0.0: a ``/clients_v2`` page may hold more than ``limit`` rows.
     v2_long_pages: bool
-    #: 6.1.2 / 6.2.1: ``node=`` on ``/clients_v2`` (ignored before).
+    #: 6.1.2 / 6.2.1: ``node=`` on ``/clients_v2`` (PR #17120); ignored in 6.0.3, e5.10.4 and
+    #: 6.2.0 (REFERENCE.md §1.4, §12.7).
     v2_node_filter: bool
     #: 5.0.x only: the ``zone`` field.
     v5_zone: bool
@@ -143,6 +154,9 @@ class Features:
     peersni: bool
     #: 5.0.0-5.0.13: ``expiry_interval`` in milliseconds (seconds from 5.0.14).
     expiry_in_ms: bool
+    #: 3.0-3.1: session ``expiry_interval`` is the seconds divided by 1000 (fixed in 3.2.0,
+    #: REFERENCE.md §12.5).
+    v3_expiry_divided: bool
     #: 5.0.0-5.0.14: Basic auth with a dashboard user is accepted (API keys only from 5.0.15).
     dashboard_basic_auth: bool
     #: 5.1.0: ``POST /clients/kickout/bulk``.
@@ -173,6 +187,7 @@ def features_for(settings: SimSettings) -> Features:
         max_limit=10000 if v >= (5, 5, 0) else 1000,
         descending=v5 and v >= (5, 5, 0),
         fields_param=v5 and v >= (5, 6, 0),
+        durable_sessions=v5 and v >= (5, 6, 0),
         cluster_sessions=v5 and v >= (5, 6, 0),
         clients_v2=v5 and v >= (5, 7, 0),
         v2_hasnext=v5 and (5, 7, 0) <= v < (5, 8, 0),
@@ -183,6 +198,7 @@ def features_for(settings: SimSettings) -> Features:
         durable_fields=v5 and v >= (5, 7, 0),
         peersni=v5 and v >= (5, 8, 0),
         expiry_in_ms=v5 and v < (5, 0, 14),
+        v3_expiry_divided=api == "v3" and v < (3, 2, 0),
         dashboard_basic_auth=v5 and v < (5, 0, 15),
         bulk_kick=v5 and v >= (5, 1, 0),
         login_lock=v5 and v >= (5, 9, 0),

@@ -72,25 +72,41 @@ V5_FIELDS = (
     "disconnected_at",
 )  # fmt: skip
 
-#: Names v5 ``fields=`` accepts: the ``client`` schema plus ``client_attrs``. EMQX's schema
-#: misses some returned fields (listener, is_persistent, enable_authn, peerport, peersni, ...),
-#: which therefore cannot be asked for by name (5.6.0+, ``emqx_mgmt_api_clients.erl``).
-V5_NAMEABLE_FIELDS = frozenset(
+#: Names v5 ``fields=`` accepts from 5.6.0: exactly the ``fields(client)`` schema of
+#: ``emqx_mgmt_api_clients.erl``@v5.6.0 (L461-669; ``requested_client_fields`` L692-699). The
+#: schema misses some returned fields (listener, is_persistent, enable_authn, peerport, peersni,
+#: zone, ...), which therefore cannot be asked for by name.
+_V5_FIELDS_ENUM_5_6 = frozenset(
     {
         "awaiting_rel_cnt", "awaiting_rel_max", "clean_start", "clientid", "connected",
         "connected_at", "created_at", "disconnected_at", "expiry_interval", "heap_size",
-        "inflight_cnt", "inflight_max", "ip_address", "is_bridge", "is_expired", "keepalive",
-        "mailbox_len", "mqueue_dropped", "mqueue_len", "mqueue_max", "node", "port",
-        "proto_name", "proto_ver", "recv_cnt", "recv_msg", "recv_msg.dropped",
-        "recv_msg.dropped.await_pubrel_timeout", "recv_msg.qos0", "recv_msg.qos1",
-        "recv_msg.qos2", "recv_oct", "recv_pkt", "reductions", "send_cnt", "send_msg",
-        "send_msg.dropped", "send_msg.dropped.expired", "send_msg.dropped.queue_full",
-        "send_msg.dropped.too_large", "send_msg.qos0", "send_msg.qos1", "send_msg.qos2",
-        "send_oct", "send_pkt", "subscriptions_cnt", "subscriptions_max", "username",
-        "mountpoint", "durable", "client_attrs", "n_streams", "seqno_q1_comm", "seqno_q1_dup",
-        "seqno_q1_next", "seqno_q2_comm", "seqno_q2_dup", "seqno_q2_rec", "seqno_q2_next",
+        "inflight_cnt", "inflight_max", "ip_address", "is_bridge", "keepalive", "mailbox_len",
+        "mqueue_dropped", "mqueue_len", "mqueue_max", "node", "port", "proto_name", "proto_ver",
+        "recv_cnt", "recv_msg", "recv_msg.dropped", "recv_msg.dropped.await_pubrel_timeout",
+        "recv_msg.qos0", "recv_msg.qos1", "recv_msg.qos2", "recv_oct", "recv_pkt", "reductions",
+        "send_cnt", "send_msg", "send_msg.dropped", "send_msg.dropped.expired",
+        "send_msg.dropped.queue_full", "send_msg.dropped.too_large", "send_msg.qos0",
+        "send_msg.qos1", "send_msg.qos2", "send_oct", "send_pkt", "subscriptions_cnt",
+        "subscriptions_max", "username", "mountpoint",
     }
 )  # fmt: skip
+#: 5.7.0 adds the durable-session fields to the schema (``fields(client)``@v5.7.0 L518-780).
+_V5_FIELDS_ENUM_5_7 = _V5_FIELDS_ENUM_5_6 | {
+    "durable", "is_expired", "n_streams", "seqno_q1_comm", "seqno_q1_dup", "seqno_q1_next",
+    "seqno_q2_comm", "seqno_q2_dup", "seqno_q2_rec", "seqno_q2_next",
+}  # fmt: skip
+
+
+def v5_fields_enum(version: tuple[int, int, int]) -> frozenset[str]:
+    """The names ``fields=`` accepts at this version (empty before 5.6.0: no ``fields``)."""
+    if version < (5, 6, 0):
+        return frozenset()
+    if version < (5, 7, 0):
+        return _V5_FIELDS_ENUM_5_6
+    if version < (5, 7, 1):
+        return _V5_FIELDS_ENUM_5_7
+    # 5.7.1: ``client_attrs`` joins the enum (``requested_client_fields``@v5.7.1).
+    return _V5_FIELDS_ENUM_5_7 | {"client_attrs"}
 
 _SNI = "mqtt.example.com"
 _ONLINE_TAIL: tuple[Any, ...] = (UNSET,)
@@ -168,12 +184,14 @@ def _v3_connection(tf: TimeFormatter, nodes: Sequence[str]) -> Builder:
     return build
 
 
-def _v3_session(tf: TimeFormatter, nodes: Sequence[str]) -> Builder:
+def _v3_session(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
+    divisor = 1000 if f.v3_expiry_divided else 1
+
     def build(p: Profile, tl: Timeline, tr: Traffic) -> RowValues:
         t = tr
         return (
             t[4], "local", p.clean_start, p.clientid, tf.local(tl[2]), t[20],
-            t[20] + t[2] + t[26], p.expiry, t[6], t[1], t[5], _limit(p.awaiting_rel_max),
+            t[20] + t[2] + t[26], p.expiry // divisor, t[6], t[1], t[5], _limit(p.awaiting_rel_max),
             p.inflight_max, p.mqueue_max, _limit(p.subscriptions_max), t[3], t[2],
             nodes[p.node], t[7], t[0], _username_v4(p),
         )  # fmt: skip
@@ -247,7 +265,7 @@ class Dialect:
             self.client = RowShape("V3Connection", V3_CONNECTION_FIELDS)
             self.build: Builder = _v3_connection(tf, nodes)
             self.session = RowShape("V3Session", V3_SESSION_FIELDS)
-            self.build_session = _v3_session(tf, nodes)
+            self.build_session = _v3_session(tf, features, nodes)
         elif features.api == "v4":
             self.client = RowShape("V4Client", V4_FIELDS)
             self.build = _v4(tf, features, nodes)

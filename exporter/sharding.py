@@ -1,0 +1,86 @@
+"""Which EMQX nodes a replica polls (`--shard INDEX/COUNT`), and which listed rows are its own.
+
+N replicas split one cluster by node so that every node, and every client, is exported by
+exactly one of them and `sum` over replicas is the cluster's figure:
+
+- Assignment is balanced: the node names `/nodes` lists are sorted and dealt out in turn, so
+  with n nodes and N shards each shard owns ⌊n/N⌋ or ⌈n/N⌉ of them (a hash modulo N can leave
+  a shard with none and another with all). Every replica reads the same `/nodes`, so they agree.
+- A walk may list rows of nodes it was not asked for: EMQX 5.6+ appends offline durable sessions
+  to every `/clients` answer whatever `node=` says, and a cluster-wide cursor walk lists every
+  node. A row is kept only by the walk of the node it names; a row that names no node we know
+  (a durable session in 5.6, or one last connected to a node that left) belongs to the "anchor",
+  the first running node by name, so it is still counted exactly once.
+- A replica that owns no node is healthy: it has nothing to poll, which is not a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from exporter.dialects.base import NodeInfo
+from exporter.records import ClientRecord
+
+#: `--shard` when not given: one replica owns everything.
+WHOLE: tuple[int, int] = (0, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    """One poll's share of a cluster for one replica."""
+
+    #: Names of every listed node, sorted (the same list on every replica).
+    all_nodes: tuple[str, ...]
+    #: The nodes this replica owns, in name order.
+    owned: tuple[str, ...]
+    #: First running node by name: owner of rows that name no known node (None: none running).
+    anchor: str | None
+    sharded: bool
+    # Sets of the above, for membership tests on every listed row.
+    _known: frozenset[str] = frozenset()
+    _mine: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_known", frozenset(self.all_nodes))
+        object.__setattr__(self, "_mine", frozenset(self.owned))
+
+    def owns(self, node: str) -> bool:
+        return node in self._mine
+
+    def owner_of_row(self, row_node: str | None) -> str | None:
+        """The node a listed row counts for: its own node, or the anchor when it names none
+        we know. `keep` applies this rule, written out for speed."""
+        if row_node is not None and row_node in self._known:
+            return row_node
+        return self.anchor
+
+    def keep(self, walk_node: str | None, records: list[ClientRecord]) -> list[ClientRecord]:
+        """The rows of one page this replica exports.
+
+        `walk_node` is the node a per-node walk asked for, None for a cluster-wide walk. A
+        per-node walk keeps the rows of its node (and the anchor's walk keeps rows of no known
+        node); a cluster-wide walk keeps the rows of the nodes this replica owns.
+        """
+        known = self._known
+        if walk_node is None:
+            if not self.sharded:
+                return records
+            mine, anchor_mine = self._mine, self.anchor in self._mine
+            return [r for r in records
+                    if r.node in mine or (anchor_mine and (r.node is None or r.node not in known))]
+        if walk_node == self.anchor:
+            return [r for r in records
+                    if r.node is None or r.node == walk_node or r.node not in known]
+        # Rows without a node in a per-node walk of v3/v4 do not occur (their rows name it).
+        return [r for r in records if r.node == walk_node]
+
+
+def assign(nodes: Sequence[NodeInfo], shard: tuple[int, int] = WHOLE) -> ShardPlan:
+    """This replica's nodes: sorted names dealt out round-robin, shard INDEX takes every
+    COUNT-th one starting at INDEX."""
+    index, count = shard
+    names = tuple(sorted({n.name for n in nodes}))
+    running = sorted(n.name for n in nodes if n.running)
+    return ShardPlan(all_nodes=names, owned=names[index::count],
+                     anchor=running[0] if running else None, sharded=count > 1)

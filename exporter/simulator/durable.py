@@ -1,0 +1,88 @@
+"""Offline durable sessions (EMQX 5.6+ with ``durable_sessions.enable = true``).
+
+They live in EMQX's durable storage, not in any node's channel table, and EMQX's list handler
+appends them after the nodes' rows of every ``/clients`` answer *without applying the query's
+filters or* ``node=`` (``emqx_mgmt_api_clients.erl``@v5.8.9 L1545-1570,
+``do_persistent_session_query``); ``/clients_v2`` filters them row by row (L1721-1790,
+``does_offline_chan_info_match``). Their rows come whole whatever ``fields=`` asks for.
+5.6.x writes a short row without ``node``; from 5.7 a row carries the channel's last info and
+``node`` is the node it was last connected to (``format_persistent_session_info``, L1883-1909).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from exporter.simulator.clock import TimeFormatter
+from exporter.simulator.listing import ClientFilter
+from exporter.simulator.settings import Features
+
+#: Seconds a durable session stays after its client left (its session expiry interval).
+EXPIRY_SECONDS = 7200
+
+
+class DurableSessions:
+    """``count`` offline durable sessions: ``durable-0000`` ... on the nodes in turn."""
+
+    def __init__(self, features: Features, count: int, nodes: Sequence[str], timezone: str,
+                 start_ms: int) -> None:
+        self.features = features
+        self.count = count if features.durable_sessions else 0
+        self.nodes = tuple(nodes)
+        self._fmt = TimeFormatter(timezone).rfc3339
+        self._start_ms = start_ms
+
+    def clientid(self, k: int) -> str:
+        return f"durable-{k:04d}"
+
+    def index_of(self, clientid: str) -> int | None:
+        head, _, digits = clientid.partition("-")
+        if head != "durable" or not digits.isdigit() or len(digits) != 4:
+            return None
+        k = int(digits)
+        return k if k < self.count else None
+
+    def node_of(self, k: int) -> str:
+        """The node the session was last connected to."""
+        return self.nodes[k % len(self.nodes)]
+
+    def row(self, k: int) -> dict[str, Any]:
+        """The row as the listing writes it (``fields=`` does not apply)."""
+        created = self._fmt(self._start_ms - 3_600_000 - k * 1000)
+        if self.features.version < (5, 7, 0):
+            return {"clientid": self.clientid(k), "connected": False, "connected_at": created,
+                    "created_at": created, "expiry_interval": EXPIRY_SECONDS,
+                    "ip_address": None, "is_persistent": True, "port": None}
+        gone = self._fmt(self._start_ms - 60_000 - k * 1000)
+        return {
+            "clientid": self.clientid(k), "username": f"durable-user-{k % 3}",
+            "node": self.node_of(k), "ip_address": f"10.9.0.{k % 250 + 1}", "port": 50000 + k,
+            "listener": "tcp:default", "proto_name": "MQTT", "proto_ver": 5,
+            "clean_start": False, "keepalive": 60, "expiry_interval": EXPIRY_SECONDS,
+            "connected": False, "connected_at": created, "created_at": created,
+            "disconnected_at": gone, "durable": True, "is_persistent": True,
+            "is_expired": False, "subscriptions_cnt": 1, "mqueue_len": 0, "heap_size": 0,
+            "recv_oct": 100 + k, "send_oct": 200 + k, "recv_msg": 1, "send_msg": 2,
+        }
+
+    def rows(self, flt: ClientFilter | None = None) -> list[dict[str, Any]]:
+        """Every session (``/clients``), or those matching ``flt`` (``/clients_v2``)."""
+        rows = [self.row(k) for k in range(self.count)]
+        if flt is None or not flt.active:
+            return rows
+        return [r for r in rows if _matches(flt, r)]
+
+
+def _matches(flt: ClientFilter, row: dict[str, Any]) -> bool:
+    """``/clients_v2``'s row filter over an offline durable session."""
+    if flt.clientids and row["clientid"] not in flt.clientids:
+        return False
+    if flt.usernames and row.get("username") not in flt.usernames:
+        return False
+    if flt.conn_state is not None and flt.conn_state != "disconnected":
+        return False
+    if flt.like_clientid is not None and flt.like_clientid not in row["clientid"]:
+        return False
+    username = row.get("username") or ""
+    return flt.like_username is None or flt.like_username in username
