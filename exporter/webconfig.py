@@ -21,7 +21,6 @@ from typing import Any
 
 import yaml
 
-from exporter.config import _Reader
 from exporter.errors import ConfigError
 from exporter.webauth import BCRYPT_HASH
 
@@ -146,6 +145,51 @@ class WebConfig:
     @property
     def files(self) -> tuple[str, ...]:
         return ((self.path,) if self.path else ()) + (self.tls.files if self.tls else ())
+
+
+class _Reader:
+    """Typed access to one mapping of the web config, with errors that name the full key."""
+
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        self.data = data
+        self.where = where
+
+    def fail(self, name: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where}.{name}", message)
+
+    def check_keys(self, allowed: frozenset[str]) -> None:
+        for name in self.data:
+            if name not in allowed:
+                raise self.fail(str(name), "unknown setting")
+
+    def get(self, name: str) -> Any:
+        return self.data.get(name)
+
+    def text(self, name: str) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise self.fail(name, f"must be a string, not {type(value).__name__}")
+        return str(value)
+
+    def count(self, name: str) -> int:
+        """A whole number >= 0; absent is 0."""
+        value = self.data.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**53:
+            raise self.fail(name, f"must be a whole number >= 0, got {value!r}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, got {value!r}")
+        return value
+
+    def mapping(self, name: str) -> _Reader:
+        return _reader(self.data.get(name), f"{self.where}.{name}")
 
 
 def _reader(data: Any, where: str) -> _Reader:
@@ -276,7 +320,7 @@ def _users(data: Any) -> dict[str, bytes]:
 def _rate_limit(reader: _Reader) -> RateLimit:
     reader.check_keys(frozenset({"interval", "burst"}))
     interval = _duration(reader, "interval")
-    burst = int(reader.number("burst", 0, minimum=0, integer=True))
+    burst = reader.count("burst")
     if interval and not burst:
         raise reader.fail("burst", "must be at least 1 when interval is set")
     return RateLimit(interval, burst)
