@@ -1,4 +1,4 @@
-"""The one declaration of the settings: flags, variables and defaults follow it; errors name keys."""
+"""One declaration of the settings: flags, variables and defaults follow it; errors name keys."""
 
 from __future__ import annotations
 
