@@ -70,11 +70,11 @@ Seconds = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
 Names = tuple[str, ...] | str
 
 
-class _Schema(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
+class Schema(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A mapping of settings: unknown keys are errors."""
 
 
-class TlsConfig(_Schema, frozen=True):
+class TlsConfig(Schema, frozen=True):
     ca_file: Annotated[Text | None, _key("CA bundle that signs EMQX's certificate")] = None
     cert_file: Annotated[Text | None, _key("client certificate for mutual TLS")] = None
     key_file: Annotated[Text | None, _key("private key of cert_file")] = None
@@ -82,7 +82,7 @@ class TlsConfig(_Schema, frozen=True):
     insecure_skip_verify: Annotated[bool, _key("skip certificate checks (tests only)")] = False
 
 
-class FiltersConfig(_Schema, frozen=True):
+class FiltersConfig(Schema, frozen=True):
     username: Annotated[Text | None, _key("only this user's clients (EMQX filters)")] = None
     conn_state: Annotated[Literal["connected", "idle", "disconnected"] | None,
                           _key("only clients in this state (EMQX filters)")] = None
@@ -90,7 +90,7 @@ class FiltersConfig(_Schema, frozen=True):
     like_username: Annotated[Text | None, _key("username contains this (EMQX filters)")] = None
 
 
-class ClusterConfig(_Schema, frozen=True):
+class ClusterConfig(Schema, frozen=True):
     """How to reach and poll one cluster; at top level, the defaults of every `clusters:` entry."""
 
     emqx_url: Annotated[Text, _key("EMQX dashboard/API base URL, e.g. http://emqx:18083",
@@ -130,15 +130,15 @@ class ClusterConfig(_Schema, frozen=True):
 
 
 if TYPE_CHECKING:
-    TopKConfig = _Schema
+    TopKConfig = Schema
 else:  # one optional count per ranking of `selection.RANKINGS`
     TopKConfig = msgspec.defstruct(
         "TopKConfig", [(name, Annotated[Annotated[int, Meta(ge=0, le=MAX_NUMBER)] | None, _key(
             f"keep the K clients ranked worst by {name}")], None)
-                       for name in RANKINGS], bases=(_Schema,), module=__name__)
+                       for name in RANKINGS], bases=(Schema,), module=__name__)
 
 
-class PerClientConfig(_Schema, frozen=True):
+class PerClientConfig(Schema, frozen=True):
     parts: Annotated[dict[str, bool], _key("part name: true/false, to switch parts on or off")] = {}
     labels: Annotated[Names, _key("identity labels beside clientid",
                                   choices=contract.IDENTITY_LABEL_CHOICES)] = ()
@@ -158,7 +158,7 @@ class PerClientConfig(_Schema, frozen=True):
                                             "survive restarts")] = None
 
 
-class AggregateConfig(_Schema, frozen=True):
+class AggregateConfig(Schema, frozen=True):
     labels: Annotated[Names | None, _key("aggregate labels; default node, plus class "
                                          "with classes",
                                          choices=contract.AGGREGATE_LABEL_CHOICES)] = None
@@ -166,13 +166,13 @@ class AggregateConfig(_Schema, frozen=True):
                                       le=1)] = _AGGREGATE.saturation
 
 
-class ClassConfig(_Schema, frozen=True):
+class ClassConfig(Schema, frozen=True):
     name: Annotated[Text, _key("class label value")]
     clientid: Annotated[Text | None, _key("regex over the client id")] = None
     username: Annotated[Text | None, _key("regex over the username")] = None
 
 
-class ExporterConfig(_Schema, frozen=True):
+class ExporterConfig(Schema, frozen=True):
     """The settings that are not per cluster."""
 
     listen: Annotated[Text, _key("HOST:PORT of the scrape endpoint",
