@@ -24,6 +24,7 @@ from exporter.aggregate import AggregateSettings, ClassRule
 from exporter.api import TlsSettings
 from exporter.errors import ConfigError
 from exporter.schema import (
+    AGGREGATE_DEFAULTS,
     CLUSTER_KEYS,
     ENVIRONMENT,
     SELECTION_DEFAULTS,
@@ -36,6 +37,7 @@ from exporter.schema import (
     TlsConfig,
     decode,
     setting,
+    variables,
 )
 from exporter.selection import RANKINGS, Pattern, SelectionSettings
 
@@ -99,15 +101,6 @@ class Settings:
 # --- validators for what a type cannot say -------------------------------------------------
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
-#: Where each credential can be given, for error messages that say what to set.
-_CREDENTIAL_SOURCES = {
-    "api_key": "--api-key / EMQX_API_KEY",
-    "api_secret": "--api-secret / EMQX_API_SECRET / EMQX_API_SECRET_FILE / api_secret_file",
-    "username": "--username / EMQX_USERNAME",
-    "password": "--password / EMQX_PASSWORD / EMQX_PASSWORD_FILE / password_file",
-}
-
-
 def _at(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -216,7 +209,11 @@ def _check_credentials(cluster: ClusterSettings, where: str) -> None:
         return ConfigError(_at(where, key), message)
 
     def say(key: str) -> str:
-        return f"{_at(where, key)} ({_CREDENTIAL_SOURCES[key]})"
+        """The key and every other way to set it, e.g. `api_key (--api-key / EMQX_API_KEY)`."""
+        ways = [setting(key).flag, *variables(setting(key))]
+        if f"{key}_file" in CLUSTER_KEYS:
+            ways.append(f"{key}_file")
+        return f"{_at(where, key)} ({' / '.join(w for w in ways if w)})"
 
     if cluster.api_key and cluster.api_secret is None:
         raise fail("api_secret", f"is required with api_key: set {say('api_secret')}")
@@ -370,7 +367,8 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
     host, port = _listen(config.listen)
     per_client = config.per_client
     classes = _classes(config.classes)
-    aggregate_labels = config.aggregate.labels or (("node", "class") if classes else ("node",))
+    aggregate_labels = config.aggregate.labels or (
+        AGGREGATE_DEFAULTS.labels + (("class",) if classes else ()))
     return Settings(
         clusters=clusters,
         listen_host=host,

@@ -43,7 +43,7 @@ OPENABLE_PATHS = ("/-/healthy", "/-/ready")
 DEFAULT_OPEN_PATHS = ("/-/healthy",)
 #: Defaults owned by the stages that use them; the schema refers to them, never repeats them.
 SELECTION_DEFAULTS = SelectionSettings()
-_AGGREGATE = AggregateSettings()
+AGGREGATE_DEFAULTS = AggregateSettings()
 
 
 def _key(help_text: str, *, flag: bool = False, env: str | None = None,
@@ -163,7 +163,7 @@ class AggregateConfig(Schema, frozen=True):
                                          "with classes",
                                          choices=contract.AGGREGATE_LABEL_CHOICES)] = None
     saturation: Annotated[float, _key("fill ratio counted as saturated", gt=0,
-                                      le=1)] = _AGGREGATE.saturation
+                                      le=1)] = AGGREGATE_DEFAULTS.saturation
 
 
 class ClassConfig(Schema, frozen=True):
