@@ -115,7 +115,8 @@ class ClusterConfig(Schema, frozen=True):
     interval: Annotated[Seconds, _key("seconds between polls", flag=True)] = 30.0
     timeout: Annotated[Seconds, _key("seconds allowed per API request, body included",
                                      flag=True)] = 10.0
-    retries: Annotated[int, _key("retries of a failed request", ge=0, le=10)] = 2
+    retries: Annotated[int, _key("retries of a failed request (connection errors, timeouts, "
+                                  "5xx)", ge=0, le=10)] = 2
     page_size: Annotated[Count | Literal["auto"],
                          _key("rows per page, or auto: the largest the version allows")] = "auto"
     node_concurrency: Annotated[Count, _key("nodes walked at once")] = 2
@@ -151,7 +152,7 @@ class PerClientConfig(Schema, frozen=True):
     deny: Annotated[tuple[str | dict[str, str], ...], _key("regexes never exported")] = ()
     top_k: Annotated[TopKConfig, _key("the worst K clients per ranking")] = TopKConfig()
     max_series: Annotated[Count, _key("cap on per-client series")] = SELECTION_DEFAULTS.max_series
-    hysteresis: Annotated[float, _key("how much better a top-K member must get to leave",
+    hysteresis: Annotated[float, _key("a top-K member stays while within K x (1 + this)",
                                       gt=0, le=MAX_NUMBER)] = SELECTION_DEFAULTS.hysteresis
     watch_only: Annotated[bool, _key("look up the watch list only, never walk")] = False
     state_file: Annotated[Text | None, _key("where watched clients' last-seen times "
