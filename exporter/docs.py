@@ -29,8 +29,8 @@ def config_keys_table() -> str:
     for s in schema.SETTINGS:
         default = schema.describe_default(s)
         ways = ", ".join(f"`{w}`" for w in (s.flag, s.env) if w)
-        meaning = s.help + (f": {', '.join(map(str, s.choices))}" if s.choices else "")
-        rows.append(f"| `{s.key}` | {f'`{default}`' if default else ''} | {meaning} | {ways} |")
+        rows.append(f"| `{s.key}` | {f'`{default}`' if default else ''} | "
+                    f"{schema.meaning(s, with_default=False)} | {ways} |")
     return "\n".join(rows)
 
 

@@ -266,12 +266,12 @@ def describe_default(setting: Setting) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def meaning(setting: Setting) -> str:
+def meaning(setting: Setting, *, with_default: bool = True) -> str:
     """The help of a setting with its choices and default, as the docs and `--help` say it."""
     text = setting.help
     if allowed := setting.choices:
         text += f": {', '.join(map(str, allowed))}"
-    if default := describe_default(setting):
+    if with_default and (default := describe_default(setting)):
         text += f" (default {default})"
     return text
 
