@@ -17,12 +17,12 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
-from exporter.dialects import Dialect
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
 from exporter.server import build_app
 from exporter.service import Exporter
+from exporter.status import explain, listing_mode
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,9 @@ OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--api", "api", "API generation: auto, v3, v4 or v5 (default auto: detected from /nodes)"),
     ("--listing", "listing", "v5 listing: auto, page or cursor (default auto)"),
     ("--shard", "shard", "INDEX/COUNT: poll only this replica's share of the nodes"),
+    ("--status-page", "status_page",
+     "serve the status page at / and /status.json: true or false (default true)"),
+    ("--dashboard-url", "dashboard_url", "URL of your dashboards, linked from the status page"),
     ("--log-level", "log_level", "debug, info, warning or error (default info)"),
     ("--log-format", "log_format", "console or json (default console)"),
 )
@@ -134,14 +137,6 @@ async def _serve(settings: Settings, banner: str | None = None) -> None:
         await runner.cleanup()  # stops the pollers and saves the watch list's state
 
 
-def listing_mode(dialect: Dialect | None) -> str:
-    """How a dialect lists clients: `page (per node)`, `cursor (cluster-wide)`, ..."""
-    if dialect is None:
-        return "unknown"
-    kind = "cursor" if dialect.name.endswith("cursor") else "page"
-    return f"{kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
-
-
 async def _until_signalled() -> None:
     """Wait for SIGTERM or SIGINT, so `run` shuts down cleanly and exits 0."""
     stop = asyncio.Event()
@@ -184,6 +179,8 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     if report.result is not None:
         lines.append(f"  series: {report.result.per_client_series} per-client, "
                      f"{report.result.aggregate_series} aggregate")
+        if report.result.selection is not None:
+            lines.extend(f"  {line}" for line in explain(report.result.selection))
     lines.append(f"  poll took {report.duration:.2f} s")
     if report.error is not None:
         lines.append(f"  FAILED: {report.error}")

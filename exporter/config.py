@@ -42,6 +42,7 @@ CLUSTER_KEYS = frozenset({
 })
 TOP_KEYS = CLUSTER_KEYS - {"name"} | {
     "listen", "log_level", "log_format", "clusters", "per_client", "aggregate", "classes",
+    "status_page", "dashboard_url",
 }
 _TLS_KEYS = frozenset({"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"})
 _PER_CLIENT_KEYS = frozenset({"parts", "labels", "info_labels", "watch", "allow", "deny", "top_k",
@@ -97,6 +98,10 @@ class Settings:
     per_client: PerClientSettings = field(default_factory=PerClientSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     classes: tuple[ClassRule, ...] = ()
+    #: Serve the status page at / and /status.json (off: both answer 404).
+    status_page: bool = True
+    #: Linked from the status page, e.g. the Grafana dashboards of this exporter.
+    dashboard_url: str | None = None
 
 
 class _Reader:
@@ -467,4 +472,13 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         ),
         aggregate=AggregateSettings(labels=aggregate_labels, saturation=saturation),
         classes=classes,
+        status_page=reader.boolean("status_page", True),
+        dashboard_url=_dashboard_url(reader),
     )
+
+
+def _dashboard_url(reader: _Reader) -> str | None:
+    url = reader.text("dashboard_url")
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        raise reader.fail("dashboard_url", f"must be an http:// or https:// URL, got {url!r}")
+    return url

@@ -420,6 +420,7 @@ class PollRun:
         elif not settings.export_all:
             mode = "configured"
         else:
+            by_default = by_default and self.dropped_clients > 0
             mode = "default ranking" if by_default else "all"
         rankings = list(p.selector.top)
         if by_default and p.selector.default is not None:

@@ -55,6 +55,15 @@ class NodeOutcome:
     clients: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorNote:
+    """The last failure of a node (or of the whole poll), for the status page."""
+
+    reason: str
+    message: str
+    at: float
+
+
 @dataclass(slots=True)
 class PollReport:
     """What one poll did; `check` prints it, the service publishes its rendering."""
@@ -92,6 +101,9 @@ class ClusterPoller:
         self.version: str | None = None
         self.rendered: Rendered = {}
         self._last_errors: dict[str, str] = {}
+        #: The last poll's report and each node's last failure ("" for the whole poll).
+        self.last_report: PollReport | None = None
+        self.last_errors: dict[str, ErrorNote] = {}
         # One worker thread per cluster runs the pipeline: pages are processed in arrival
         # order while the event loop downloads the next ones, and scrapes stay responsive.
         self._worker = ThreadPoolExecutor(max_workers=1,
@@ -278,6 +290,7 @@ class ClusterPoller:
                     cluster=self.label, node=where, reason=exc.reason, error=text)
 
     def _record(self, report: PollReport) -> None:
+        self._remember(report)
         s = self.stats
         s.polled = True
         s.poll_duration = report.duration
@@ -300,3 +313,11 @@ class ClusterPoller:
         elif report.error is not None:
             self.rendered = {}
             s.series = {"per_client": 0, "aggregate": 0}
+
+    def _remember(self, report: PollReport) -> None:
+        self.last_report = report
+        failures = [(o.node, o.error) for o in report.outcomes if o.error is not None]
+        if report.error is not None:
+            failures.append(("", report.error))
+        for node, error in failures:
+            self.last_errors[node] = ErrorNote(error.reason, str(error), report.started)
