@@ -121,12 +121,16 @@ class TopK:
               record: ClientRecord) -> None:
         if self.k <= 0 or (not self.keep_zero and score <= 0):  # type: ignore[operator]
             return  # a client with no drops or no queue is not among the worst
+        heap = self._heap
+        full = len(heap) >= self.keep
+        if full and score < heap[0].score:  # type: ignore[operator]
+            return  # the common case on a large fleet, decided without building a candidate
         candidate = _Candidate(score, zlib.crc32(record.clientid.encode("utf-8", "replace")),
                                record.clientid, record, scores)
-        if len(self._heap) < self.keep:
-            heapq.heappush(self._heap, candidate)
-        elif candidate > self._heap[0]:
-            heapq.heapreplace(self._heap, candidate)
+        if not full:
+            heapq.heappush(heap, candidate)
+        elif candidate > heap[0]:
+            heapq.heapreplace(heap, candidate)
 
     def discard(self, clientids: Iterable[str]) -> None:
         """Drop candidates seen on a node whose walk failed."""
