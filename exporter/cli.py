@@ -1,4 +1,5 @@
-"""Command line: `run` (the daemon), `check` (one poll, a summary), `simulate`, `demo`."""
+"""Command line: `run` (the daemon), `check` (one poll, a summary), `top` (the worst clients,
+live), `simulate`, `demo`."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from exporter.contract import PARTS
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
+from exporter.selection import RANKINGS
 from exporter.server import build_app
 from exporter.service import Exporter
 from exporter.status import explain, listing_mode
+from exporter.top import run_top
 
 log = structlog.get_logger(__name__)
 
@@ -62,9 +65,15 @@ def _parser() -> argparse.ArgumentParser:
                        ("check", "poll once, print a summary; exit 0 ok, 1 failed, 2 config")):
         sub = commands.add_parser(name, help=text, description=text,
                                   epilog=f"Per-client parts (* = on by default): {parts}")
-        sub.add_argument("--config", help="YAML configuration file")
-        for flag, key, help_text in OPTIONS:
-            sub.add_argument(flag, dest=key, help=help_text)
+        _connection_options(sub)
+    text = "show the worst clients, refreshed every interval (polls twice before the first table)"
+    top = commands.add_parser("top", help=text, description=text)
+    _connection_options(top)
+    top.add_argument("--sort", choices=RANKINGS, default="mqueue_fill",
+                     help="ranking to sort by (default mqueue_fill)")
+    top.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    top.add_argument("--once", action="store_true",
+                     help="print one table after the second poll and exit")
     sim = commands.add_parser("simulate", help="serve a simulated EMQX cluster")
     sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5")
     sim.add_argument("--emqx-version", dest="emqx_version", help="EMQX version to imitate")
@@ -85,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _connection_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--config", help="YAML configuration file")
+    for flag, key, help_text in OPTIONS:
+        sub.add_argument(flag, dest=key, help=help_text)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     flags: dict[str, Any] = {key: getattr(args, key) for _, key, _ in OPTIONS}
     return load_settings(flags, os.environ, args.config)
@@ -102,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = _settings(args)
             configure_logging("error", settings.log_format)
             return asyncio.run(_check(settings))
+        if args.command == "top":
+            settings = _settings(args)
+            configure_logging("error", settings.log_format)
+            if args.limit < 1:
+                raise ConfigError("limit", f"must be >= 1, got {args.limit}")
+            return asyncio.run(run_top(settings, args.sort, args.limit, once=args.once))
         if args.command == "simulate":
             configure_logging()
             asyncio.run(_simulate(args))
