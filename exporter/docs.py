@@ -49,11 +49,21 @@ def aggregate_metrics_table() -> str:
     return "\n".join(_family_rows(contract.AGGREGATE_FAMILIES))
 
 
+def distributions_table() -> str:
+    rows = ["| metric (`gaugehistogram`) | upper bounds `le` (then `+Inf`) | spacing | meaning |",
+            "|---|---|---|---|"]
+    for d in contract.DISTRIBUTIONS:
+        bounds = ", ".join(f"{b:g}" for b in d.bounds)
+        rows.append(f"| `{d.name}` | {bounds} | {d.layout} | {d.help} |")
+    return "\n".join(rows)
+
+
 BLOCKS = {
     "flags": flags_table,
     "parts": parts_table,
     "client-metrics": client_metrics_table,
     "aggregate-metrics": aggregate_metrics_table,
+    "distributions": distributions_table,
 }
 
 
