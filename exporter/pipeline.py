@@ -188,9 +188,9 @@ class _NodePart:
     streamed: set[str] = field(default_factory=set)
     #: Allowed clients past the streaming budget, kept (boundedly) for room left at the end.
     overflow: list[ClientRecord] = field(default_factory=list)
-    #: With no selection configured, the streamed clients and their scores: ranked by the
-    #: default ranking at the end if the cap turns out to bind in this poll.
-    scored: list[tuple[Scores, ClientRecord]] = field(default_factory=list)
+    #: With no selection configured, the streamed clients and their rate increases: ranked
+    #: by the default ranking at the end only if the cap turns out to bind in this poll.
+    scored: list[tuple[ClientRecord, list[int] | None]] = field(default_factory=list)
 
 
 class PollRun:
@@ -234,7 +234,7 @@ class PollRun:
         seen = self.seen
         export_all = selector.settings.export_all
         default = selector.default
-        ranking = bool(selector.trackers)
+        ranking = bool(selector.top)
         ranked = self.ranked
         batch: dict[str, list[ClientRecord]] = {}
         # Records of one page nearly always share a node: look its part up once per change.
@@ -271,19 +271,19 @@ class PollRun:
             if clientid in watch:
                 self._watch(record)
             elif export_all or selector.allowed(record):
-                if ranked and default is not None and scores is not None:
-                    default.offer(default_key(scores), scores, record)
+                if ranked:
+                    self._offer_default(record, rate_deltas, scores)
                 elif self.allow_left > 0:
                     self.allow_left -= 1
                     batch.setdefault(node, []).append(record)
-                    if default is not None and scores is not None:
-                        part.scored.append((scores, record))
+                    if default is not None:
+                        part.scored.append((record, rate_deltas))
                 elif self.overflow_left > 0:
                     self.overflow_left -= 1
                     part.overflow.append(record)
-                elif default is not None and scores is not None:
+                elif default is not None:
                     self.cap_hit = True
-                    default.offer(default_key(scores), scores, record)
+                    self._offer_default(record, rate_deltas, scores)
                 else:
                     self.dropped_clients += 1
         for node, chosen in batch.items():
@@ -298,7 +298,21 @@ class PollRun:
             self.p.last_seen[record.clientid] = self.now
 
     def _rank(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
-        """The client's score in every ranking (see `selection.RANKINGS`), offered to top-K.
+        """The client's scores, offered to each configured top-K."""
+        scores = self._scores(record, rate_deltas)
+        for top in self.p.selector.top:
+            top.offer(scores[top.index], scores, record)
+        return scores
+
+    def _offer_default(self, record: ClientRecord, rate_deltas: list[int] | None,
+                       scores: Scores | None = None) -> None:
+        if scores is None:
+            scores = self._scores(record, rate_deltas)
+        assert self.p.selector.default is not None
+        self.p.selector.default.offer(default_key(scores), scores, record)
+
+    def _scores(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
+        """The client's score in every ranking (see `selection.RANKINGS`).
 
         `rate_deltas` are the counter increases when they make a rate (as the distributions
         count them): a client without a rate yet scores 0 on rates.
@@ -315,8 +329,6 @@ class PollRun:
             byte_rate,
             self.p.state.reconnect_score(record.clientid),
         )
-        for top in self.p.selector.top:
-            top.offer(scores[top.index], scores, record)
         return scores
 
     def _render(self, part: _NodePart, records: Sequence[ClientRecord]) -> None:
@@ -355,8 +367,8 @@ class PollRun:
             # it is ranked with the rest and its rendering thrown away.
             assert default is not None
             for part in ok_parts.values():
-                for scores, record in part.scored:
-                    default.offer(default_key(scores), scores, record)
+                for record, rate_deltas in part.scored:
+                    self._offer_default(record, rate_deltas)
         for part in ok_parts.values():
             if by_default:
                 continue
