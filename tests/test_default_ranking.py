@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from structlog.testing import capture_logs
 
 from exporter.aggregate import AggregateSettings, Classifier
+from exporter.cli import main
 from exporter.config import PerClientSettings
 from exporter.pipeline import Pipeline, PipelineResult, series_per_client
 from exporter.records import ClientRecord, record_type
 from exporter.selection import SelectionSettings
+from exporter.simulator import SimSettings
 from exporter.snapshot import compose
 from exporter.timeparse import TimeParser
 from tests.exposition import samples_text
 from tests.harness import per_client
+from tests.test_cli import KEY, _restore_logging, threaded_sim  # noqa: F401 (autouse)
 
 V5 = record_type("v5")
 NODE = "emqx@127.0.0.1"
@@ -116,3 +121,16 @@ def test_a_configured_selection_is_never_replaced_by_the_default() -> None:
     assert exported == {"b"}
     assert result.selection is not None and result.selection.mode == "configured"
     assert result.selection.left_out == 0 and "default" not in result.selection.top
+
+
+def test_check_says_who_was_left_out_and_what_to_configure(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"per_client:\n  max_series: {10 * SERIES}\n")
+    with threaded_sim(SimSettings(clients=120)) as (_, url):
+        assert main(["check", "--config", str(config), "--emqx-url", url, *KEY]) == 0
+    out = capsys.readouterr().out
+    assert "  per-client series for 10 of 120 clients listed" in out
+    assert (f"  110 clients left out by the cap (per_client.max_series {10 * SERIES} / "
+            f"{SERIES} series per client = 10 clients); chosen by the default ranking") in out
+    assert "  to change this: choose clients with per_client.watch" in out

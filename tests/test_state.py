@@ -102,3 +102,19 @@ def test_top_k_ignores_zero_scores_and_discards_failed_nodes() -> None:
         top.offer(score, ZERO, _rec(name))
     top.discard(["b"])
     assert [r.clientid for r in top.finish()] == ["c"]
+
+
+def test_a_connection_start_is_read_once_per_connection() -> None:
+    read: list[str | None] = []
+
+    def parse(text: str | None) -> float | None:
+        read.append(text)
+        return None if text == "garbage" else 100.0
+
+    state = CounterState(parse)
+    *_, since = state.observe("a", 1, values(0), node=0, poll=1, started="t1")
+    assert since == 100.0
+    *_, since = state.observe("a", 1, values(0), node=0, poll=2, started="t1")
+    assert since == 100.0 and read == ["t1"]  # the same connection: not parsed again
+    *_, since = state.observe("a", 2, values(0), node=0, poll=3, started="garbage")
+    assert since != since and read == ["t1", "garbage"]  # unknown start: NaN

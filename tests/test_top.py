@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from exporter.cli import main
 from exporter.simulator import SimSettings
-from tests.test_cli import KEY, threaded_sim
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    saved = structlog.get_config()
-    processors = list(saved["processors"])
-    yield
-    structlog.configure(**{**saved, "processors": processors})
+from tests.test_cli import KEY, _restore_logging, threaded_sim  # noqa: F401 (autouse)
 
 
 def rows(out: str) -> list[list[str]]:
