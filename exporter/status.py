@@ -149,6 +149,15 @@ def _top(summary: SelectionSummary | None) -> dict[str, list[TopEntry]]:
             for name, members in summary.top.items()}
 
 
+def _selection(summary: SelectionSummary | None) -> dict[str, object] | None:
+    """The summary's figures; its rankings are in `ClusterStatus.top` (without usernames)."""
+    if summary is None:
+        return None
+    figures: dict[str, object] = {k: v for k, v in asdict(summary).items() if k != "top"}
+    figures.update(max_clients=summary.max_clients, cap_binds=summary.cap_binds)
+    return figures
+
+
 def cluster_status(poller: ClusterPoller, now: float) -> ClusterStatus:
     report = poller.last_report
     summary = report.result.selection if report is not None and report.result else None
@@ -163,7 +172,7 @@ def cluster_status(poller: ClusterPoller, now: float) -> ClusterStatus:
         last_poll_duration_seconds=report.duration if report else None,
         outcome=_outcome(poller), last_success_at=poller.stats.last_success,
         nodes=_nodes(poller),
-        selection=asdict(summary) if summary is not None else None,
+        selection=_selection(summary),
         selection_text=explain(summary) if summary is not None else [],
         top=_top(summary))
 

@@ -131,6 +131,7 @@ async def test_json_holds_the_same_facts() -> None:
     (cluster,) = data["clusters"]
     assert cluster["up"] is True and cluster["outcome"] == "ok"
     assert cluster["selection"]["listed"] == 30 and cluster["selection"]["left_out"] == 0
+    assert cluster["selection"]["cap_binds"] is False and "top" not in cluster["selection"]
     assert sum(n["clients"] for n in cluster["nodes"]) == 30
     assert ["metrics", "/metrics"] in data["links"]
 
