@@ -160,3 +160,16 @@ def test_every_value_is_escaped() -> None:
     page = render_html(status)
     assert "<script>" not in page and "alert('x')" not in page
     assert page.count("&lt;script&gt;") >= 10
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("dashboard_url", "javascript:alert(1)", "must be an http:// or https:// URL"),
+    ("status_page", "sometimes", "must be true or false"),
+])
+def test_bad_status_settings_name_the_key(key: str, value: str, message: str) -> None:
+    from exporter.config import load_settings
+    from exporter.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"emqx_url": "http://emqx:18083", key: value}, {}, None)
+    assert caught.value.key == key and message in str(caught.value)
