@@ -13,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate, compress, repeat
-from operator import add, attrgetter, is_not, itemgetter, mul, truediv
+from operator import add, attrgetter, is_not, itemgetter, mul, sub, truediv
 
 from prometheus_client.utils import floatToGoString
 
@@ -84,14 +84,15 @@ class Histograms:
         self.sums = [0.0] * len(_BOUNDS)
         self._records: list[ClientRecord] = []
         self._deltas: list[list[int] | None] = []
-        self._since: list[float] = []
+        self._since: list[float] = []  # connected clients' known connection starts
 
     def queue(self, record: ClientRecord, deltas: list[int] | None, since: float) -> None:
         """Take one client: its counter increases if they make a rate (else None), and when
         its connection started (NaN: unknown)."""
         self._records.append(record)
         self._deltas.append(deltas)
-        self._since.append(since)
+        if since == since and record.connected is not False:  # NaN != NaN
+            self._since.append(since)
 
     def flush(self, per_second: float | None, now: float) -> None:
         """Bin the queued clients; `per_second` is 1 / the seconds since the previous poll."""
@@ -112,11 +113,10 @@ class Histograms:
                                                map(itemgetter(5), rows)),
                                       map(itemgetter(7), rows)), factor))  # as `dropped`
             self._bin(DROP_RATE, _present(drops, rated, *_DROP_FIELDS))
-        connected = map(attrgetter("connected"), records)
-        # `since == since` leaves out NaN (start unknown); a start in the future is age 0.
-        self._bin(CONNECTION_AGE, [now - since if since < now else 0.0
-                                   for since, on in zip(self._since, connected, strict=True)
-                                   if on is not False and since == since])
+        ages = list(map(sub, repeat(now), self._since))
+        if ages and min(ages) < 0:
+            ages = [age if age > 0 else 0.0 for age in ages]  # a start in the future: age 0
+        self._bin(CONNECTION_AGE, ages)
         subscriptions = list(map(attrgetter("subscriptions"), records))
         if None in subscriptions:
             subscriptions = [n for n in subscriptions if n is not None]
