@@ -56,6 +56,8 @@ class ClusterStatus:
     #: "ok", "partial: N of M nodes failed", "failed: reason: message" or "not polled yet".
     outcome: str
     last_success_at: float | None
+    #: The last failure of a whole poll (reason, message, when), even if polls work again.
+    last_poll_error: tuple[str, str, float] | None
     nodes: list[NodeStatus]
     selection: dict[str, object] | None
     #: The selection in plain words: who got per-client series, who did not, what to do.
@@ -171,6 +173,8 @@ def cluster_status(poller: ClusterPoller, now: float) -> ClusterStatus:
         last_poll_age_seconds=max(0.0, now - report.started) if report else None,
         last_poll_duration_seconds=report.duration if report else None,
         outcome=_outcome(poller), last_success_at=poller.stats.last_success,
+        last_poll_error=(None if (note := poller.last_errors.get("")) is None
+                         else (note.reason, note.message, note.at)),
         nodes=_nodes(poller),
         selection=_selection(summary),
         selection_text=explain(summary) if summary is not None else [],
@@ -230,6 +234,13 @@ def _state_class(state: str) -> str:
         ("partial", "not polled")) else "bad"
 
 
+def _poll_error(error: tuple[str, str, float] | None) -> str:
+    if error is None:
+        return "none"
+    reason, message, at = error
+    return f"{_e(reason)}: {_e(message)} at {_e(_when(at))}"
+
+
 def _cluster_html(c: ClusterStatus) -> str:
     out = [f"<section><h2>Cluster {_e(c.name)}: "
            f"<span class='{'ok' if c.up else 'bad'}'>{'up' if c.up else 'DOWN'}</span></h2>",
@@ -243,6 +254,7 @@ def _cluster_html(c: ClusterStatus) -> str:
            f"{_e(_seconds(c.last_poll_duration_seconds))})</dd>",
            f"<dt>outcome</dt><dd class='{_state_class(c.outcome)}'>{_e(c.outcome)}</dd>",
            f"<dt>last success</dt><dd>{_e(_when(c.last_success_at))}</dd>",
+           f"<dt>last failed poll</dt><dd>{_poll_error(c.last_poll_error)}</dd>",
            "</dl>", "<h3>Nodes</h3><div class='wrap'><table><thead><tr><th>node</th>"
            "<th>state</th><th class='num'>clients</th><th>last error</th></tr></thead><tbody>"]
     for n in c.nodes:

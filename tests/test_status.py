@@ -136,6 +136,19 @@ async def test_json_holds_the_same_facts() -> None:
     assert ["metrics", "/metrics"] in data["links"]
 
 
+async def test_a_failed_poll_stays_on_the_page_after_recovery() -> None:
+    async with rig(SimSettings(clients=10)) as r:
+        rule = r.cluster.faults.add("unauthorized")
+        await r.poll()
+        failed = json.loads(await (await r.client.get("/status.json")).text())["clusters"][0]
+        r.cluster.faults.remove(rule.id)
+        await r.poll()
+        page = visible_text(await (await r.client.get("/")).text())
+    assert failed["up"] is False and failed["outcome"].startswith("failed: unauthorized: ")
+    assert "outcome | ok" in page
+    assert re.search(r"last failed poll \| unauthorized: .* at \d{4}-\d\d-\d\d ", page), page
+
+
 async def test_the_page_can_be_switched_off() -> None:
     async with rig(SimSettings(clients=5), status_page=False) as r:
         await r.poll()
@@ -153,13 +166,14 @@ def test_every_value_is_escaped() -> None:
                         name=evil, up=False, emqx_version=evil, dialect=evil, listing=evil,
                         auth=evil, last_poll_at=None, last_poll_age_seconds=None,
                         last_poll_duration_seconds=None, outcome=evil, last_success_at=None,
+                        last_poll_error=(evil, evil, 0.0),
                         nodes=[NodeStatus(evil, "down", None, evil, evil, 0.0)],
                         selection=None, selection_text=[evil],
                         top={"mqueue_fill": [TopEntry(evil, evil, {"mqueue_fill": 1.0})]})],
                     links=[(evil, "javascript:'\"><script>")])
     page = render_html(status)
     assert "<script>" not in page and "alert('x')" not in page
-    assert page.count("&lt;script&gt;") >= 10
+    assert page.count("&lt;script&gt;") >= 12
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
