@@ -103,7 +103,7 @@ class ClusterPoller:
         self._last_errors: dict[str, str] = {}
         #: The last poll's report and each node's last failure ("" for the whole poll).
         self.last_report: PollReport | None = None
-        self.last_errors: dict[str, ErrorNote] = {}
+        self.last_failures: dict[str, ErrorNote] = {}
         # One worker thread per cluster runs the pipeline: pages are processed in arrival
         # order while the event loop downloads the next ones, and scrapes stay responsive.
         self._worker = ThreadPoolExecutor(max_workers=1,
@@ -320,4 +320,4 @@ class ClusterPoller:
         if report.error is not None:
             failures.append(("", report.error))
         for node, error in failures:
-            self.last_errors[node] = ErrorNote(error.reason, str(error), report.started)
+            self.last_failures[node] = ErrorNote(error.reason, str(error), report.started)

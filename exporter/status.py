@@ -124,12 +124,12 @@ def _outcome(poller: ClusterPoller) -> str:
 def _nodes(poller: ClusterPoller) -> list[NodeStatus]:
     report = poller.last_report
     outcomes = {o.node: o for o in report.outcomes} if report is not None else {}
-    names = sorted(set(outcomes) | {n for n in poller.last_errors if n})
+    names = sorted(set(outcomes) | {n for n in poller.last_failures if n})
     nodes = []
     for name in names:
         outcome = outcomes.get(name)
         state = ("not polled" if outcome is None else "up" if outcome.error is None else "down")
-        note = poller.last_errors.get(name)
+        note = poller.last_failures.get(name)
         nodes.append(NodeStatus(
             name=name, state=state,
             clients=outcome.clients if outcome is not None and outcome.error is None else None,
@@ -173,7 +173,7 @@ def cluster_status(poller: ClusterPoller, now: float) -> ClusterStatus:
         last_poll_age_seconds=max(0.0, now - report.started) if report else None,
         last_poll_duration_seconds=report.duration if report else None,
         outcome=_outcome(poller), last_success_at=poller.stats.last_success,
-        last_poll_error=(None if (note := poller.last_errors.get("")) is None
+        last_poll_error=(None if (note := poller.last_failures.get("")) is None
                          else (note.reason, note.message, note.at)),
         nodes=_nodes(poller),
         selection=_selection(summary),
