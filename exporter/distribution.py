@@ -58,8 +58,8 @@ def _present(values: Sequence[float], records: Sequence[ClientRecord],
              *fields: str) -> Sequence[float]:
     """The values of the records that have at least one of the fields (a figure the version or
     a rejected value left out is not 0)."""
-    if all(None not in map(attrgetter(f), records) for f in fields):
-        return values  # the common case: a scan in C, no list built
+    if any(None not in map(attrgetter(f), records) for f in fields):
+        return values  # the common case: one field every record has, found by a scan in C
     columns = [list(map(attrgetter(f), records)) for f in fields]
     keep = [any(v is not None for v in row) for row in zip(*columns, strict=True)]
     return list(compress(values, keep))

@@ -9,7 +9,7 @@ of `PollRun` runs on the cluster's single worker thread, never on the event loop
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
 import structlog
@@ -34,6 +34,7 @@ from exporter.selection import (
     Scores,
     SelectionSettings,
     Selector,
+    TopK,
     default_key,
 )
 from exporter.state import COUNTER_FIELDS, CounterState
@@ -152,6 +153,8 @@ class Pipeline:
         #: The cap left clients out in the last poll that walked: the next poll ranks everyone
         #: by the default ranking instead of streaming (no selection configured).
         self.cap_binds = False
+        #: A top-K ranks by reconnects: the score is needed for every client, not only shown.
+        self.ranks_reconnects = any(name == "reconnects" for name, _ in self.selection.top_k)
 
     def needed_fields(self) -> frozenset[str]:
         """Every record field some configured stage reads."""
@@ -298,7 +301,11 @@ class PollRun:
             self.p.last_seen[record.clientid] = self.now
 
     def _rank(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
-        """The client's scores, offered to each configured top-K."""
+        """The client's scores, offered to each configured top-K.
+
+        The reconnect score is a lookup per client, so it is left at 0 here unless a top-K
+        ranks by it; `_reconnects_shown` fills it in for the members shown.
+        """
         scores = self._scores(record, rate_deltas)
         for top in self.p.selector.top:
             top.offer(scores[top.index], scores, record)
@@ -327,9 +334,17 @@ class PollRun:
             d.fill(record.inflight, record.inflight_max) or 0.0,
             drop_rate,
             byte_rate,
-            self.p.state.reconnect_score(record.clientid),
+            self.p.state.reconnect_score(record.clientid) if self.p.ranks_reconnects else 0.0,
         )
         return scores
+
+    def _reconnects_shown(self, top: TopK) -> None:
+        """Put the reconnect score into the scores of the members a ranking chose."""
+        if self.p.ranks_reconnects:
+            return  # already scored while ranking
+        state = self.p.state
+        top.last = [replace(m, scores=(*m.scores[:4], state.reconnect_score(m.clientid)))
+                    for m in top.last]
 
     def _render(self, part: _NodePart, records: Sequence[ClientRecord]) -> None:
         rendered = self.p.renderer.render(records, identity_labels(records,
@@ -379,6 +394,7 @@ class PollRun:
         late = self._late_selection(streamed, keep_members=not walked)
         if by_default and default is not None and walked:
             late = default.finish()
+            self._reconnects_shown(default)
             self.dropped_clients = max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))
                                        - len(late))
         chosen = {r.clientid for r in late}
@@ -481,7 +497,9 @@ class PollRun:
         for top in selector.top:
             if keep_members:
                 continue  # a failed poll saw too little to change who is in the top-K
-            for record in top.finish():
+            members = top.finish()
+            self._reconnects_shown(top)
+            for record in members:
                 if record.clientid in chosen or record.clientid in streamed:
                     continue
                 if len(chosen) < room:
