@@ -308,7 +308,9 @@ class PollRun:
         """
         scores = self._scores(record, rate_deltas)
         for top in self.p.selector.top:
-            top.offer(scores[top.index], scores, record)
+            score = scores[top.index]
+            if score > 0 and score >= top.floor:
+                top.offer(score, scores, record)
         return scores
 
     def _offer_default(self, record: ClientRecord, rate_deltas: list[int] | None,

@@ -112,10 +112,14 @@ class TopK:
         self.members: set[str] = set()
         #: The members chosen by the last `finish`, worst first.
         self.last: list[RankedClient] = []
+        #: The lowest score still in the running once the candidates are full (0 before): a
+        #: caller may skip `offer` for a lower score, most clients of a large fleet.
+        self.floor: float = 0.0
         self._heap: list[_Candidate] = []
 
     def start(self) -> None:
         self._heap = []
+        self.floor = 0.0
 
     def offer(self, score: float | tuple[float, ...], scores: Scores,
               record: ClientRecord) -> None:
@@ -131,6 +135,8 @@ class TopK:
             heapq.heappush(heap, candidate)
         elif candidate > heap[0]:
             heapq.heapreplace(heap, candidate)
+        if len(heap) >= self.keep and not self.keep_zero:
+            self.floor = heap[0].score  # type: ignore[assignment]
 
     def discard(self, clientids: Iterable[str]) -> None:
         """Drop candidates seen on a node whose walk failed."""
@@ -138,6 +144,7 @@ class TopK:
         if gone:
             self._heap = [c for c in self._heap if c.clientid not in gone]
             heapq.heapify(self._heap)
+            self.floor = 0.0  # room again: every positive score is in the running
 
     def finish(self) -> list[ClientRecord]:
         """The K members: former members still within the wider band first, then the best."""

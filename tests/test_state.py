@@ -118,3 +118,14 @@ def test_a_connection_start_is_read_once_per_connection() -> None:
     assert since == 100.0 and read == ["t1"]  # the same connection: not parsed again
     *_, since = state.observe("a", 2, values(0), node=0, poll=3, started="garbage")
     assert since != since and read == ["t1", "garbage"]  # unknown start: NaN
+
+
+def test_top_k_takes_lower_scores_again_after_a_discard() -> None:
+    top = TopK("byte_rate", k=1, hysteresis=0.0)
+    top.start()
+    top.offer(9.0, ZERO, _rec("gone"))
+    assert top.floor == 9.0  # full: lower scores need not be offered
+    top.discard(["gone"])
+    assert top.floor == 0.0
+    top.offer(2.0, ZERO, _rec("stays"))
+    assert [r.clientid for r in top.finish()] == ["stays"]
