@@ -13,7 +13,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate, compress, repeat
-from operator import add, attrgetter, is_not, itemgetter, mul, sub, truediv
+from typing import Any
+from operator import add, and_, attrgetter, is_not, itemgetter, mul, sub, truediv
 
 from prometheus_client.utils import floatToGoString
 
@@ -45,12 +46,22 @@ def dropped(deltas: Sequence[int]) -> int:
     return deltas[4] + deltas[5] + deltas[7]  # mqueue_dropped, received_dropped, sent_dropped
 
 
+#: Capacities that mean "unlimited" (v5 writes some as the string "infinity").
+_UNLIMITED: dict[object, None] = {0: None, "infinity": None}
+
+
 def _ratios(records: Sequence[ClientRecord], length: str, capacity: str) -> list[float]:
     lengths = list(map(attrgetter(length), records))
     capacities = list(map(attrgetter(capacity), records))
     if None not in lengths and set(map(type, capacities)) == {int} and min(capacities) > 0:
         return list(map(truediv, lengths, capacities))  # the common case, in C
-    return [n / m for n, m in zip(lengths, capacities, strict=True)
+    # Still in C: unlimited capacities become None, then pairs with a None are left out.
+    known = list(map(_UNLIMITED.get, capacities, capacities))
+    keep = list(map(and_, map(is_not, known, repeat(None)), map(is_not, lengths, repeat(None))))
+    kept: list[Any] = list(compress(known, keep))
+    if set(map(type, kept)) <= {int} and min(kept, default=1) > 0:
+        return list(map(truediv, compress(lengths, keep), kept))
+    return [n / m for n, m in zip(lengths, capacities, strict=True)  # odd values: one by one
             if n is not None and type(m) is int and m > 0]
 
 
@@ -73,38 +84,33 @@ _DROP_FIELDS = ("mqueue_dropped", "received_dropped", "sent_dropped")
 class Histograms:
     """Every distribution of one group: bucket counts (not cumulative) and sums.
 
-    The pipeline queues each client (`queue`) and bins a page's worth at once (`flush`): column
+    The pipeline queues each client and bins a page's worth at once (`flush`): column
     operations in C instead of a dozen Python steps per client.
     """
 
-    __slots__ = ("_deltas", "_records", "_since", "counts", "sums")
+    __slots__ = ("counts", "deltas", "records", "since", "sums")
 
     def __init__(self) -> None:
         self.counts = [0] * _SLOTS
         self.sums = [0.0] * len(_BOUNDS)
-        self._records: list[ClientRecord] = []
-        self._deltas: list[list[int] | None] = []
-        self._since: list[float] = []  # connected clients' known connection starts
-
-    def queue(self, record: ClientRecord, deltas: list[int] | None, since: float) -> None:
-        """Take one client: its counter increases if they make a rate (else None), and when
-        its connection started (NaN: unknown)."""
-        self._records.append(record)
-        self._deltas.append(deltas)
-        if since == since and record.connected is not False:  # NaN != NaN
-            self._since.append(since)
+        # The queue, appended to by the pipeline's loop directly (a call per client costs):
+        #: each client's record, and its counter increases if they make a rate (else None);
+        self.records: list[ClientRecord] = []
+        self.deltas: list[list[int] | None] = []
+        #: connected clients' connection starts, when known (Unix time).
+        self.since: list[float] = []
 
     def flush(self, per_second: float | None, now: float) -> None:
         """Bin the queued clients; `per_second` is 1 / the seconds since the previous poll."""
-        records = self._records
+        records = self.records
         if not records:
             return
         self._bin(MQUEUE_FILL, _ratios(records, "mqueue_len", "mqueue_max"))
         self._bin(INFLIGHT_FILL, _ratios(records, "inflight", "inflight_max"))
-        if per_second is not None and any(self._deltas):
-            keep = list(map(is_not, self._deltas, repeat(None)))
+        if per_second is not None and any(self.deltas):
+            keep = list(map(is_not, self.deltas, repeat(None)))
             rated = list(compress(records, keep))
-            rows: list[list[int]] = list(compress(self._deltas, keep))  # type: ignore[arg-type]
+            rows: list[list[int]] = list(compress(self.deltas, keep))  # type: ignore[arg-type]
             factor = repeat(per_second)
             for figure, index, name in _RATE_COUNTERS:
                 rates = list(map(mul, map(itemgetter(index), rows), factor))
@@ -113,7 +119,7 @@ class Histograms:
                                                map(itemgetter(5), rows)),
                                       map(itemgetter(7), rows)), factor))  # as `dropped`
             self._bin(DROP_RATE, _present(drops, rated, *_DROP_FIELDS))
-        ages = list(map(sub, repeat(now), self._since))
+        ages = list(map(sub, repeat(now), self.since))
         if ages and min(ages) < 0:
             ages = [age if age > 0 else 0.0 for age in ages]  # a start in the future: age 0
         self._bin(CONNECTION_AGE, ages)
@@ -121,7 +127,7 @@ class Histograms:
         if None in subscriptions:
             subscriptions = [n for n in subscriptions if n is not None]
         self._bin(SUBSCRIPTIONS, subscriptions)
-        self._records, self._deltas, self._since = [], [], []
+        self.records, self.deltas, self.since = [], [], []
 
     def _bin(self, figure: int, values: Sequence[float]) -> None:
         if not values:

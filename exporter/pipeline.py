@@ -269,7 +269,11 @@ class PollRun:
                                                       node_index, p.polls, record.connected_at)
             aggregator.count(key, deltas, new and not baseline)
             rate_deltas = deltas if rated else None
-            part.histograms[key].queue(record, rate_deltas, since)
+            histograms = part.histograms[key]
+            histograms.records.append(record)
+            histograms.deltas.append(rate_deltas)
+            if since == since and record.connected is not False:  # NaN (unknown) != NaN
+                histograms.since.append(since)
             scores = self._rank(record, rate_deltas) if ranking else None
             if clientid in watch:
                 self._watch(record)

@@ -158,3 +158,13 @@ def test_promtool_accepts_the_distributions(promtool: str) -> None:
     poll(p, T0 + 100, [client("sensor-1"), client("app-1")])
     text, _ = poll(p, T0 + 110, [client("sensor-1", received_bytes=10), client("app-1")])
     promtool_check(promtool, text)
+
+
+def test_odd_capacities_are_left_out_not_fatal() -> None:
+    records = [client("a", mqueue_len=5, mqueue_max=10), client("b", mqueue_len=5, mqueue_max=-1),
+               client("c", mqueue_len=5, mqueue_max="lots"), client("d", mqueue_len=None),
+               client("e", mqueue_len=1, mqueue_max="infinity")]
+    text, _ = poll(pipeline(), T0 + 60, records)
+    samples = samples_text(text)
+    assert group(samples, c.DIST_MQUEUE_FILL.name, "gcount", node=NODE) == 1
+    assert group(samples, c.DIST_MQUEUE_FILL.name, "gsum", node=NODE) == 0.5
