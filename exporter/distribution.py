@@ -13,8 +13,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate, compress, repeat
-from typing import Any
 from operator import add, and_, attrgetter, is_not, itemgetter, mul, sub, truediv
+from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
