@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from exporter.config import Settings
+from exporter.poller import PollReport
 from exporter.selection import RANKING_HELP, RANKINGS, RankedClient, SelectionSettings
 from exporter.service import Exporter
 
@@ -115,7 +116,6 @@ async def run_top(settings: Settings, ranking: str, limit: int, *, once: bool) -
         await exporter.stop()
 
 
-def _fail(console: Console, reports: Sequence[object]) -> None:
+def _fail(console: Console, reports: Sequence[PollReport]) -> None:
     for report in reports:
-        error = getattr(report, "error", None)
-        console.print(f"poll failed: {error}", style="bold red", markup=False)
+        console.print(f"poll failed: {report.error}", style="bold red", markup=False)
