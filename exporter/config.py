@@ -96,6 +96,10 @@ class Settings:
     open_paths: tuple[str, ...]
     #: Whether `POST /-/reload` reloads the configuration (SIGHUP always does).
     reload_endpoint: bool
+    #: Serve the status page at / and /status.json (off: both answer 404).
+    status_page: bool
+    #: Linked from the status page, e.g. the Grafana dashboards of this exporter.
+    dashboard_url: str | None
 
 
 # --- validators for what a type cannot say -------------------------------------------------
@@ -255,6 +259,12 @@ def _clusters(top: Mapping[str, Any]) -> tuple[ClusterSettings, ...]:
     return tuple(clusters)
 
 
+def _dashboard_url(url: str | None) -> str | None:
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError("dashboard_url", f"must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
 def _listen(value: str) -> tuple[str, int]:
     match = re.fullmatch(r"\[?([^\]]*?)\]?:(\d+)", value.strip())
     if not match or not 0 <= int(match[2]) <= 65535:
@@ -336,7 +346,8 @@ def _classes(configs: tuple[ClassConfig, ...]) -> tuple[ClassRule, ...]:
         if len(given) != 1:
             raise ConfigError(where, "needs exactly one of clientid or username (a regex)")
         ((target, text),) = given
-        rules.append(ClassRule(target, _pattern(text, f"{where}.{target}"), rule.name))
+        rules.append(ClassRule(name=rule.name, field=target,
+                               pattern=_pattern(text, f"{where}.{target}")))
     return tuple(rules)
 
 
@@ -389,4 +400,6 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         web_config=config.web_config,
         open_paths=_names(config.open_paths, "open_paths"),
         reload_endpoint=config.reload_endpoint,
+        status_page=config.status_page,
+        dashboard_url=_dashboard_url(config.dashboard_url),
     )

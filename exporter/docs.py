@@ -64,6 +64,15 @@ def error_reasons_table() -> str:
     return "\n".join(rows)
 
 
+def distributions_table() -> str:
+    rows = ["| metric (`gaugehistogram`) | upper bounds `le` (then `+Inf`) | spacing | meaning |",
+            "|---|---|---|---|"]
+    for d in contract.DISTRIBUTIONS:
+        bounds = ", ".join(f"{b:g}" for b in d.bounds)
+        rows.append(f"| `{d.name}` | {bounds} | {d.layout} | {d.help} |")
+    return "\n".join(rows)
+
+
 BLOCKS = {
     "flags": flags_table,
     "config-keys": config_keys_table,
@@ -72,6 +81,7 @@ BLOCKS = {
     "aggregate-metrics": aggregate_metrics_table,
     "error-reasons": error_reasons_table,
     "fault-matrix": fault_matrix_table,
+    "distributions": distributions_table,
 }
 
 

@@ -31,7 +31,7 @@ from exporter import contract
 from exporter.aggregate import AggregateSettings
 from exporter.api import DEFAULT_MAX_BODY
 from exporter.errors import ConfigError
-from exporter.selection import RANKINGS, SelectionSettings
+from exporter.selection import RANKING_HELP, RANKINGS, SelectionSettings
 
 #: Upper bound of any number in the config unless a key sets its own: beyond it a duration
 #: or a count is a typo, and floats lose integer precision.
@@ -135,7 +135,7 @@ if TYPE_CHECKING:
 else:  # one optional count per ranking of `selection.RANKINGS`
     TopKConfig = msgspec.defstruct(
         "TopKConfig", [(name, Annotated[Annotated[int, Meta(ge=0, le=MAX_NUMBER)] | None, _key(
-            f"keep the K clients ranked worst by {name}")], None)
+            f"keep the K clients with the most {RANKING_HELP[name]}")], None)
                        for name in RANKINGS], bases=(Schema,), module=__name__)
 
 
@@ -191,6 +191,10 @@ class ExporterConfig(Schema, frozen=True):
     open_paths: Annotated[Names, _key("paths served without basic auth",
                                       choices=OPENABLE_PATHS)] = DEFAULT_OPEN_PATHS
     reload_endpoint: Annotated[bool, _key("POST /-/reload reloads the config")] = False
+    status_page: Annotated[bool, _key("serve the status page at / and /status.json",
+                                      flag=True)] = True
+    dashboard_url: Annotated[Text | None, _key("URL of your dashboards, linked from the status "
+                                               "page", flag=True)] = None
 
 
 # --- what derives from the schema ----------------------------------------------------------
