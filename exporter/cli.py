@@ -151,8 +151,7 @@ def listing_mode(dialect: Dialect | None) -> str:
     """How a dialect lists clients: `page (per node)`, `cursor (cluster-wide)`, ..."""
     if dialect is None:
         return "unknown"
-    kind = "cursor" if dialect.name.endswith("cursor") else "page"
-    return f"{kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
+    return f"{dialect.listing_kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
 
 
 async def _until_signalled(on_hangup: Callable[[], Awaitable[object]]) -> None:
@@ -184,7 +183,7 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     if report.error is not None and all(o.error is not None for o in report.outcomes):
         return f"cluster {label}: FAILED: {failure_text(report)}"
     version = next((n.version for n in report.nodes if n.version), "unknown")
-    generation = report.dialect.split("-", 1)[0] or "unknown"
+    generation = report.generation or "unknown"
     lines = [f"cluster {label}:",
              f"  EMQX {version}, API {generation}, listing {listing}, auth {auth}"]
     cluster_wide = listing.endswith("(cluster-wide)")
