@@ -42,6 +42,10 @@ class Page:
     notes: list[str] = field(default_factory=list)
 
 
+#: How a dialect lists clients: numbered pages, or a cursor from page to page.
+ListingKind = Literal["page", "cursor"]
+
+
 @dataclass(slots=True)
 class WalkExtras:
     """What a dialect's after-walk step adds to the walk's tally."""
@@ -70,8 +74,7 @@ class Dialect(Protocol):
     generation: Generation
     #: The EMQX version the dialect was built for (the lowest running node's); None: unknown.
     version: str | None
-    #: "page" (page-numbered) or "cursor" listing.
-    listing_kind: Literal["page", "cursor"]
+    listing_kind: ListingKind
     per_node: bool       # False: one walk covers the whole cluster (cursor without node=)
     #: Server-side filters sent with every listing (empty where the generation has none).
     filters: tuple[tuple[str, str], ...]

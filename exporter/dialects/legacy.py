@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
 from exporter.api import ApiClient, Request, Response
-from exporter.dialects.base import BatchLookup, NodeInfo, Page, RowDecoder, WalkExtras, decode
+from exporter.dialects.base import (
+    BatchLookup,
+    ListingKind,
+    NodeInfo,
+    Page,
+    RowDecoder,
+    WalkExtras,
+    decode,
+)
 from exporter.dialects.nodes import parse_enveloped_nodes
 from exporter.dialects.paged import (
     check_envelope,
@@ -30,7 +38,7 @@ class LegacyDialect:
     name: str
     generation: Generation
     per_node = True
-    listing_kind: Literal["page", "cursor"] = "page"
+    listing_kind: ListingKind = "page"
     holds_rows = False
     #: Path of the per-node listing after /api/vN/nodes/{node}/ (v3 ends it with a slash).
     listing: tuple[str, ...]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 import structlog
 
 from exporter.api import ApiClient, Request, Response
 from exporter.dialects.base import (
     BatchLookup,
+    ListingKind,
     NodeInfo,
     Page,
     RowDecoder,
@@ -145,7 +144,7 @@ class V5PageDialect(V5Base):
     """`GET /api/v5/clients?node=N&page=P&limit=L[&fields=...]`, walked per node."""
 
     name = "v5"
-    listing_kind: Literal["page", "cursor"] = "page"
+    listing_kind: ListingKind = "page"
     per_node = True
 
     def list_request(self, node: str | None) -> Request:
@@ -170,7 +169,7 @@ class V5CursorDialect(V5Base):
     """
 
     name = "v5-cursor"
-    listing_kind: Literal["page", "cursor"] = "cursor"
+    listing_kind: ListingKind = "cursor"
 
     def __init__(self, version: str | None = None, page_size: int | None = None,
                  attrs: frozenset[str] | None = None) -> None:
