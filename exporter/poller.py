@@ -42,6 +42,15 @@ class NodeOutcome:
     bad_example: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorNote:
+    """The last failure of a node (or of the whole poll), for the status page."""
+
+    reason: str
+    message: str
+    at: float
+
+
 @dataclass(slots=True)
 class PollReport:
     """What one poll did; `check` prints it, the service publishes its rendering."""
@@ -96,6 +105,9 @@ class ClusterPoller:
         #: Nodes of this replica's share seen by the last discovery: their `node_up` goes to
         #: 0, not away, when a later poll cannot even list them.
         self.known_nodes: list[str] = []
+        #: The last poll's report and each node's last failure ("" for the whole poll).
+        self.last_report: PollReport | None = None
+        self.last_failures: dict[str, ErrorNote] = {}
         # One worker thread per cluster runs the pipeline: pages are processed in arrival
         # order while the event loop downloads the next ones, and scrapes stay responsive.
         self._worker = ThreadPoolExecutor(max_workers=1,
@@ -179,6 +191,7 @@ class ClusterPoller:
 
     def _finish(self, report: PollReport, began: float) -> PollReport:
         report.duration = time.perf_counter() - began
+        self._remember(report)
         served = report.result if report.ok else None
         self.rendered = served.rendered if served is not None else {}
         self.stats.record(report, known_nodes=self.known_nodes,
@@ -304,6 +317,14 @@ class ClusterPoller:
             log.info("listing_quirk", cluster=self.label, node=name, quirk=note)
         return NodeOutcome(name, result, seconds=time.perf_counter() - began,
                            bad_example=take_bad_example())
+
+    def _remember(self, report: PollReport) -> None:
+        self.last_report = report
+        failures = [(o.node, o.error) for o in report.outcomes if o.error is not None]
+        if report.error is not None:
+            failures.append(("", report.error))
+        for node, error in failures:
+            self.last_failures[node] = ErrorNote(error.reason, str(error), report.started)
 
 
 def _first_cause(exc: BaseException) -> BaseException:
