@@ -142,6 +142,7 @@ async def test_a_failed_poll_stays_on_the_page_after_recovery() -> None:
         await r.poll()
         failed = json.loads(await (await r.client.get("/status.json")).text())["clusters"][0]
         r.cluster.faults.remove(rule.id)
+        r.clock.advance(60)  # past the first back-off after a rejected login
         await r.poll()
         page = visible_text(await (await r.client.get("/")).text())
     assert failed["up"] is False and failed["outcome"].startswith("failed: unauthorized: ")
