@@ -29,7 +29,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from exporter.simulator import SimCluster, SimSettings, build_sim_app
+from emqx_simulator import SimCluster, SimSettings, build_sim_app
 from tests.conftest import require_tool
 from tests.prometheus_server import (
     Alertmanager,

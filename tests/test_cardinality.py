@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from tests.exposition import Sample
 from tests.harness import Rig, per_client, rig, value
 

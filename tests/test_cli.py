@@ -25,9 +25,9 @@ import pytest
 import structlog
 from aiohttp import web
 
+from emqx_simulator import SimCluster, SimSettings, build_sim_app
 from exporter import __version__
 from exporter.cli import main
-from exporter.simulator import SimCluster, SimSettings, build_sim_app
 from tests.exposition import samples_text
 from tests.harness import per_client
 

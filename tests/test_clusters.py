@@ -20,10 +20,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from structlog.testing import capture_logs
 
+from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from exporter.config import load_settings
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from tests.exposition import Sample, samples_text
 from tests.harness import per_client, rig, value
 

@@ -33,8 +33,8 @@ import pytest
 import yaml
 from aiohttp import web
 
+from emqx_simulator import SimCluster, SimSettings, build_sim_app
 from exporter.selection import RANKINGS
-from exporter.simulator import SimCluster, SimSettings, build_sim_app
 from tests.conftest import require_tool
 from tests.prometheus_server import (
     Prometheus,

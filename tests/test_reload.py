@@ -23,11 +23,11 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from exporter.config import load_settings
 from exporter.reload import ConfigReloader
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from tests.exposition import Sample, samples_text
 from tests.harness import value
 from tests.prometheus_server import free_port, running, tail, wait_http_ok

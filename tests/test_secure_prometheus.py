@@ -28,7 +28,7 @@ import bcrypt
 import pytest
 import yaml
 
-from exporter.simulator import SimCluster, SimSettings
+from emqx_simulator import SimCluster, SimSettings
 from tests.conftest import require_tool
 from tests.prometheus_server import (
     Prometheus,
