@@ -8,7 +8,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from exporter import __version__
 from exporter.cli import main
 from tests.exposition import samples_text
 from tests.harness import per_client
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ["--api-key", "exporter", "--api-secret", "secret"]
@@ -63,13 +63,6 @@ def threaded_sim(settings: SimSettings) -> Iterator[tuple[SimCluster, str]]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def per_node(cluster: SimCluster) -> Counter[str]:

@@ -23,7 +23,8 @@ from exporter.cli import main
 from exporter.errors import REASONS
 from tests.exposition import Sample, samples_text
 from tests.harness import Rig, per_client, rig, value
-from tests.test_cli import KEY, free_port, get, spawn, stop, threaded_sim, wait_for
+from tests.ports import free_port
+from tests.test_cli import KEY, get, spawn, stop, threaded_sim, wait_for
 from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
 
 ERRORS = "emqx_client_exporter_api_errors_total"

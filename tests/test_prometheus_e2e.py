@@ -36,10 +36,10 @@ from aiohttp import web
 from emqx_simulator import SimCluster, SimSettings, build_sim_app
 from exporter.selection import RANKINGS
 from tests.conftest import require_tool
+from tests.ports import free_port
 from tests.prometheus_server import (
     Prometheus,
     PrometheusError,
-    free_port,
     prometheus_server,
     running,
     tail,

@@ -30,9 +30,9 @@ import yaml
 
 from emqx_simulator import SimCluster, SimSettings
 from tests.conftest import require_tool
+from tests.ports import free_port
 from tests.prometheus_server import (
     Prometheus,
-    free_port,
     prometheus_server,
     running,
     tail,
