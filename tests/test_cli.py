@@ -307,8 +307,9 @@ def test_run_exits_0_on_sigterm_without_waiting_for_its_poll() -> None:
     exporter = None
     try:
         wait_for(f"{sim_url}/sim/requests", simulator)
-        fault = urllib.request.Request(f"{sim_url}/sim/faults", method="POST",
-                                       data=json.dumps({"kind": "latency", "delay": 3600}).encode())
+        hang = json.dumps({"kind": "latency", "delay": 3600}).encode()
+        fault = urllib.request.Request(  # noqa: S310 - loopback http
+            f"{sim_url}/sim/faults", method="POST", data=hang)
         with urllib.request.urlopen(fault, timeout=5):  # noqa: S310 - loopback http
             pass
         exporter = spawn("run", "--emqx-url", sim_url, *KEY, "--listen", f"127.0.0.1:{port}",
