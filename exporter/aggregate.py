@@ -1,4 +1,5 @@
-"""Aggregate families: per (node, class, listener, proto_name) gauges and monotonic counters.
+"""Aggregate families: per (node, class, listener, proto_name) gauges, distributions (see
+`distribution`) and monotonic counters.
 
 Bounded by construction: label values come from a short configured list, never client ids.
 Counters add each client's increase since the last poll (see `state`), so they stay monotonic
@@ -13,10 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from exporter import contract as c
 from exporter.contract import Family
+from exporter.distribution import Histograms
+from exporter.distribution import render as render_distributions
 from exporter.labels import escape
 from exporter.records import ClientRecord
 from exporter.render import RenderedBatch, as_label, render_groups
@@ -183,9 +186,13 @@ class Aggregator:
                 out[family] = render_groups(family, known)
         return out
 
-    def render(self, gauges: dict[GroupKey, Gauges]) -> RenderedBatch:
-        """Every aggregate family: this poll's gauges and the lasting counters."""
+    def render(self, gauges: dict[GroupKey, Gauges],
+               histograms: dict[GroupKey, Histograms] | None = None) -> RenderedBatch:
+        """Every aggregate family: this poll's gauges and distributions, the lasting counters."""
         out: RenderedBatch = {}
+        if histograms:
+            out.update(render_distributions(sorted(
+                ((self._labels(k), h) for k, h in histograms.items()), key=itemgetter(0))))
         gauge_rows = sorted((self._labels(k), g) for k, g in gauges.items())
         for family, attr in _GAUGE_FAMILIES:
             if gauge_rows:

@@ -1,4 +1,5 @@
-"""Command line: `run` (the daemon), `check` (one poll, a summary), `simulate`, `demo`."""
+"""Command line: `run` (the daemon), `check` (one poll, a summary), `top` (the worst clients,
+live), `simulate`, `demo`."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
-from exporter.dialects import Dialect
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
 from exporter.reload import ConfigReloader
+from exporter.selection import RANKINGS
 from exporter.server import build_app
 from exporter.service import Exporter
+from exporter.status import explain, listing_mode
+from exporter.top import run_top
 from exporter.webgate import WebGate
 
 log = structlog.get_logger(__name__)
@@ -43,6 +46,9 @@ OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("--api", "api", "API generation: auto, v3, v4 or v5 (default auto: detected from /nodes)"),
     ("--listing", "listing", "v5 listing: auto, page or cursor (default auto)"),
     ("--shard", "shard", "INDEX/COUNT: poll only this replica's share of the nodes"),
+    ("--status-page", "status_page",
+     "serve the status page at / and /status.json: true or false (default true)"),
+    ("--dashboard-url", "dashboard_url", "URL of your dashboards, linked from the status page"),
     ("--log-level", "log_level", "debug, info, warning or error (default info)"),
     ("--log-format", "log_format", "console or json (default console)"),
     ("--web-config", "web_config",
@@ -67,9 +73,15 @@ def _parser() -> argparse.ArgumentParser:
                        ("check", "poll once, print a summary; exit 0 ok, 1 failed, 2 config")):
         sub = commands.add_parser(name, help=text, description=text,
                                   epilog=f"Per-client parts (* = on by default): {parts}")
-        sub.add_argument("--config", help="YAML configuration file")
-        for flag, key, help_text in OPTIONS:
-            sub.add_argument(flag, dest=key, help=help_text)
+        _connection_options(sub)
+    text = "show the worst clients, refreshed every interval (polls twice before the first table)"
+    top = commands.add_parser("top", help=text, description=text)
+    _connection_options(top)
+    top.add_argument("--sort", choices=RANKINGS, default="mqueue_fill",
+                     help="ranking to sort by (default mqueue_fill)")
+    top.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    top.add_argument("--once", action="store_true",
+                     help="print one table after the second poll and exit")
     sim = commands.add_parser("simulate", help="serve a simulated EMQX cluster")
     sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5")
     sim.add_argument("--emqx-version", dest="emqx_version", help="EMQX version to imitate")
@@ -117,6 +129,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _connection_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--config", help="YAML configuration file")
+    for flag, key, help_text in OPTIONS:
+        sub.add_argument(flag, dest=key, help=help_text)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     flags: dict[str, Any] = {key: getattr(args, key) for _, key, _ in OPTIONS}
     return load_settings(flags, os.environ, args.config)
@@ -135,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The summary says what failed; a log line or traceback on top would only repeat it.
             configure_logging("critical", settings.log_format)
             return asyncio.run(_check(settings))
+        if args.command == "top":
+            settings = _settings(args)
+            configure_logging("error", settings.log_format)
+            if args.limit < 1:
+                raise ConfigError("limit", f"must be >= 1, got {args.limit}")
+            return asyncio.run(run_top(settings, args.sort, args.limit, once=args.once))
         if args.command == "simulate":
             configure_logging()
             asyncio.run(_simulate(args))
@@ -176,14 +200,6 @@ async def _serve(settings: Settings, banner: str | None = None,
         log.info("stopping")
     finally:
         await runner.cleanup()  # stops the pollers and saves the watch list's state
-
-
-def listing_mode(dialect: Dialect | None) -> str:
-    """How a dialect lists clients: `page (per node)`, `cursor (cluster-wide)`, ..."""
-    if dialect is None:
-        return "unknown"
-    kind = "cursor" if dialect.name.endswith("cursor") else "page"
-    return f"{kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
 
 
 async def _until_signalled(on_hangup: Callable[[], Awaitable[object]]) -> None:
@@ -239,6 +255,8 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     if report.result is not None:
         lines.append(f"  series: {report.result.per_client_series} per-client, "
                      f"{report.result.aggregate_series} aggregate")
+        if report.result.selection is not None:
+            lines.extend(f"  {line}" for line in explain(report.result.selection))
     lines.append(f"  poll took {report.duration:.2f} s")
     if report.error is not None:
         lines.append(f"  FAILED: {report.error}")

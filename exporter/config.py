@@ -48,6 +48,7 @@ CLUSTER_KEYS = frozenset({
 TOP_KEYS = CLUSTER_KEYS - {"name"} | {
     "listen", "log_level", "log_format", "clusters", "per_client", "aggregate", "classes",
     "web_config", "open_paths", "reload_endpoint",
+    "status_page", "dashboard_url",
 }
 _TLS_KEYS = frozenset({"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"})
 _PER_CLIENT_KEYS = frozenset({"parts", "labels", "info_labels", "watch", "allow", "deny", "top_k",
@@ -124,6 +125,10 @@ class Settings:
     open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS
     #: Whether `POST /-/reload` reloads the configuration (SIGHUP always does).
     reload_endpoint: bool = False
+    #: Serve the status page at / and /status.json (off: both answer 404).
+    status_page: bool = True
+    #: Linked from the status page, e.g. the Grafana dashboards of this exporter.
+    dashboard_url: str | None = None
 
 
 class _Reader:
@@ -529,4 +534,13 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         web_config=reader.text("web_config"),
         open_paths=reader.names("open_paths", DEFAULT_OPEN_PATHS, OPENABLE_PATHS),
         reload_endpoint=reader.boolean("reload_endpoint", False),
+        status_page=reader.boolean("status_page", True),
+        dashboard_url=_dashboard_url(reader),
     )
+
+
+def _dashboard_url(reader: _Reader) -> str | None:
+    url = reader.text("dashboard_url")
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        raise reader.fail("dashboard_url", f"must be an http:// or https:// URL, got {url!r}")
+    return url

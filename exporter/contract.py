@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-MetricType = Literal["gauge", "counter", "info"]
+MetricType = Literal["gauge", "counter", "info", "gaugehistogram", "histogram"]
+#: The one exposition format a family is written in, for families that differ by format.
+FormatName = Literal["text", "openmetrics"]
 
 # Appended to every HELP text of data that comes from a poll, so nobody mistakes it for live data.
 _POLLED = " Polled in the background; a scrape never triggers a poll."
@@ -27,6 +29,8 @@ class Family:
     name: str
     type: MetricType
     help: str
+    #: Written only in this format (distributions differ by format); None: in both.
+    only: FormatName | None = None
 
     @property
     def om_name(self) -> str:
@@ -91,6 +95,70 @@ CLIENTS_SUBSCRIPTIONS = _g("emqx_clients_subscriptions", "Subscriptions, summed.
 CLIENTS_MQUEUE_SATURATED = _g("emqx_clients_mqueue_saturated", "Clients whose session queue is filled at or above the saturation threshold.")
 CLIENTS_INFLIGHT_SATURATED = _g("emqx_clients_inflight_saturated", "Clients whose inflight window is filled at or above the saturation threshold.")
 CLIENTS_CONNECTS = _c("emqx_clients_connects_total", "New client connections seen between polls (a lower bound).")
+
+# --- fleet distributions -------------------------------------------------------------------
+_NO_RATE = (" A client first seen, reconnected or not seen in the previous poll has no rate yet"
+            " and is not counted.")
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """Clients of an aggregate group counted by buckets of one figure, at poll time.
+
+    OpenMetrics gets one `gaugehistogram` family; text format 0.0.4 has no such type, so it
+    gets the same samples as prometheus_client writes them there: the `_bucket` lines as a
+    `histogram` family, `_gcount` and `_gsum` as two gauges.
+    """
+
+    name: str
+    help: str
+    #: Upper bounds of the buckets, ascending; `+Inf` follows implicitly.
+    bounds: tuple[float, ...]
+    layout: str  # how the bounds are spaced, for the README
+    family: Family
+    #: The `_bucket`, `_gcount` and `_gsum` lines as families of text format 0.0.4.
+    text_families: tuple[Family, Family, Family]
+
+
+def _d(name: str, text: str, bounds: tuple[float, ...], layout: str) -> Distribution:
+    return Distribution(name, text, bounds, layout,
+                        Family(name, "gaugehistogram", text + _POLLED, "openmetrics"),
+                        # As prometheus_client writes a gauge histogram in text format 0.0.4.
+                        (Family(name, "histogram", text + _POLLED, "text"),
+                         Family(f"{name}_gcount", "gauge", f"{text} Clients counted." + _POLLED,
+                                "text"),
+                         Family(f"{name}_gsum", "gauge", f"{text} Sum of the counted values."
+                                + _POLLED, "text")))
+
+
+_FILL = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_BYTE_RATE = (0.0, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
+_MESSAGE_RATE = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
+_DROP_RATE = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0, 1e3)
+#: 10 s, 1 min, 10 min, 1 h, 6 h, 1 d, 1 week, 30 days.
+_AGE = (10.0, 60.0, 600.0, 3600.0, 21600.0, 86400.0, 604800.0, 2592000.0)
+_SUBSCRIPTIONS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0)
+_LINEAR, _DECADES = "linear, step 0.1", "log, one per decade"
+
+# The order is the order of the figures `distribution.figures` computes for each client.
+DIST_MQUEUE_FILL = _d("emqx_clients_mqueue_fill_ratio", "Clients by session queue fill (length / capacity); a client whose capacity is unlimited or unknown is not counted.", _FILL, _LINEAR)
+DIST_INFLIGHT_FILL = _d("emqx_clients_inflight_fill_ratio", "Clients by inflight window fill (inflight / window size); a client whose window size is unlimited or unknown is not counted.", _FILL, _LINEAR)
+DIST_RECEIVED_BYTES = _d("emqx_clients_received_bytes_per_second", "Clients by bytes per second received from them since the exporter's previous poll." + _NO_RATE, _BYTE_RATE, _DECADES)
+DIST_SENT_BYTES = _d("emqx_clients_sent_bytes_per_second", "Clients by bytes per second sent to them since the exporter's previous poll." + _NO_RATE, _BYTE_RATE, _DECADES)
+DIST_RECEIVED_MESSAGES = _d("emqx_clients_received_messages_per_second", "Clients by PUBLISH messages per second received from them since the exporter's previous poll." + _NO_RATE, _MESSAGE_RATE, _DECADES)
+DIST_SENT_MESSAGES = _d("emqx_clients_sent_messages_per_second", "Clients by PUBLISH messages per second sent to them since the exporter's previous poll." + _NO_RATE, _MESSAGE_RATE, _DECADES)
+DIST_DROPPED = _d("emqx_clients_dropped_messages_per_second", "Clients by messages per second EMQX dropped for them (received, sent and queue drops) since the exporter's previous poll." + _NO_RATE, _DROP_RATE, _DECADES)
+DIST_CONNECTION_AGE = _d("emqx_clients_connection_age_seconds", "Connected clients by seconds since their connection was established.", _AGE, "log, on human units (10 s to 30 days)")
+DIST_SUBSCRIPTIONS = _d("emqx_clients_subscriptions_per_client", "Clients by the number of subscriptions they hold.", _SUBSCRIPTIONS, "log, 1-2-5 steps")
+
+DISTRIBUTIONS: tuple[Distribution, ...] = (
+    DIST_MQUEUE_FILL, DIST_INFLIGHT_FILL, DIST_RECEIVED_BYTES, DIST_SENT_BYTES,
+    DIST_RECEIVED_MESSAGES, DIST_SENT_MESSAGES, DIST_DROPPED, DIST_CONNECTION_AGE,
+    DIST_SUBSCRIPTIONS,
+)
+#: Every family the distributions are written as, in exposition order.
+DISTRIBUTION_FAMILIES: tuple[Family, ...] = tuple(
+    f for d in DISTRIBUTIONS for f in (d.family, *d.text_families))
 
 # --- exporter self-metrics --------------------------------------------------------------------
 SELF_PREFIX = "emqx_client_exporter_"

@@ -57,6 +57,15 @@ def error_reasons_table() -> str:
     return "\n".join(rows)
 
 
+def distributions_table() -> str:
+    rows = ["| metric (`gaugehistogram`) | upper bounds `le` (then `+Inf`) | spacing | meaning |",
+            "|---|---|---|---|"]
+    for d in contract.DISTRIBUTIONS:
+        bounds = ", ".join(f"{b:g}" for b in d.bounds)
+        rows.append(f"| `{d.name}` | {bounds} | {d.layout} | {d.help} |")
+    return "\n".join(rows)
+
+
 BLOCKS = {
     "flags": flags_table,
     "parts": parts_table,
@@ -64,6 +73,7 @@ BLOCKS = {
     "aggregate-metrics": aggregate_metrics_table,
     "error-reasons": error_reasons_table,
     "fault-matrix": fault_matrix_table,
+    "distributions": distributions_table,
 }
 
 

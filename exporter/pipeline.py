@@ -1,5 +1,5 @@
 """Stages after the download, fed page by page: de-duplication, counters, aggregation,
-selection and rendering of one cluster's poll.
+distributions, selection and rendering of one cluster's poll.
 
 Pages are processed as they arrive, so a poll never holds more than a page of full records
 beside the compact counter state, the top-K candidates and the watched clients. Every method
@@ -9,12 +9,16 @@ of `PollRun` runs on the cluster's single worker thread, never on the event loop
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
+import structlog
+
 from exporter import contract as c
+from exporter import distribution as d
 from exporter.aggregate import AggregateSettings, Aggregator, Classifier, Gauges, GroupKey
 from exporter.config import PerClientSettings
+from exporter.distribution import Histograms
 from exporter.labels import escape
 from exporter.records import ClientRecord
 from exporter.render import (
@@ -24,9 +28,19 @@ from exporter.render import (
     family_lines,
     identity_labels,
 )
-from exporter.selection import SelectionSettings, Selector, fill
+from exporter.selection import (
+    DEFAULT_RANKING,
+    RankedClient,
+    Scores,
+    SelectionSettings,
+    Selector,
+    TopK,
+    default_key,
+)
 from exporter.state import COUNTER_FIELDS, CounterState
 from exporter.timeparse import TimeParser
+
+log = structlog.get_logger(__name__)
 
 #: Record fields that each per-client part reads (for v5 `fields=` and lean decoding).
 PART_FIELDS: dict[str, tuple[str, ...]] = {
@@ -50,6 +64,11 @@ PART_FIELDS: dict[str, tuple[str, ...]] = {
 BASE_FIELDS = ("clientid", "node", "connected", "connected_at", "created_at", "username",
                "mqueue_len", "mqueue_max", "inflight", "inflight_max", "subscriptions",
                *COUNTER_FIELDS)
+#: Members of each ranking kept in a poll's summary (the status page shows them).
+SUMMARY_TOP = 10
+#: What to configure when the cap leaves clients out (logs, `check` and the status page).
+CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_client.top_k, "
+            "raise per_client.max_series, or turn per-client parts off")
 
 _COUNTERS = attrgetter(*COUNTER_FIELDS)
 
@@ -68,6 +87,33 @@ def series_per_client(parts: frozenset[str]) -> int:
     return max(1, total)
 
 
+@dataclass(frozen=True, slots=True)
+class SelectionSummary:
+    """Who got per-client series in a poll, who did not, and why."""
+
+    #: "all" (no selection configured), "default ranking" (the same, with the cap binding),
+    #: "watch only" or "configured" (watch list, allow list or top-K).
+    mode: str
+    listed: int
+    exported: int
+    #: Clients that qualified but were left out because of the cap.
+    left_out: int
+    max_series: int
+    series_per_client: int
+    watched: int = 0
+    watched_offline: int = 0
+    #: The first members of each ranking that ran, worst first.
+    top: dict[str, list[RankedClient]] = field(default_factory=dict)
+
+    @property
+    def max_clients(self) -> int:
+        return self.max_series // self.series_per_client
+
+    @property
+    def cap_binds(self) -> bool:
+        return self.left_out > 0
+
+
 @dataclass(slots=True)
 class PipelineResult:
     rendered: Rendered
@@ -77,6 +123,7 @@ class PipelineResult:
     clients: int
     duplicates: int
     listed: dict[str, int]
+    selection: SelectionSummary | None = None
 
 
 class Pipeline:
@@ -95,7 +142,7 @@ class Pipeline:
         self.renderer = ClientRenderer(self.render_settings, parse_time)
         self.selection = selection or SelectionSettings()
         self.selector = Selector(self.selection, series_per_client(per_client.parts))
-        self.state = CounterState()
+        self.state = CounterState(parse_time)
         #: Watched client id → when a poll last saw it online (Unix time).
         self.last_seen: dict[str, float] = {}
         self.polls = 0
@@ -103,6 +150,11 @@ class Pipeline:
         self.baseline = True
         self.last_poll_at: float | None = None
         self._node_index: dict[str, int] = {}
+        #: The cap left clients out in the last poll that walked: the next poll ranks everyone
+        #: by the default ranking instead of streaming (no selection configured).
+        self.cap_binds = False
+        #: A top-K ranks by reconnects: the score is needed for every client, not only shown.
+        self.ranks_reconnects = any(name == "reconnects" for name, _ in self.selection.top_k)
 
     def needed_fields(self) -> frozenset[str]:
         """Every record field some configured stage reads."""
@@ -121,7 +173,7 @@ class Pipeline:
     def start(self, now: float) -> PollRun:
         """Begin a poll; the first successful poll of the process sets the counters' baseline."""
         self.polls += 1
-        for top in self.selector.top:
+        for top in self.selector.trackers:
             top.start()
         elapsed = None if self.last_poll_at is None else max(1e-3, now - self.last_poll_at)
         return PollRun(self, now, elapsed)
@@ -133,11 +185,15 @@ class _NodePart:
 
     chunks: dict[c.Family, list[bytes]] = field(default_factory=dict)
     gauges: dict[GroupKey, Gauges] = field(default_factory=dict)
+    histograms: dict[GroupKey, Histograms] = field(default_factory=dict)
     clientids: list[str] = field(default_factory=list)
     #: Clients of this node rendered with the allow list.
     streamed: set[str] = field(default_factory=set)
     #: Allowed clients past the streaming budget, kept (boundedly) for room left at the end.
     overflow: list[ClientRecord] = field(default_factory=list)
+    #: With no selection configured, the streamed clients and their rate increases: ranked
+    #: by the default ranking at the end only if the cap turns out to bind in this poll.
+    scored: list[tuple[ClientRecord, list[int] | None]] = field(default_factory=list)
 
 
 class PollRun:
@@ -147,6 +203,12 @@ class PollRun:
         self.p = pipeline
         self.now = now
         self.elapsed = elapsed
+        #: 1 / seconds since the previous poll: counter increases times this are rates.
+        self.per_second = None if elapsed is None else 1.0 / elapsed
+        #: No selection configured and the cap bound last time: rank everyone, stream nobody.
+        self.ranked = pipeline.selector.default is not None and pipeline.cap_binds
+        #: No selection configured and the cap started binding during this poll.
+        self.cap_hit = False
         self.seen: set[str] = set()
         self.duplicates = 0
         self.nodes: dict[str, _NodePart] = {}
@@ -175,7 +237,9 @@ class PollRun:
         baseline = p.baseline
         seen = self.seen
         export_all = selector.settings.export_all
+        default = selector.default
         ranking = bool(selector.top)
+        ranked = self.ranked
         batch: dict[str, list[ClientRecord]] = {}
         # Records of one page nearly always share a node: look its part up once per change.
         current_node: str | None = None
@@ -199,48 +263,95 @@ class PollRun:
             gauges = part.gauges.get(key)
             if gauges is None:
                 gauges = part.gauges[key] = Gauges()
+                part.histograms[key] = Histograms()
             aggregator.gauge(gauges, record)
             connection = hash(record.connected_at or record.created_at or "")
-            deltas, new, first = state.observe(clientid, connection, _COUNTERS(record),
-                                               node_index, p.polls)
+            deltas, new, rated, since = state.observe(clientid, connection, _COUNTERS(record),
+                                                      node_index, p.polls, record.connected_at)
             aggregator.count(key, deltas, new and not baseline)
-            if ranking:
-                self._rank(record, deltas, first)
+            rate_deltas = deltas if rated else None
+            histograms = part.histograms[key]
+            histograms.records.append(record)
+            histograms.deltas.append(rate_deltas)
+            if since == since and record.connected is not False:  # NaN (unknown) != NaN
+                histograms.since.append(since)
+            scores = self._rank(record, rate_deltas) if ranking else None
             if clientid in watch:
                 self._watch(record)
             elif export_all or selector.allowed(record):
-                if self.allow_left > 0:
+                if ranked:
+                    self._offer_default(record, rate_deltas, scores)
+                elif self.allow_left > 0:
                     self.allow_left -= 1
                     batch.setdefault(node, []).append(record)
+                    if default is not None:
+                        part.scored.append((record, rate_deltas))
                 elif self.overflow_left > 0:
                     self.overflow_left -= 1
                     part.overflow.append(record)
+                elif default is not None:
+                    self.cap_hit = True
+                    self._offer_default(record, rate_deltas, scores)
                 else:
                     self.dropped_clients += 1
         for node, chosen in batch.items():
             self._render(self.nodes[node], chosen)
+        for part in self.nodes.values():
+            for histograms in part.histograms.values():
+                histograms.flush(self.per_second, self.now)
 
     def _watch(self, record: ClientRecord) -> None:
         self.watched[record.clientid] = record
         if record.connected is not False:
             self.p.last_seen[record.clientid] = self.now
 
-    def _rank(self, record: ClientRecord, deltas: list[int], first: bool) -> None:
-        # Rates need an earlier sighting and the time since the previous poll.
-        per_second = 0.0 if (first or self.elapsed is None) else 1.0 / self.elapsed
+    def _rank(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
+        """The client's scores, offered to each configured top-K.
+
+        The reconnect score is a lookup per client, so it is left at 0 here unless a top-K
+        ranks by it; `_reconnects_shown` fills it in for the members shown.
+        """
+        scores = self._scores(record, rate_deltas)
         for top in self.p.selector.top:
-            name = top.name
-            if name == "mqueue_fill":
-                score = fill(record.mqueue_len, record.mqueue_max)
-            elif name == "inflight_fill":
-                score = fill(record.inflight, record.inflight_max)
-            elif name == "drop_rate":
-                score = (deltas[4] + deltas[5] + deltas[7]) * per_second
-            elif name == "byte_rate":
-                score = (deltas[0] + deltas[1]) * per_second
-            else:
-                score = self.p.state.reconnect_score(record.clientid)
-            top.offer(score, record)
+            score = scores[top.index]
+            if score > 0 and score >= top.floor:
+                top.offer(score, scores, record)
+        return scores
+
+    def _offer_default(self, record: ClientRecord, rate_deltas: list[int] | None,
+                       scores: Scores | None = None) -> None:
+        if scores is None:
+            scores = self._scores(record, rate_deltas)
+        assert self.p.selector.default is not None
+        self.p.selector.default.offer(default_key(scores), scores, record)
+
+    def _scores(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
+        """The client's score in every ranking (see `selection.RANKINGS`).
+
+        `rate_deltas` are the counter increases when they make a rate (as the distributions
+        count them): a client without a rate yet scores 0 on rates.
+        """
+        per_second = self.per_second
+        drop_rate = byte_rate = 0.0
+        if rate_deltas is not None and per_second is not None:
+            drop_rate = d.dropped(rate_deltas) * per_second
+            byte_rate = (rate_deltas[0] + rate_deltas[1]) * per_second
+        scores: Scores = (
+            d.fill(record.mqueue_len, record.mqueue_max) or 0.0,
+            d.fill(record.inflight, record.inflight_max) or 0.0,
+            drop_rate,
+            byte_rate,
+            self.p.state.reconnect_score(record.clientid) if self.p.ranks_reconnects else 0.0,
+        )
+        return scores
+
+    def _reconnects_shown(self, top: TopK) -> None:
+        """Put the reconnect score into the scores of the members a ranking chose."""
+        if self.p.ranks_reconnects:
+            return  # already scored while ranking
+        state = self.p.state
+        top.last = [replace(m, scores=(*m.scores[:4], state.reconnect_score(m.clientid)))
+                    for m in top.last]
 
     def _render(self, part: _NodePart, records: Sequence[ClientRecord]) -> None:
         rendered = self.p.renderer.render(records, identity_labels(records,
@@ -258,7 +369,7 @@ class PollRun:
                 continue
             self.allow_left += len(part.streamed)
             self.overflow_left += len(part.overflow)
-            for top in self.p.selector.top:
+            for top in self.p.selector.trackers:
                 top.discard(part.clientids)
             for clientid in part.clientids:
                 self.watched.pop(clientid, None)
@@ -267,15 +378,32 @@ class PollRun:
         """Render the watch list, top-K and aggregates; forget clients that are gone."""
         p = self.p
         ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
+        listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         rendered: Rendered = {}
         streamed: set[str] = set()
         overflow: list[ClientRecord] = []
+        default = p.selector.default
+        by_default = default is not None and (self.ranked or self.cap_hit)
+        if by_default and not self.ranked:
+            # The cap started binding mid-poll: what streamed first came by listing order, so
+            # it is ranked with the rest and its rendering thrown away.
+            assert default is not None
+            for part in ok_parts.values():
+                for record, rate_deltas in part.scored:
+                    self._offer_default(record, rate_deltas)
         for part in ok_parts.values():
+            if by_default:
+                continue
             for family, texts in part.chunks.items():
                 rendered.setdefault(family, []).extend(texts)
             streamed.update(part.streamed)
             overflow.extend(part.overflow)
         late = self._late_selection(streamed, keep_members=not walked)
+        if by_default and default is not None and walked:
+            late = default.finish()
+            self._reconnects_shown(default)
+            self.dropped_clients = max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))
+                                       - len(late))
         chosen = {r.clientid for r in late}
         overflow = [r for r in overflow if r.clientid not in chosen]  # top-K took some
         room = max(0, p.selector.max_clients - len(streamed) - len(late))
@@ -285,31 +413,79 @@ class PollRun:
             batch = p.renderer.render(late, identity_labels(late, p.render_settings))
             for family, text in batch.items():
                 rendered.setdefault(family, []).append(text)
-        self._render_watch_extras(rendered)
+        offline = self._render_watch_extras(rendered)
         per_client = sum(t.count(b"\n") for texts in rendered.values() for t in texts)
-        gauges: dict[GroupKey, Gauges] = {key: Gauges() for key in p.aggregator.seeds(walked)}
+        seeds = p.aggregator.seeds(walked)
+        gauges: dict[GroupKey, Gauges] = {key: Gauges() for key in seeds}
+        histograms: dict[GroupKey, Histograms] = {key: Histograms() for key in seeds}
         for part in ok_parts.values():
             for key, g in part.gauges.items():
                 gauges.setdefault(key, Gauges()).add(g)
+            for key, h in part.histograms.items():
+                histograms.setdefault(key, Histograms()).add(h)
         if self.lookup:
             # Without a walk, only /nodes knows totals, only per node, and only those the
             # version reports: the rest is unknown, so absent.
             aggregates = (p.aggregator.render_node_totals(self.node_totals)
                           if p.aggregator.settings.labels == ("node",) else {})
         else:
-            aggregates = p.aggregator.render(gauges)
+            aggregates = p.aggregator.render(gauges, histograms)
         for family, text in aggregates.items():
             rendered.setdefault(family, []).append(text)
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))
         p.last_poll_at = self.now
+        clients = sum(listed.values())
+        summary = self._summary(clients, per_client_clients=len(streamed) + len(late),
+                                offline=offline, by_default=by_default)
         if walked:
             p.baseline = False
-        listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
+            self._note_cap(summary)
         return PipelineResult(
             rendered=rendered, per_client_series=per_client,
-            aggregate_series=sum(t.count(b"\n") for t in aggregates.values()),
+            aggregate_series=sum(t.count(b"\n") for f, t in aggregates.items()
+                                 if f.only != "openmetrics"),
             series_dropped=self.dropped_clients * p.selector.per_client_series,
-            clients=sum(listed.values()), duplicates=self.duplicates, listed=listed)
+            clients=clients, duplicates=self.duplicates, listed=listed, selection=summary)
+
+    def _summary(self, clients: int, *, per_client_clients: int, offline: int,
+                 by_default: bool) -> SelectionSummary:
+        p = self.p
+        settings = p.selector.settings
+        if settings.watch_only:
+            mode = "watch only"
+        elif not settings.export_all:
+            mode = "configured"
+        else:
+            by_default = by_default and self.dropped_clients > 0
+            mode = "default ranking" if by_default else "all"
+        rankings = list(p.selector.top)
+        if by_default and p.selector.default is not None:
+            rankings.append(p.selector.default)
+        return SelectionSummary(
+            mode=mode, listed=clients if not self.lookup else len(self.watched),
+            exported=per_client_clients, left_out=self.dropped_clients,
+            max_series=settings.max_series, series_per_client=p.selector.per_client_series,
+            watched=len(settings.watch), watched_offline=offline,
+            top={t.name: t.last[:SUMMARY_TOP] for t in rankings})
+
+    def _note_cap(self, summary: SelectionSummary) -> None:
+        """Log once when the cap starts leaving clients out, and once when it stops."""
+        p = self.p
+        binds = summary.cap_binds
+        if binds == p.cap_binds:
+            return
+        p.cap_binds = binds
+        cluster = dict(p.render_settings.const_labels).get("cluster")
+        if binds:
+            log.warning("per_client_cap_binding", cluster=cluster, listed=summary.listed,
+                        exported=summary.exported, left_out=summary.left_out,
+                        max_series=summary.max_series, chosen_by=(
+                            "default ranking: " + ", ".join(DEFAULT_RANKING)
+                            if summary.mode == "default ranking" else summary.mode),
+                        hint=CAP_HINT)
+        else:
+            log.info("per_client_cap_released", cluster=cluster, listed=summary.listed,
+                     exported=summary.exported)
 
     def _late_selection(self, streamed: set[str], *, keep_members: bool = False) -> list[
             ClientRecord]:
@@ -329,7 +505,9 @@ class PollRun:
         for top in selector.top:
             if keep_members:
                 continue  # a failed poll saw too little to change who is in the top-K
-            for record in top.finish():
+            members = top.finish()
+            self._reconnects_shown(top)
+            for record in members:
                 if record.clientid in chosen or record.clientid in streamed:
                     continue
                 if len(chosen) < room:
@@ -338,13 +516,13 @@ class PollRun:
                     self.dropped_clients += 1
         return list(chosen.values())
 
-    def _render_watch_extras(self, rendered: Rendered) -> None:
+    def _render_watch_extras(self, rendered: Rendered) -> int:
         """Watched clients not found are offline (unless their node failed to be walked);
-        every watched client gets its last-seen time."""
+        every watched client gets its last-seen time. Returns how many are known offline."""
         p = self.p
         watch = p.selector.settings.watch
         if not watch:
-            return
+            return 0
         const = "".join(f'{k}="{escape(v)}",' for k, v in p.render_settings.const_labels)
         failed = {p.node_index(n) for n in self.failed}
         missing = [cid for cid in sorted(watch - self.watched.keys() - self.unknown)
@@ -359,3 +537,4 @@ class PollRun:
                             [p.last_seen.get(cid) for cid in ids])
         if text:
             rendered.setdefault(c.CLIENT_LAST_SEEN_TS, []).append(text)
+        return len(missing) + sum(r.connected is False for r in self.watched.values())

@@ -52,6 +52,15 @@ class NodeOutcome:
     bad_example: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorNote:
+    """The last failure of a node (or of the whole poll), for the status page."""
+
+    reason: str
+    message: str
+    at: float
+
+
 @dataclass(slots=True)
 class PollReport:
     """What one poll did; `check` prints it, the service publishes its rendering."""
@@ -101,6 +110,9 @@ class ClusterPoller:
         #: Nodes of this replica's share seen by the last discovery: their `node_up` goes to
         #: 0, not away, when a later poll cannot even list them.
         self.known_nodes: list[str] = []
+        #: The last poll's report and each node's last failure ("" for the whole poll).
+        self.last_report: PollReport | None = None
+        self.last_failures: dict[str, ErrorNote] = {}
         # One worker thread per cluster runs the pipeline: pages are processed in arrival
         # order while the event loop downloads the next ones, and scrapes stay responsive.
         self._worker = ThreadPoolExecutor(max_workers=1,
@@ -331,6 +343,7 @@ class ClusterPoller:
                            bad_example=take_bad_example())
 
     def _record(self, report: PollReport) -> None:
+        self._remember(report)
         s = self.stats
         s.polled = True
         s.poll_duration = report.duration
@@ -361,6 +374,14 @@ class ClusterPoller:
             s.series_dropped = 0
         if report.error is not None:
             s.failing.setdefault(CLUSTER, str(report.error))
+
+    def _remember(self, report: PollReport) -> None:
+        self.last_report = report
+        failures = [(o.node, o.error) for o in report.outcomes if o.error is not None]
+        if report.error is not None:
+            failures.append(("", report.error))
+        for node, error in failures:
+            self.last_failures[node] = ErrorNote(error.reason, str(error), report.started)
 
 
 def _first_cause(exc: BaseException) -> BaseException:

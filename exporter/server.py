@@ -1,21 +1,20 @@
 """The scrape endpoint: serves the latest snapshot; a scrape never triggers a poll.
 
 Routes: /metrics (text 0.0.4 or OpenMetrics by Accept, gzip by Accept-Encoding), /-/healthy,
-/-/ready (503 until a first poll succeeded), / (a small status page), and POST /-/reload (when
-`reload_endpoint` is on). A WebGate, when given, guards them all (TLS, basic auth, headers).
+/-/ready (503 until a first poll succeeded), / with /status.json (the status page, see
+`status`; both 404 when `status_page` is off), and POST /-/reload (when `reload_endpoint` is on).
+A WebGate, when given, guards them all (TLS, basic auth, headers).
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from exporter import __version__
+from exporter import status
 from exporter.reload import ConfigReloader
-from exporter.selfmetrics import ClusterStats
 from exporter.service import Exporter
 from exporter.snapshot import (
     OPENMETRICS_CONTENT_TYPE,
@@ -95,34 +94,13 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def status_page(request: web.Request) -> web.Response:
-    exporter = request.app[EXPORTER_KEY]
-    rows = []
-    for poller in exporter.pollers:
-        s = poller.stats
-        nodes = ", ".join(f"{html.escape(n)}: {'up' if ok else 'DOWN'}"
-                          for n, ok in sorted(s.node_up.items())) or "-"
-        rows.append(
-            f"<tr><td>{html.escape(poller.label)}</td><td>{html.escape(s.emqx_version or '?')}"
-            f"</td><td>{html.escape(s.api or '?')}</td><td>{_poll_state(s)}</td>"
-            f"<td>{sum(s.clients_listed.values())}</td><td>{nodes}</td>"
-            f"<td>{s.poll_duration or 0:.2f} s</td></tr>")
-    body = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>emqx-client-exporter</title>"
-        "</head><body><h1>emqx-client-exporter " + html.escape(__version__) + "</h1>"
-        "<p><a href='/metrics'>/metrics</a> · <a href='/-/healthy'>/-/healthy</a> · "
-        "<a href='/-/ready'>/-/ready</a></p>"
-        f"<p>Snapshot: {exporter.snapshot.series} series.</p>"
-        "<table border='1' cellpadding='4'><tr><th>cluster</th><th>EMQX</th><th>API</th>"
-        "<th>poll</th><th>clients</th><th>nodes</th><th>last poll</th></tr>"
-        + "".join(rows) + "</table></body></html>")
-    return web.Response(text=body, content_type="text/html")
+    text = status.render_html(status.build_status(request.app[EXPORTER_KEY]))
+    return web.Response(text=text, content_type="text/html")
 
 
-def _poll_state(stats: ClusterStats) -> str:
-    """`up`, or `down` with what is failing now (cluster and nodes), escaped."""
-    failing = "".join(f"<br>{html.escape(target)}: {html.escape(error)}"
-                      for target, error in sorted(stats.failing.items()))
-    return ("up" if stats.up else "down") + failing
+async def status_json(request: web.Request) -> web.Response:
+    text = status.to_json(status.build_status(request.app[EXPORTER_KEY]))
+    return web.Response(text=text, content_type="application/json")
 
 
 async def reload_config(request: web.Request) -> web.Response:
@@ -149,7 +127,9 @@ def build_app(exporter: Exporter, *, poll: bool = True, gate: WebGate | None = N
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
-    app.router.add_get("/", status_page)
+    if exporter.settings.status_page:
+        app.router.add_get("/", status_page)
+        app.router.add_get("/status.json", status_json)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         exporter.start()

@@ -20,7 +20,8 @@ from exporter.render import Rendered
 Format = Literal["text", "openmetrics"]
 
 #: Families appear in this order; a family rendered by several clusters is emitted once.
-FAMILY_ORDER: tuple[Family, ...] = c.CLIENT_FAMILIES + c.AGGREGATE_FAMILIES
+FAMILY_ORDER: tuple[Family, ...] = (c.CLIENT_FAMILIES + c.AGGREGATE_FAMILIES
+                                    + c.DISTRIBUTION_FAMILIES)
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -66,6 +67,8 @@ class Snapshot:
         header = text_header if fmt == "text" else openmetrics_header
         out: list[bytes] = []
         for family, samples in self.chunks:
+            if family.only not in (None, fmt):
+                continue  # the other format's shape of the same samples
             out.append(header(family).encode())
             out.extend(samples)
         return tuple(out)
@@ -97,7 +100,8 @@ def compose(rendered: Sequence[Rendered], created: float) -> Snapshot:
         samples = tuple(text for r in rendered if family in r for text in r[family])
         if not samples:
             continue
-        series += sum(s.count(b"\n") for s in samples)
+        if family.only != "openmetrics":  # each sample once, not once per format's shape
+            series += sum(s.count(b"\n") for s in samples)
         chunks.append((family, samples))
     return Snapshot(tuple(chunks), series, created)
 

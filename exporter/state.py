@@ -8,8 +8,9 @@ can add each client's increase since the last poll, or a new connection's full v
 
 from __future__ import annotations
 
+import math
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import sub
 from typing import cast
 
@@ -28,7 +29,9 @@ RECONNECT_DECAY = 0.9
 class CounterState:
     """Last counter values per client id, packed in arrays indexed by a slot number."""
 
-    def __init__(self) -> None:
+    def __init__(self, parse_time: Callable[[str | None], float | None] | None = None) -> None:
+        #: Reads a connection's start time; parsed once per connection, not once per poll.
+        self._parse_time = parse_time
         self._slots: dict[str, int] = {}
         self._free: list[int] = []
         self._connection = array("q")       # hash of connected_at (or created_at)
@@ -36,6 +39,7 @@ class CounterState:
         self._seen = array("l")             # poll serial that last saw the client
         self._node = array("l")             # index of the node that last listed it
         self._reconnects = array("f")       # decayed count of new connections
+        self._since = array("d")            # when the connection started, Unix time (NaN: unknown)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -44,21 +48,28 @@ class CounterState:
         return clientid in self._slots
 
     def observe(self, clientid: str, connection: int, values: Sequence[int | None], node: int,
-                poll: int) -> tuple[list[int], bool, bool]:
-        """Record a sighting; return (increase per counter, new connection, first sighting).
+                poll: int, started: str | None = None) -> tuple[list[int], bool, bool, float]:
+        """Record a sighting; return (increase per counter, new connection, rated, since).
 
         A new connection adds its full value; so does a counter that went down without a new
         connection (EMQX restarted the process): a lower bound is better than a negative step.
+        `rated` says the increase is one poll interval's worth, so it makes a rate: the client
+        was seen on the same connection by the previous poll. `since` is when the connection
+        started (from `started`, read when the connection is new; NaN: unknown).
         """
         slot = self._slots.get(clientid)
-        first = slot is None
         if slot is None:
             slot = self._allocate(clientid)
             new = True
+            rated = False
         else:
             new = self._connection[slot] != connection
+            rated = not new and self._seen[slot] == poll - 1
             if new:
                 self._reconnects[slot] += 1.0
+        if new:
+            since = self._parse_time(started) if self._parse_time is not None else None
+            self._since[slot] = math.nan if since is None else since
         self._connection[slot] = connection
         self._seen[slot] = poll
         self._node[slot] = node
@@ -69,11 +80,11 @@ class CounterState:
             present = cast(Sequence[int], values)
             if new:
                 stored[base:base + WIDTH] = array("q", present)
-                return list(present), new, first
+                return list(present), new, rated, self._since[slot]
             deltas = list(map(sub, present, stored[base:base + WIDTH]))
             if min(deltas) >= 0:
                 stored[base:base + WIDTH] = array("q", present)
-                return deltas, new, first
+                return deltas, new, rated, self._since[slot]
         deltas = [0] * WIDTH
         for i, value in enumerate(values):
             if value is None:
@@ -81,9 +92,11 @@ class CounterState:
                     stored[base + i] = 0
                 continue
             previous = stored[base + i]
+            if value < previous:
+                rated = False  # the counter restarted: its increase spans an unknown time
             deltas[i] = value if (new or value < previous) else value - previous
             stored[base + i] = value
-        return deltas, new, first
+        return deltas, new, rated, self._since[slot]
 
     def node_of(self, clientid: str) -> int | None:
         """Index of the node that last listed the client, if it is tracked."""
@@ -120,6 +133,7 @@ class CounterState:
             self._seen.append(0)
             self._node.append(0)
             self._reconnects.append(0.0)
+            self._since.append(math.nan)
         self._slots[clientid] = slot
         return slot
 
@@ -128,6 +142,7 @@ class CounterState:
         import sys
 
         arrays = sum(a.itemsize * len(a) for a in (
-            self._connection, self._values, self._seen, self._node, self._reconnects))
+            self._connection, self._values, self._seen, self._node, self._reconnects,
+            self._since))
         keys = sum(sys.getsizeof(k) for k in self._slots)
         return arrays + sys.getsizeof(self._slots) + keys + 28 * len(self._slots)

@@ -58,7 +58,7 @@ async def test_a_heap_size_whose_bytes_overflow_is_dropped() -> None:
 
 def test_counter_state_takes_the_largest_value_in_range() -> None:
     state = CounterState()
-    deltas, _, _ = state.observe("c", 1, [2**63 - 1] * 11, 0, 1)
+    deltas, _, _, _ = state.observe("c", 1, [2**63 - 1] * 11, 0, 1)
     assert deltas == [2**63 - 1] * 11
 
 

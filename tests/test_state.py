@@ -15,24 +15,27 @@ def values(first: int | None, rest: int | None = 0) -> list[int | None]:
 
 def test_deltas_follow_one_connection_and_restart_on_a_new_one() -> None:
     state = CounterState()
-    deltas, new, first = state.observe("a", 1, values(100), node=0, poll=1)
-    assert (deltas[0], new, first) == (100, True, True)
-    deltas, new, first = state.observe("a", 1, values(130), node=0, poll=2)
-    assert (deltas[0], new, first) == (30, False, False)
+    deltas, new, rated, _ = state.observe("a", 1, values(100), node=0, poll=1)
+    assert (deltas[0], new, rated) == (100, True, False)
+    deltas, new, rated, _ = state.observe("a", 1, values(130), node=0, poll=2)
+    assert (deltas[0], new, rated) == (30, False, True)
     # a reconnect: the new connection's counter starts again; its full value is new traffic
-    deltas, new, first = state.observe("a", 2, values(12), node=0, poll=3)
-    assert (deltas[0], new, first) == (12, True, False)
+    deltas, new, rated, _ = state.observe("a", 2, values(12), node=0, poll=3)
+    assert (deltas[0], new, rated) == (12, True, False)
     # a counter that goes down on the same connection is taken as a restart, never negative
-    deltas, _, _ = state.observe("a", 2, values(5), node=0, poll=4)
-    assert deltas[0] == 5
+    deltas, _, rated, _ = state.observe("a", 2, values(5), node=0, poll=4)
+    assert deltas[0] == 5 and not rated
+    # a client missed by a poll (its node failed) has an increase spanning two intervals
+    deltas, new, rated, _ = state.observe("a", 2, values(9), node=0, poll=6)
+    assert (deltas[0], new, rated) == (4, False, False)
 
 
 def test_missing_values_count_nothing() -> None:
     state = CounterState()
     state.observe("a", 1, values(10, None), node=0, poll=1)
-    deltas, _, _ = state.observe("a", 1, values(None, None), node=0, poll=2)
+    deltas, _, _, _ = state.observe("a", 1, values(None, None), node=0, poll=2)
     assert deltas == [0] * WIDTH
-    deltas, _, _ = state.observe("a", 1, values(15, None), node=0, poll=3)
+    deltas, _, _, _ = state.observe("a", 1, values(15, None), node=0, poll=3)
     assert deltas[0] == 5
 
 
@@ -46,8 +49,8 @@ def test_sweep_forgets_gone_clients_but_not_those_of_failed_nodes() -> None:
     assert removed == 1 and len(state) == 2
     assert "on-failed-node" in state and "on-ok-node" not in state
     # a slot is reused, and a returning client starts afresh
-    deltas, new, first = state.observe("on-ok-node", 5, values(7), node=0, poll=3)
-    assert (deltas[0], new, first) == (7, True, True)
+    deltas, new, rated, _ = state.observe("on-ok-node", 5, values(7), node=0, poll=3)
+    assert (deltas[0], new, rated) == (7, True, False)
 
 
 def test_reconnect_score_decays() -> None:
@@ -67,6 +70,9 @@ def test_state_is_compact() -> None:
     assert state.nbytes() / len(state) < 400
 
 
+ZERO = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+
 def _rec(clientid: str):
     return record_type("v5")(clientid=clientid)
 
@@ -75,17 +81,17 @@ def test_top_k_keeps_the_worst_with_hysteresis() -> None:
     top = TopK("mqueue_fill", k=2, hysteresis=0.5)  # members stay within rank 3
     top.start()
     for name, score in (("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.0)):
-        top.offer(score, _rec(name))
+        top.offer(score, ZERO, _rec(name))
     assert [r.clientid for r in top.finish()] == ["a", "b"]
     # c overtakes b, but b is still within the wider band: membership does not flap
     top.start()
     for name, score in (("a", 0.9), ("c", 0.85), ("b", 0.8)):
-        top.offer(score, _rec(name))
+        top.offer(score, ZERO, _rec(name))
     assert {r.clientid for r in top.finish()} == {"a", "b"}
     # b falls out of the band: c takes the place
     top.start()
     for name, score in (("a", 0.9), ("c", 0.85), ("e", 0.84), ("f", 0.83), ("b", 0.1)):
-        top.offer(score, _rec(name))
+        top.offer(score, ZERO, _rec(name))
     assert {r.clientid for r in top.finish()} == {"a", "c"}
 
 
@@ -93,6 +99,33 @@ def test_top_k_ignores_zero_scores_and_discards_failed_nodes() -> None:
     top = TopK("drop_rate", k=3, hysteresis=0.0)
     top.start()
     for name, score in (("a", 0.0), ("b", 2.0), ("c", 1.0)):
-        top.offer(score, _rec(name))
+        top.offer(score, ZERO, _rec(name))
     top.discard(["b"])
     assert [r.clientid for r in top.finish()] == ["c"]
+
+
+def test_a_connection_start_is_read_once_per_connection() -> None:
+    read: list[str | None] = []
+
+    def parse(text: str | None) -> float | None:
+        read.append(text)
+        return None if text == "garbage" else 100.0
+
+    state = CounterState(parse)
+    *_, since = state.observe("a", 1, values(0), node=0, poll=1, started="t1")
+    assert since == 100.0
+    *_, since = state.observe("a", 1, values(0), node=0, poll=2, started="t1")
+    assert since == 100.0 and read == ["t1"]  # the same connection: not parsed again
+    *_, since = state.observe("a", 2, values(0), node=0, poll=3, started="garbage")
+    assert since != since and read == ["t1", "garbage"]  # unknown start: NaN
+
+
+def test_top_k_takes_lower_scores_again_after_a_discard() -> None:
+    top = TopK("byte_rate", k=1, hysteresis=0.0)
+    top.start()
+    top.offer(9.0, ZERO, _rec("gone"))
+    assert top.floor == 9.0  # full: lower scores need not be offered
+    top.discard(["gone"])
+    assert top.floor == 0.0
+    top.offer(2.0, ZERO, _rec("stays"))
+    assert [r.clientid for r in top.finish()] == ["stays"]
