@@ -231,7 +231,7 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     if report.error is not None and all(o.error is not None for o in report.outcomes):
         return f"cluster {label}: FAILED: {failure_text(report)}"
     version = next((n.version for n in report.nodes if n.version), "unknown")
-    generation = report.dialect.split("-", 1)[0] or "unknown"
+    generation = report.generation or "unknown"
     lines = [f"cluster {label}:",
              f"  EMQX {version}, API {generation}, listing {listing}, auth {auth}"]
     cluster_wide = listing.endswith("(cluster-wide)")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from exporter.api import ApiClient, Request
-from exporter.dialects import Dialect, parse_version
-from exporter.dialects.v5 import V5Base, send_asking_for_all_if_rejected
+from exporter.dialects import Dialect
+from exporter.dialects.base import BatchLookup, send_listing
 from exporter.errors import ApiError, ExporterError
 from exporter.records import ClientRecord
 
@@ -48,50 +48,43 @@ def batches(clientids: Sequence[str], base_line: int) -> Iterator[list[str]]:
         yield batch
 
 
-def filter_dialect(dialect: Dialect) -> V5Base | None:
-    """The dialect itself when its version takes repeated `clientid=` filters (5.6+)."""
-    if isinstance(dialect, V5Base) and parse_version(dialect.version) >= (5, 6, 0):
-        return dialect
-    return None
-
-
 async def look_up(client: ApiClient, dialect: Dialect, clientids: Sequence[str],
                   deliver: Callable[[list[ClientRecord]], Awaitable[None]]) -> LookupResult:
     """Find the watched clients; each batch or lookup that fails marks its ids unknown."""
     result = LookupResult()
     ids = sorted(set(clientids))
-    filtering = filter_dialect(dialect)
-    if filtering is not None:
-        await _filtered(client, filtering, ids, deliver, result)
+    batch_lookup = dialect.batch_lookup
+    if batch_lookup is not None:
+        await _filtered(client, dialect, batch_lookup, ids, deliver, result)
     else:
         await _one_by_one(client, dialect, ids, deliver, result)
     return result
 
 
-async def _filtered(client: ApiClient, dialect: V5Base, ids: list[str],
-                    deliver: Callable[[list[ClientRecord]], Awaitable[None]],
+async def _filtered(client: ApiClient, dialect: Dialect, batch_lookup: BatchLookup,
+                    ids: list[str], deliver: Callable[[list[ClientRecord]], Awaitable[None]],
                     result: LookupResult) -> None:
-    first = dialect.lookup_list_request([])
+    first = batch_lookup.lookup_list_request([])
     # "GET /api/v5/clients?limit=..&fields=..&page=N HTTP/1.1", with room for a long page.
     base_line = (len("GET /api/v5/clients?") + len(" HTTP/1.1") + len("&page=9999")
                  + sum(len(k) + len(quote(v, safe=",")) + 2 for k, v in first.params))
     for batch in batches(ids, base_line):
         try:
-            await _one_batch(client, dialect, batch, deliver, result)
+            await _one_batch(client, dialect, batch_lookup, batch, deliver, result)
         except ExporterError as exc:
             result.errors.append(exc)
             result.unknown.update(batch)
 
 
-async def _one_batch(client: ApiClient, dialect: V5Base, batch: list[str],
-                     deliver: Callable[[list[ClientRecord]], Awaitable[None]],
+async def _one_batch(client: ApiClient, dialect: Dialect, batch_lookup: BatchLookup,
+                     batch: list[str], deliver: Callable[[list[ClientRecord]], Awaitable[None]],
                      result: LookupResult) -> None:
-    request: Request | None = dialect.lookup_list_request(batch)
+    request: Request | None = batch_lookup.lookup_list_request(batch)
     missing = set(batch)
     while request is not None and missing:
-        response, request = await send_asking_for_all_if_rejected(client, dialect, request)
+        response, request = await send_listing(client, dialect, request)
         result.requests += 1
-        page = dialect.parse_page(response, request)
+        page = batch_lookup.parse_page(response, request)
         # Offline durable sessions come with every answer, asked for or not (REFERENCE.md
         # §12.2): keep the asked ids only.
         records = [r for r in page.records if r.clientid in missing]

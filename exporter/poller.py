@@ -11,10 +11,12 @@ from typing import TypeVar
 
 import structlog
 
-from exporter.api import ApiClient, Auth, BasicAuth, BearerLogin, RetryPolicy
+from exporter.api import ApiClient, RetryPolicy
+from exporter.auth import build_auth, follow_generation
 from exporter.config import ClusterSettings
-from exporter.dialects import Detected, Dialect, NodeInfo, detect, make_dialect, parse_version
-from exporter.errors import ApiError, ExporterError, InternalError
+from exporter.dialects import Detected, Dialect, NodeInfo
+from exporter.dialects.discovery import DialectOptions, Discovery
+from exporter.errors import ExporterError, InternalError
 from exporter.health import CLUSTER, Health
 from exporter.lookup import look_up
 from exporter.pipeline import Pipeline, PipelineResult, PollRun
@@ -27,18 +29,6 @@ from exporter.walker import NodeWalk, walk
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
-
-
-def build_auth(settings: ClusterSettings) -> Auth | None:
-    """API key (Basic) when given, else a user: v5 logs in for a bearer token, v3/v4 use Basic."""
-    if settings.api_key and settings.api_secret is not None:
-        kind = "API key" if settings.api in ("auto", "v5") else "application id and secret"
-        return BasicAuth(settings.api_key, settings.api_secret, kind)
-    if settings.username and settings.password is not None:
-        if settings.api in ("v3", "v4"):
-            return BasicAuth(settings.username, settings.password, "dashboard user")
-        return BearerLogin(settings.username, settings.password)
-    return None
 
 
 @dataclass(slots=True)
@@ -68,7 +58,9 @@ class PollReport:
     started: float
     duration: float = 0.0
     detected: Detected | None = None
+    #: The dialect's name and API generation ("v5-cursor", "v5"); empty until /nodes answered.
     dialect: str = ""
+    generation: str = ""
     nodes: list[NodeInfo] = field(default_factory=list)
     #: This replica's share of the nodes (`--shard`); None until /nodes answered.
     shard: ShardPlan | None = None
@@ -103,8 +95,11 @@ class ClusterPoller:
             retry=RetryPolicy(retries=settings.retries), tls=settings.tls,
             connections=settings.node_concurrency + 2, observer=stats.observe_request,
             max_body=settings.max_body_bytes)
-        self.dialect: Dialect | None = None
-        self.version: str | None = None
+        self.discovery = Discovery(
+            self.client,
+            DialectOptions(api=settings.api, listing=settings.listing,
+                           page_size=settings.page_size, filters=settings.filters),
+            fields=pipeline.needed_fields, label=self.label)
         self.rendered: Rendered = {}
         self.health = Health(self.label, settings.interval)
         #: Nodes of this replica's share seen by the last discovery: their `node_up` goes to
@@ -122,50 +117,22 @@ class ClusterPoller:
     def label(self) -> str:
         return self.settings.name or self.settings.url
 
+    @property
+    def dialect(self) -> Dialect | None:
+        """The dialect in use; None until the first discovery."""
+        return self.discovery.dialect
+
+    @property
+    def version(self) -> str | None:
+        """The lowest EMQX version among the running nodes, as last seen."""
+        return self.discovery.version
+
     async def close(self) -> None:
         await self.client.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def _on_worker(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
-
-    async def _discover(self, report: PollReport) -> list[NodeInfo]:
-        if self.dialect is not None:
-            try:
-                nodes = self.dialect.parse_nodes(await self.client.send(
-                    self.dialect.nodes_request()))
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                self.dialect = None  # the API moved (an upgrade?): detect again
-            else:
-                self._adopt(nodes)
-                return nodes
-        detected = await detect(self.client, self.settings.api)  # type: ignore[arg-type]
-        report.detected = detected
-        self.dialect = None
-        self._adopt(detected.nodes, detected.generation)
-        return detected.nodes
-
-    def _adopt(self, nodes: list[NodeInfo], generation: str | None = None) -> None:
-        """(Re)build the dialect when the generation or the lowest node version changed."""
-        versions = [n.version for n in nodes if n.running and n.version]
-        version = min(versions, key=parse_version) if versions else self.version
-        if self.dialect is not None and version == self.version:
-            return
-        gen = generation or (self.dialect.generation if self.dialect else "v5")
-        auth = self.client.auth
-        if isinstance(auth, BasicAuth) and self.settings.api_key:
-            # An API key on v5 is an application id and secret on v3/v4: name it as EMQX does.
-            auth.kind = "API key" if gen == "v5" else "application id and secret"
-        self.dialect = make_dialect(gen, version, listing=self.settings.listing,  # type: ignore[arg-type]
-                                    page_size=self.settings.page_size,
-                                    attrs=self.pipeline.needed_fields(),
-                                    filters=self.settings.filters)
-        if version != self.version:
-            log.info("emqx_detected", cluster=self.label, version=version,
-                     dialect=self.dialect.name, nodes=len(nodes))
-        self.version = version
 
     async def poll_once(self) -> PollReport:
         """One complete poll; never raises: any failure, a bug of ours too, lands in the report."""
@@ -190,17 +157,22 @@ class ClusterPoller:
 
     async def _poll(self, report: PollReport) -> None:
         """Discover, walk, finish; raises on a cluster-level failure."""
-        nodes = await self._discover(report)
-        assert self.dialect is not None
+        discovered = await self.discovery.discover()
+        dialect = discovered.dialect
+        follow_generation(self.client.auth, dialect.generation)
+        nodes = discovered.nodes
+        report.detected = discovered.detected
         report.nodes = nodes
-        report.dialect = self.dialect.name
+        report.dialect = dialect.name
+        report.generation = dialect.generation
         report.shard = assign(nodes, self.settings.shard)
-        self.known_nodes = [n.name for n in nodes if report.shard.owns(n.name)]
+        mine = report.shard.mine(nodes)
+        self.known_nodes = [n.name for n in mine]
         run = await self._on_worker(self.pipeline.start, report.started)
         if self.pipeline.selection.watch_only:
-            await self._look_up(self.dialect, nodes, report.shard, report, run)
+            await self._look_up(dialect, mine, report.shard, report, run)
         else:
-            await self._walk_all(self.dialect, nodes, report.shard, report, run)
+            await self._walk_all(dialect, mine, report.shard, report, run)
         self._log_bad_rows(report)
         if not report.ok:
             # Every node failed and was counted already; the poll fails with the first cause.
@@ -219,7 +191,13 @@ class ClusterPoller:
 
     def _finish(self, report: PollReport, began: float) -> PollReport:
         report.duration = time.perf_counter() - began
-        self._record(report)
+        self._remember(report)
+        served = report.result if report.ok else None
+        self.rendered = served.rendered if served is not None else {}
+        self.stats.record(report, known_nodes=self.known_nodes,
+                          api=self.dialect.name if self.dialect is not None else None,
+                          emqx_version=self.version, failing=self.health.failing(),
+                          now=self.clock())
         return report
 
     def _count(self, error: ExporterError) -> None:
@@ -242,9 +220,9 @@ class ClusterPoller:
                         hint="a value of the wrong type or out of range is dropped and counted "
                              "in api_errors_total{reason=\"bad_value\"}")
 
-    async def _walk_all(self, dialect: Dialect, nodes: list[NodeInfo], shard: ShardPlan,
+    async def _walk_all(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
                         report: PollReport, run: PollRun) -> None:
-        mine = [n for n in nodes if shard.owns(n.name)]
+        """Walk this replica's nodes (`mine`); a stopped node is a failed outcome."""
         running = [n.name for n in mine if n.running]
         for n in mine:
             if not n.running:
@@ -271,13 +249,12 @@ class ClusterPoller:
             tasks = [group.create_task(bounded(n)) for n in running]
         report.outcomes.extend(task.result() for task in tasks)
 
-    async def _look_up(self, dialect: Dialect, nodes: list[NodeInfo], shard: ShardPlan,
+    async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
                        report: PollReport, run: PollRun) -> None:
         """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
         began = time.perf_counter()
         run.lookup = True
-        run.node_totals = {n.name: (n.online, n.sessions)
-                           for n in nodes if n.running and shard.owns(n.name)}
+        run.node_totals = {n.name: (n.online, n.sessions) for n in mine if n.running}
         if not shard.owned:
             return
 
@@ -293,11 +270,10 @@ class ClusterPoller:
         if not result.errors:
             self.health.recovered("lookup", self.clock())
         seconds = time.perf_counter() - began
-        for n in nodes:
-            if shard.owns(n.name):
-                report.outcomes.append(NodeOutcome(
-                    n.name, NodeWalk(n.name, pages=result.requests, rows=result.found),
-                    None if n.running else ExporterError("node stopped"), seconds))
+        report.outcomes.extend(
+            NodeOutcome(n.name, NodeWalk(n.name, pages=result.requests, rows=result.found),
+                        None if n.running else ExporterError("node stopped"), seconds)
+            for n in mine)
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: PollRun,
                         covers: list[str], shard: ShardPlan) -> NodeOutcome:
@@ -341,39 +317,6 @@ class ClusterPoller:
             log.info("listing_quirk", cluster=self.label, node=name, quirk=note)
         return NodeOutcome(name, result, seconds=time.perf_counter() - began,
                            bad_example=take_bad_example())
-
-    def _record(self, report: PollReport) -> None:
-        self._remember(report)
-        s = self.stats
-        s.polled = True
-        s.poll_duration = report.duration
-        s.up = report.ok
-        if report.shard is not None:
-            s.shard_nodes = len(report.shard.owned)
-        # Every known node gets a value: 0 when the poll could not even list the nodes.
-        s.node_up = dict.fromkeys(self.known_nodes, False)
-        s.node_up.update({o.node: o.error is None for o in report.outcomes if o.node})
-        s.clients_listed = {o.node: o.clients for o in report.outcomes
-                            if o.error is None and o.node}
-        s.duplicates += report.duplicates
-        if self.dialect is not None:
-            s.api = self.dialect.name
-        s.emqx_version = self.version or ""
-        s.failing = {target: str(error) for target, error in self.health.failing().items()}
-        if report.ok and report.result is not None:
-            s.last_success = self.clock()
-            s.rendered_at = s.last_success
-            self.rendered = report.result.rendered
-            s.series = {"per_client": report.result.per_client_series,
-                        "aggregate": report.result.aggregate_series}
-            s.series_dropped = report.result.series_dropped
-        else:
-            # Nothing of this poll is served; the self-metrics describe this poll, not the last.
-            self.rendered = {}
-            s.series = {"per_client": 0, "aggregate": 0}
-            s.series_dropped = 0
-        if report.error is not None:
-            s.failing.setdefault(CLUSTER, str(report.error))
 
     def _remember(self, report: PollReport) -> None:
         self.last_report = report

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
@@ -26,6 +27,11 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.contract import SELF_PREFIX
+from exporter.errors import ExporterError
+from exporter.health import CLUSTER
+
+if TYPE_CHECKING:
+    from exporter.poller import PollReport
 
 #: Request latency buckets in seconds: EMQX pages take from milliseconds to tens of seconds.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -75,6 +81,42 @@ class ClusterStats:
 
     def count_error(self, reason: str, amount: int = 1) -> None:
         self.api_errors[reason] += amount
+
+    def record(self, report: PollReport, *, known_nodes: Sequence[str], api: str | None,
+               emqx_version: str | None, failing: Mapping[str, ExporterError],
+               now: float) -> None:
+        """Describe the poll `report` tells of; a failed poll leaves no series served.
+
+        `known_nodes` are the nodes of this replica's share seen by the last discovery: their
+        `node_up` goes to 0, not away, when this poll could not even list them. `api` is the
+        dialect in use (None: none yet, keep the last), `failing` what health says is failing.
+        """
+        self.polled = True
+        self.poll_duration = report.duration
+        self.up = report.ok
+        if report.shard is not None:
+            self.shard_nodes = len(report.shard.owned)
+        self.node_up = dict.fromkeys(known_nodes, False)
+        self.node_up.update({o.node: o.error is None for o in report.outcomes if o.node})
+        self.clients_listed = {o.node: o.clients for o in report.outcomes
+                               if o.error is None and o.node}
+        self.duplicates += report.duplicates
+        if api is not None:
+            self.api = api
+        self.emqx_version = emqx_version or ""
+        self.failing = {target: str(error) for target, error in failing.items()}
+        if report.ok and report.result is not None:
+            self.last_success = now
+            self.rendered_at = now
+            self.series = {"per_client": report.result.per_client_series,
+                           "aggregate": report.result.aggregate_series}
+            self.series_dropped = report.result.series_dropped
+        else:
+            # Nothing of this poll is served; the self-metrics describe this poll, not the last.
+            self.series = {"per_client": 0, "aggregate": 0}
+            self.series_dropped = 0
+        if report.error is not None:
+            self.failing.setdefault(CLUSTER, str(report.error))
 
 
 @dataclass(slots=True)

@@ -48,6 +48,10 @@ class ShardPlan:
     def owns(self, node: str) -> bool:
         return node in self._mine
 
+    def mine(self, nodes: Sequence[NodeInfo]) -> list[NodeInfo]:
+        """The listed nodes this replica owns, in the order listed."""
+        return [n for n in nodes if n.name in self._mine]
+
     def owner_of_row(self, row_node: str | None) -> str | None:
         """The node a listed row counts for: its own node, or the anchor when it names none
         we know. `keep` applies this rule, written out for speed."""

@@ -80,8 +80,7 @@ def listing_mode(dialect: Dialect | None) -> str:
     """How a dialect lists clients: `page (per node)`, `cursor (cluster-wide)`, ..."""
     if dialect is None:
         return "unknown"
-    kind = "cursor" if dialect.name.endswith("cursor") else "page"
-    return f"{kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
+    return f"{dialect.listing_kind} ({'per node' if dialect.per_node else 'cluster-wide'})"
 
 
 def explain(summary: SelectionSummary) -> list[str]:

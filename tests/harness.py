@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
+from exporter.api import ApiClient, BasicAuth, RetryPolicy
 from exporter.config import load_settings
 from exporter.server import build_app
 from exporter.service import Exporter
@@ -86,3 +87,19 @@ def value(samples: list[Sample], name: str, **labels: str) -> float | None:
         if n == name and all(item in got for item in want):
             return v
     return None
+
+
+@asynccontextmanager
+async def sim_api(sim: SimSettings) -> AsyncIterator[tuple[SimCluster, ApiClient]]:
+    """A simulated cluster on a free loopback port and a request funnel to it, no exporter:
+    for tests of one stage (a walk, a lookup, a discovery)."""
+    cluster = SimCluster(sim, ManualClock())
+    server = TestServer(build_sim_app(cluster), host="127.0.0.1")
+    await server.start_server()
+    client = ApiClient(str(server.make_url("/")), BasicAuth(sim.api_key, sim.api_secret),
+                       retry=RetryPolicy(retries=0))
+    try:
+        yield cluster, client
+    finally:
+        await client.close()
+        await server.close()

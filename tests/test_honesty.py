@@ -297,13 +297,14 @@ async def test_status_page_says_what_failed() -> None:
         r.cluster.faults.add("node_error", node=NODE2, endpoint=CLIENTS_V5)
         await r.poll()
         page = await (await r.client.get("/")).text()
-        assert f"{NODE2}: clients: HTTP 500 NODE_DOWN" in page
+        assert "partial: 1 of 3 nodes failed" in page
+        assert "clients: HTTP 500 NODE_DOWN" in page
         r.cluster.faults.clear()
         r.cluster.faults.add("http_error", status=503, endpoint="GET /api/v5/nodes")
         r.clock.advance(30)
         await r.poll()
         page = await (await r.client.get("/")).text()
-        assert "down<br>cluster: nodes: HTTP 503" in page
+        assert "failed: server_error: nodes: HTTP 503" in page
 
 
 def test_check_reports_a_crash_in_one_line(monkeypatch: pytest.MonkeyPatch,

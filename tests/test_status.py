@@ -142,6 +142,7 @@ async def test_a_failed_poll_stays_on_the_page_after_recovery() -> None:
         await r.poll()
         failed = json.loads(await (await r.client.get("/status.json")).text())["clusters"][0]
         r.cluster.faults.remove(rule.id)
+        r.clock.advance(60)  # past the first back-off after a rejected login
         await r.poll()
         page = visible_text(await (await r.client.get("/")).text())
     assert failed["up"] is False and failed["outcome"].startswith("failed: unauthorized: ")
@@ -185,5 +186,6 @@ def test_bad_status_settings_name_the_key(key: str, value: str, message: str) ->
     from exporter.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        load_settings({"emqx_url": "http://emqx:18083", key: value}, {}, None)
+        load_settings({"emqx_url": "http://emqx:18083", "api_key": "k", "api_secret": "s",
+                       key: value}, {}, None)
     assert caught.value.key == key and message in str(caught.value)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
-from exporter.api import Request, Response
-from exporter.errors import DecodeError
+from exporter.api import ApiClient, Request, Response
+from exporter.errors import ApiError, DecodeError, ExporterError
 from exporter.records import ClientRecord, Generation, lenient_record
 
 
@@ -42,12 +42,49 @@ class Page:
     notes: list[str] = field(default_factory=list)
 
 
+#: How a dialect lists clients: numbered pages, or a cursor from page to page.
+ListingKind = Literal["page", "cursor"]
+
+
+@dataclass(slots=True)
+class WalkExtras:
+    """What a dialect's after-walk step adds to the walk's tally."""
+
+    bad_rows: int = 0
+    bad_values: int = 0
+    #: Failures that cost some figures but not the walk (v3 session listing).
+    soft_errors: list[ExporterError] = field(default_factory=list)
+
+
+class BatchLookup(Protocol):
+    """Looks many clients up in one listing request (repeated `clientid=`, EMQX 5.6+)."""
+
+    def lookup_list_request(self, clientids: list[str]) -> Request: ...
+
+    def parse_page(self, response: Response, request: Request) -> Page: ...
+
+
 class Dialect(Protocol):
-    """One API generation's paths, paging and decoding, yielding normalized records."""
+    """One API generation's paths, paging and decoding, yielding normalized records.
+
+    Callers (walker, lookups, poller, CLI) use only what is declared here.
+    """
 
     name: str            # "v3", "v4", "v5", "v5-cursor": shown in `check` and build_info
     generation: Generation
+    #: The EMQX version the dialect was built for (the lowest running node's); None: unknown.
+    version: str | None
+    listing_kind: ListingKind
     per_node: bool       # False: one walk covers the whole cluster (cursor without node=)
+    #: Server-side filters sent with every listing (empty where the generation has none).
+    filters: tuple[tuple[str, str], ...]
+    #: True when a walk must hold its rows until `after_walk` completed them (v3).
+    holds_rows: bool
+
+    @property
+    def batch_lookup(self) -> BatchLookup | None:
+        """The batched lookup this version supports; None: one request per client."""
+        ...
 
     def nodes_request(self) -> Request: ...
 
@@ -60,6 +97,29 @@ class Dialect(Protocol):
     def lookup_request(self, clientid: str) -> Request: ...
 
     def parse_lookup(self, response: Response) -> ClientRecord | None: ...
+
+    def fields_rejected(self, request: Request, error: ApiError) -> Request | None:
+        """The request to send again when `error` rejected the fields it asked for (and ask
+        for every field from now on); None when the error stands."""
+        ...
+
+    async def after_walk(self, client: ApiClient, node: str | None,
+                         records: list[ClientRecord], max_pages: int) -> WalkExtras:
+        """Complete a node's held records once its listing is walked (v3: queue figures)."""
+        ...
+
+
+async def send_listing(client: ApiClient, dialect: Dialect,
+                       request: Request) -> tuple[Response, Request]:
+    """Send a listing or lookup, again without the fields the dialect asked for should EMQX
+    reject them; returns the answer and the request it answers."""
+    try:
+        return await client.send(request), request
+    except ApiError as exc:
+        retry = dialect.fields_rejected(request, exc)
+        if retry is None:
+            raise
+        return await client.send(retry), retry
 
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")

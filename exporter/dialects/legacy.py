@@ -7,8 +7,16 @@ from urllib.parse import quote
 
 import msgspec
 
-from exporter.api import Request, Response
-from exporter.dialects.base import NodeInfo, Page, RowDecoder, decode
+from exporter.api import ApiClient, Request, Response
+from exporter.dialects.base import (
+    BatchLookup,
+    ListingKind,
+    NodeInfo,
+    Page,
+    RowDecoder,
+    WalkExtras,
+    decode,
+)
 from exporter.dialects.nodes import parse_enveloped_nodes
 from exporter.dialects.paged import (
     check_envelope,
@@ -17,6 +25,7 @@ from exporter.dialects.paged import (
     page_decoders,
     paged_result,
 )
+from exporter.errors import ApiError
 from exporter.records import ClientRecord, Generation, record_type
 
 #: No cap on `_limit` in v3/v4; 10000 is their own default (`max_row_limit`).
@@ -29,6 +38,8 @@ class LegacyDialect:
     name: str
     generation: Generation
     per_node = True
+    listing_kind: ListingKind = "page"
+    holds_rows = False
     #: Path of the per-node listing after /api/vN/nodes/{node}/ (v3 ends it with a slash).
     listing: tuple[str, ...]
     lookup_path: tuple[str, ...]
@@ -49,6 +60,17 @@ class LegacyDialect:
             f"Lookup{self.generation}",
             [("code", int | str | None, None), ("message", str | None, None),
              ("data", list[full], msgspec.field(default_factory=list))]))  # type: ignore[valid-type]
+
+    @property
+    def batch_lookup(self) -> BatchLookup | None:
+        return None  # no repeated `clientid=` before v5: one lookup per client
+
+    def fields_rejected(self, request: Request, error: ApiError) -> Request | None:
+        return None  # v3/v4 listings take no `fields=`
+
+    async def after_walk(self, client: ApiClient, node: str | None,
+                         records: list[ClientRecord], max_pages: int) -> WalkExtras:
+        return WalkExtras()
 
     @property
     def _api(self) -> tuple[str, str]:

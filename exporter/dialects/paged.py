@@ -9,7 +9,14 @@ from typing import Any
 import msgspec
 
 from exporter.api import Request, Response
-from exporter.dialects.base import Page, RowDecoder, decode, parse_version, require_json
+from exporter.dialects.base import (
+    Dialect,
+    Page,
+    RowDecoder,
+    decode,
+    parse_version,
+    require_json,
+)
 from exporter.errors import ApiError, DecodeError
 from exporter.records import ClientRecord
 
@@ -90,7 +97,7 @@ def filter_params(generation: str, filters: tuple[tuple[str, str], ...]) -> tupl
     return tuple((names[k], v) for k, v in filters if k in names)
 
 
-def offline_row_check(dialect: object) -> Callable[[ClientRecord], bool] | None:
+def offline_row_check(dialect: Dialect) -> Callable[[ClientRecord], bool] | None:
     """For v5 5.6+ walks with server-side filters, a check of offline rows against them.
 
     EMQX appends offline durable sessions to `/clients` answers without applying the filters
@@ -98,11 +105,10 @@ def offline_row_check(dialect: object) -> Callable[[ClientRecord], bool] | None:
     them too. They are always offline, and rows EMQX did filter match already, so only
     offline rows are checked. None when there is nothing to check.
     """
-    filters = getattr(dialect, "filters", ())
-    version = parse_version(getattr(dialect, "version", None))
-    if not filters or getattr(dialect, "generation", "") != "v5" or version < (5, 6, 0):
+    if (not dialect.filters or dialect.generation != "v5"
+            or parse_version(dialect.version) < (5, 6, 0)):
         return None
-    wanted = dict(filters)
+    wanted = dict(dialect.filters)
 
     def matches(record: ClientRecord) -> bool:
         username = record.username or ""

@@ -10,11 +10,11 @@ from typing import Any
 
 import msgspec
 
-from exporter.api import Request, Response
-from exporter.dialects.base import decode, parse_version, require_json
+from exporter.api import ApiClient, Request, Response
+from exporter.dialects.base import WalkExtras, decode, parse_version, require_json
 from exporter.dialects.legacy import LegacyDialect
 from exporter.dialects.paged import GenericPage, Meta, check_envelope, next_page
-from exporter.errors import DecodeError
+from exporter.errors import DecodeError, ExporterError
 from exporter.records import ClientRecord, Generation, Number, valid_value
 
 
@@ -97,11 +97,37 @@ class V3Dialect(LegacyDialect):
     lookup_path = ("connections",)
     endpoint = "connections"
     connected_default = True  # no `connected` flag: a listed connection is online
+    holds_rows = True  # queue figures come from the session listing, merged after the walk
 
     def __init__(self, version: str | None = None, page_size: int | None = None,
                  attrs: frozenset[str] | None = None) -> None:
         super().__init__(version, page_size, attrs)
         self._sessions = msgspec.json.Decoder(_SessionPage)
+
+    async def after_walk(self, client: ApiClient, node: str | None,
+                         records: list[ClientRecord], max_pages: int) -> WalkExtras:
+        """Copy queue figures from the node's session listing; a failure there costs only
+        those figures."""
+        extras = WalkExtras()
+        if node is None:
+            return extras
+        by_id = {r.clientid: r for r in records}
+        request: Request | None = self.sessions_request(node)
+        pages = 0
+        try:
+            while request is not None and pages < max_pages:
+                sessions, request, bad_rows, bad_values = self.parse_sessions(
+                    await client.send(request), request)
+                extras.bad_rows += bad_rows
+                extras.bad_values += bad_values
+                pages += 1
+                for session in sessions:
+                    record = by_id.get(session.client_id)
+                    if record is not None:
+                        session.apply(record)
+        except ExporterError as exc:
+            extras.soft_errors.append(exc)
+        return extras
 
     def sessions_request(self, node: str) -> Request:
         return Request("GET", ("api", "v3", "nodes", node, "sessions", ""),

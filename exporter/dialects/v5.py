@@ -6,7 +6,16 @@ import msgspec
 import structlog
 
 from exporter.api import ApiClient, Request, Response
-from exporter.dialects.base import NodeInfo, Page, RowDecoder, decode, parse_version
+from exporter.dialects.base import (
+    BatchLookup,
+    ListingKind,
+    NodeInfo,
+    Page,
+    RowDecoder,
+    WalkExtras,
+    decode,
+    parse_version,
+)
 from exporter.dialects.nodes import parse_bare_nodes
 from exporter.dialects.paged import (
     decode_listing,
@@ -52,24 +61,9 @@ def expiry_in_milliseconds(version: tuple[int, int, int]) -> bool:
     return (5, 0, 0) <= version < (5, 0, 14)
 
 
-async def send_asking_for_all_if_rejected(client: ApiClient, dialect: V5Base,
-                                          request: Request) -> tuple[Response, Request]:
-    """Send a listing or lookup; should EMQX reject its `fields=` with 400 (a build whose enum
-    lacks one of our names, REFERENCE.md §12.1), ask again without it, once, and leave it out
-    of this dialect's requests from now on. Returns the answer and the request it answers."""
-    try:
-        return await client.send(request), request
-    except ApiError as exc:
-        if exc.status != 400 or param(request, "fields") is None:
-            raise
-        log.warning("v5_fields_rejected", error=str(exc), hint="asking for all fields from now on")
-        dialect.drop_fields()
-        request = without_param(request, "fields")
-        return await client.send(request), request
-
-
 class V5Base:
     generation: Generation = "v5"
+    holds_rows = False
 
     def __init__(self, version: str | None = None, page_size: int | None = None,
                  attrs: frozenset[str] | None = None) -> None:
@@ -86,9 +80,24 @@ class V5Base:
         #: `fields=` of page listings and clientid lookups; None asks for every field.
         self.fields = v5_fields_param(parsed, attrs) if attrs else None
 
-    def drop_fields(self) -> None:
-        """Ask for every field from now on (the server rejected our `fields=` list)."""
+    @property
+    def batch_lookup(self) -> BatchLookup | None:
+        """Itself from 5.6, which takes repeated `clientid=` filters."""
+        return self if self._parsed_version >= (5, 6, 0) else None
+
+    def fields_rejected(self, request: Request, error: ApiError) -> Request | None:
+        """Should EMQX reject our `fields=` with 400 (a build whose enum lacks one of our names,
+        REFERENCE.md §12.1), ask again without it, and leave it out from now on."""
+        if error.status != 400 or param(request, "fields") is None:
+            return None
+        log.warning("v5_fields_rejected", error=str(error),
+                    hint="asking for all fields from now on")
         self.fields = None
+        return without_param(request, "fields")
+
+    async def after_walk(self, client: ApiClient, node: str | None,
+                         records: list[ClientRecord], max_pages: int) -> WalkExtras:
+        return WalkExtras()
 
     def nodes_request(self) -> Request:
         return Request("GET", ("api", "v5", "nodes"), endpoint="nodes")
@@ -135,6 +144,7 @@ class V5PageDialect(V5Base):
     """`GET /api/v5/clients?node=N&page=P&limit=L[&fields=...]`, walked per node."""
 
     name = "v5"
+    listing_kind: ListingKind = "page"
     per_node = True
 
     def list_request(self, node: str | None) -> Request:
@@ -159,6 +169,7 @@ class V5CursorDialect(V5Base):
     """
 
     name = "v5-cursor"
+    listing_kind: ListingKind = "cursor"
 
     def __init__(self, version: str | None = None, page_size: int | None = None,
                  attrs: frozenset[str] | None = None) -> None:

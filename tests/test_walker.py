@@ -1,0 +1,92 @@
+"""One walk through the simulator: paging, the page limit, held rows (v3) and refused fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from emqx_simulator import SimCluster, SimSettings
+from exporter.api import ApiClient
+from exporter.dialects import Dialect, NodeInfo, make_dialect
+from exporter.errors import WalkError
+from exporter.records import ClientRecord
+from exporter.walker import NodeWalk, walk
+from tests.harness import sim_api
+
+
+async def nodes_of(client: ApiClient, dialect: Dialect) -> list[NodeInfo]:
+    return dialect.parse_nodes(await client.send(dialect.nodes_request()))
+
+
+async def walked(client: ApiClient, dialect: Dialect, node: str | None,
+                 max_pages: int = 100) -> tuple[NodeWalk, list[list[ClientRecord]]]:
+    """The walk's result and each delivery, in order."""
+    deliveries: list[list[ClientRecord]] = []
+
+    async def deliver(records: list[ClientRecord]) -> None:
+        deliveries.append(records)
+
+    return await walk(client, dialect, node, max_pages=max_pages, deliver=deliver), deliveries
+
+
+def truth(cluster: SimCluster, node: str) -> set[str]:
+    return {str(row.get("clientid", row.get("client_id"))) for row in cluster.rows(node)}
+
+
+async def test_v4_walk_delivers_each_page_as_it_arrives() -> None:
+    async with sim_api(SimSettings(api="v4", nodes=2, clients=300)) as (cluster, client):
+        dialect = make_dialect("v4", "4.4.19", page_size=40)
+        node = (await nodes_of(client, dialect))[0].name
+        result, deliveries = await walked(client, dialect, node)
+    assert len(deliveries) > 1 and all(len(d) <= 40 for d in deliveries)
+    assert {r.clientid for d in deliveries for r in d} == truth(cluster, node)
+    assert result.rows == len(truth(cluster, node)) and result.pages >= len(deliveries)
+
+
+async def test_v3_walk_holds_its_rows_until_queue_figures_are_merged() -> None:
+    async with sim_api(SimSettings(api="v3", nodes=2, clients=300)) as (cluster, client):
+        dialect = make_dialect("v3", "3.2.8", page_size=40)
+        node = (await nodes_of(client, dialect))[0].name
+        result, deliveries = await walked(client, dialect, node)
+        sessions = cluster.requests["GET /api/v3/nodes/{node}/sessions"]
+    assert result.pages > 1 and len(deliveries) == 1  # one delivery, after the merge
+    (records,) = deliveries
+    assert {r.clientid for r in records} == truth(cluster, node)
+    assert all(r.inflight_max is not None and r.mqueue_max is not None for r in records)
+    assert sessions > 1 and not result.soft_errors
+
+
+async def test_v3_session_listing_failure_costs_only_the_queue_figures() -> None:
+    async with sim_api(SimSettings(api="v3", nodes=2, clients=300)) as (cluster, client):
+        cluster.faults.add("http_error", status=500,
+                           endpoint="GET /api/v3/nodes/{node}/sessions")
+        dialect = make_dialect("v3", "3.2.8")
+        node = (await nodes_of(client, dialect))[0].name
+        result, deliveries = await walked(client, dialect, node)
+    (records,) = deliveries
+    assert {r.clientid for r in records} == truth(cluster, node)  # every client still listed
+    assert all(r.inflight_max is None for r in records)  # unknown, not 0
+    assert [e.reason for e in result.soft_errors] == ["server_error"]
+
+
+async def test_a_walk_longer_than_max_pages_fails() -> None:
+    async with sim_api(SimSettings(api="v4", nodes=1, clients=200)) as (_, client):
+        dialect = make_dialect("v4", "4.4.19", page_size=50)
+        node = (await nodes_of(client, dialect))[0].name
+        with pytest.raises(WalkError) as failure:
+            await walked(client, dialect, node, max_pages=2)
+    assert failure.value.reason == "page_limit"
+
+
+async def test_v5_fields_refused_are_asked_again_without_them_from_then_on() -> None:
+    async with sim_api(SimSettings(api="v5", version="5.8.9", nodes=2,
+                                   clients=200)) as (cluster, client):
+        dialect = make_dialect("v5", "5.8.9", listing="page",
+                               attrs=frozenset({"clientid", "node", "mqueue_len"}))
+        assert "fields" in dict(dialect.list_request(None).params)
+        refusal = cluster.faults.add("api_error", status=400, endpoint="GET /api/v5/clients",
+                                     times=1)
+        node = (await nodes_of(client, dialect))[0].name
+        result, deliveries = await walked(client, dialect, node)
+    assert {r.clientid for d in deliveries for r in d} == truth(cluster, node)
+    assert "fields" not in dict(dialect.list_request(node).params)
+    assert result.rows == len(truth(cluster, node)) and refusal.fired == 1
