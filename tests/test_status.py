@@ -150,6 +150,17 @@ async def test_a_failed_poll_stays_on_the_page_after_recovery() -> None:
     assert re.search(r"last failed poll \| unauthorized: .* at \d{4}-\d\d-\d\d ", page), page
 
 
+async def test_known_nodes_stay_listed_when_nodes_fails() -> None:
+    async with rig(SimSettings(clients=10, nodes=3)) as r:
+        await r.poll()
+        r.cluster.faults.add("http_error", status=503, endpoint="GET /api/v5/nodes")
+        r.clock.advance(30)
+        await r.poll()
+        cluster = json.loads(await (await r.client.get("/status.json")).text())["clusters"][0]
+    assert cluster["up"] is False
+    assert [n["state"] for n in cluster["nodes"]] == ["not polled"] * 3
+
+
 async def test_the_page_can_be_switched_off() -> None:
     async with rig(SimSettings(clients=5), status_page=False) as r:
         await r.poll()
