@@ -10,11 +10,11 @@ import re
 import sys
 from pathlib import Path
 
+from emqx_simulator.matrix import readme_table as fault_matrix_table
 from exporter import contract
 from exporter.cli import OPTIONS
 from exporter.config import ENVIRONMENT
 from exporter.errors import REASONS
-from exporter.simulator.matrix import readme_table as fault_matrix_table
 
 
 def flags_table() -> str:

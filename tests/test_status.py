@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from exporter.status import Status, render_html
 from tests.harness import Rig, rig
 
