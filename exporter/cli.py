@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import sys
@@ -17,8 +18,6 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
-from exporter.demo import add_arguments as add_demo_arguments
-from exporter.demo import simulated_cluster
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
@@ -34,6 +33,10 @@ from exporter.webgate import WebGate
 log = structlog.get_logger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+#: Imported by the `simulate` and `demo` commands only (tests/test_boundary.py).
+SIMULATOR_PACKAGE = "emqx_simulator"
+DEMO_TEXT = "a simulated EMQX cluster and the exporter polling it, in one process"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,9 +73,37 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --frozen: memory for cached page bodies")
     sim.add_argument("--class-prefixes", action="store_true",
                      help="client ids start with sensor-, gateway- or app-")
-    demo_text = "a simulated EMQX cluster and the exporter polling it, in one process"
-    add_demo_arguments(commands.add_parser("demo", help=demo_text, description=demo_text))
+    # `demo`'s flags take their limits and defaults from the simulator, which the container
+    # image leaves out: its own parser is built, and the simulator imported, only when it runs.
+    commands.add_parser("demo", help=DEMO_TEXT, add_help=False)
     return parser
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    from exporter.demo import add_arguments
+
+    parser = argparse.ArgumentParser(prog="emqx-client-exporter demo", description=DEMO_TEXT)
+    add_arguments(parser)
+    return parser
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line; `demo`'s flags go to the demo's parser."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in ("simulate", "demo"):
+        try:
+            importlib.import_module(SIMULATOR_PACKAGE)
+        except ModuleNotFoundError as exc:
+            if exc.name != SIMULATOR_PACKAGE:
+                raise
+            parser.error(f"{args.command} needs the simulator (package {SIMULATOR_PACKAGE}), "
+                         f"which the container image leaves out: run it from a pip install")
+    if args.command == "demo":
+        return _demo_parser().parse_args(rest, namespace=args)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
 
 
 def _connection_options(sub: argparse.ArgumentParser) -> None:
@@ -87,7 +118,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _arguments(argv)
     try:
         if args.command == "run":
             settings = _settings(args)
@@ -247,7 +278,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from exporter.simulator import SimSettings, run_simulator
+    from emqx_simulator import SimSettings, run_simulator
 
     host, port = _host_port(args.listen)
     settings = SimSettings(api=args.api, version=args.emqx_version, nodes=args.nodes,
@@ -258,5 +289,7 @@ async def _simulate(args: argparse.Namespace) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> None:
+    from exporter.demo import simulated_cluster
+
     async with simulated_cluster(args) as demo:
         await _serve(demo.settings, demo.banner)

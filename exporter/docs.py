@@ -10,9 +10,9 @@ import re
 import sys
 from pathlib import Path
 
+from emqx_simulator.matrix import readme_table as fault_matrix_table
 from exporter import contract, schema
 from exporter.errors import REASONS
-from exporter.simulator.matrix import readme_table as fault_matrix_table
 
 
 def flags_table() -> str:
