@@ -22,6 +22,7 @@ from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
 from exporter.reload import ConfigReloader
+from exporter.schema import FLAGS, flag_help
 from exporter.selection import RANKINGS
 from exporter.server import build_app
 from exporter.service import Exporter
@@ -30,30 +31,6 @@ from exporter.top import run_top
 from exporter.webgate import WebGate
 
 log = structlog.get_logger(__name__)
-
-#: Flags shared by `run` and `check`: (flag, config key, help).
-OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("--emqx-url", "emqx_url",
-     "EMQX dashboard/API base URL, e.g. http://emqx:18083 (env EMQX_URL)"),
-    ("--api-key", "api_key", "v5 API key or v3/v4 application id (env EMQX_API_KEY)"),
-    ("--api-secret", "api_secret",
-     "secret of the API key (env EMQX_API_SECRET, or EMQX_API_SECRET_FILE for a file)"),
-    ("--username", "username", "dashboard user instead of an API key (env EMQX_USERNAME)"),
-    ("--password", "password", "dashboard password (env EMQX_PASSWORD or EMQX_PASSWORD_FILE)"),
-    ("--listen", "listen", "HOST:PORT of the scrape endpoint (default 0.0.0.0:9877)"),
-    ("--interval", "interval", "seconds between polls (default 30)"),
-    ("--timeout", "timeout", "seconds allowed per API request, body included (default 10)"),
-    ("--api", "api", "API generation: auto, v3, v4 or v5 (default auto: detected from /nodes)"),
-    ("--listing", "listing", "v5 listing: auto, page or cursor (default auto)"),
-    ("--shard", "shard", "INDEX/COUNT: poll only this replica's share of the nodes"),
-    ("--status-page", "status_page",
-     "serve the status page at / and /status.json: true or false (default true)"),
-    ("--dashboard-url", "dashboard_url", "URL of your dashboards, linked from the status page"),
-    ("--log-level", "log_level", "debug, info, warning or error (default info)"),
-    ("--log-format", "log_format", "console or json (default console)"),
-    ("--web-config", "web_config",
-     "web config file (Prometheus exporter-toolkit format): TLS, basic auth, headers"),
-)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -131,12 +108,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _connection_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--config", help="YAML configuration file")
-    for flag, key, help_text in OPTIONS:
-        sub.add_argument(flag, dest=key, help=help_text)
+    for setting in FLAGS:
+        sub.add_argument(str(setting.flag), dest=setting.key, help=flag_help(setting))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags: dict[str, Any] = {key: getattr(args, key) for _, key, _ in OPTIONS}
+    flags: dict[str, Any] = {setting.key: getattr(args, setting.key) for setting in FLAGS}
     return load_settings(flags, os.environ, args.config)
 
 
