@@ -171,8 +171,9 @@ INFO_LABEL_CHOICES = (
 )
 AGGREGATE_LABEL_CHOICES = ("node", "class", "listener", "proto_name")
 #: Labels of `emqx_client_info` unless `per_client.info_labels` says otherwise.
-DEFAULT_INFO_LABELS = ("username", "node", "listener", "zone", "proto_name", "proto_ver",
-                       "clean_start")
+# No username by default: a username (like an IP address) becomes a label only where the user
+# asks for it (`per_client.info_labels` or `labels`).
+DEFAULT_INFO_LABELS = ("node", "listener", "zone", "proto_name", "proto_ver", "clean_start")
 
 
 @dataclass(frozen=True, slots=True)

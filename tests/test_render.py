@@ -50,8 +50,10 @@ def sample_records() -> list[ClientRecord]:
 
 
 def run(records: list[ClientRecord], parts: frozenset[str] = contract.DEFAULT_PARTS,
+        info_labels: tuple[str, ...] = contract.DEFAULT_INFO_LABELS,
         **kwargs: object) -> tuple[str, str]:
-    pipeline = Pipeline(PerClientSettings(parts=parts), AggregateSettings(), Classifier([]),
+    pipeline = Pipeline(PerClientSettings(parts=parts, info_labels=info_labels),
+                        AggregateSettings(), Classifier([]),
                         TimeParser(ZoneInfo("UTC")), **kwargs)  # type: ignore[arg-type]
     snapshot = compose([one_poll(pipeline, records).rendered], 0.0)
     return (snapshot.text("text"), snapshot.text("openmetrics") + "# EOF\n")
@@ -102,7 +104,7 @@ def test_awkward_client_ids_round_trip() -> None:
     record = record_type("v5")
     records: list[ClientRecord] = [record(clientid=cid, username=cid, connected=True,
                                           received_bytes=i) for i, cid in enumerate(AWKWARD_IDS)]
-    text, om = run(records)
+    text, om = run(records, info_labels=("username", *contract.DEFAULT_INFO_LABELS))
     for samples in (samples_text(text), samples_openmetrics(om)):
         received = by_name(samples, "emqx_client_received_bytes_total")
         assert received == {(("clientid", cid),): i for i, cid in enumerate(AWKWARD_IDS)}
