@@ -117,6 +117,8 @@ class Aggregator:
         totals = self.counters.get(key)
         if totals is None:
             totals = self.counters[key] = [0] * 12
+        elif not new_connection and not any(deltas):
+            return  # an idle client, most of a large fleet
         (rx_bytes, tx_bytes, rx_msgs, tx_msgs, mq_dropped, rx_dropped, rx_pubrel,
          tx_dropped, tx_expired, tx_full, tx_large) = deltas
         totals[RX_BYTES] += rx_bytes

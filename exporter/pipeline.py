@@ -71,6 +71,8 @@ CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_clien
             "raise per_client.max_series, or turn per-client parts off")
 
 _COUNTERS = attrgetter(*COUNTER_FIELDS)
+#: The scores of a client with an empty queue and window and no traffic.
+_IDLE: Scores = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -237,6 +239,7 @@ class PollRun:
         baseline = p.baseline
         seen = self.seen
         export_all = selector.settings.export_all
+        allow = bool(selector.settings.allow)
         default = selector.default
         ranking = bool(selector.top)
         ranked = self.ranked
@@ -278,7 +281,7 @@ class PollRun:
             scores = self._rank(record, rate_deltas) if ranking else None
             if clientid in watch:
                 self._watch(record)
-            elif export_all or selector.allowed(record):
+            elif export_all or (allow and selector.allowed(record)):
                 if ranked:
                     self._offer_default(record, rate_deltas, scores)
                 elif self.allow_left > 0:
@@ -311,6 +314,10 @@ class PollRun:
         The reconnect score is a lookup per client, so it is left at 0 here unless a top-K
         ranks by it; `_reconnects_shown` fills it in for the members shown.
         """
+        if (not record.mqueue_len and not record.inflight and not self.p.ranks_reconnects
+                and (rate_deltas is None or not (rate_deltas[0] or rate_deltas[1]
+                                                 or d.dropped(rate_deltas)))):
+            return _IDLE  # every score 0, the common case: no ranking takes it
         scores = self._scores(record, rate_deltas)
         for top in self.p.selector.top:
             score = scores[top.index]

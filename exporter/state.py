@@ -12,7 +12,6 @@ import math
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from operator import sub
-from typing import cast
 
 #: Counter fields tracked per client, in this order in every delta list.
 COUNTER_FIELDS: tuple[str, ...] = (
@@ -58,6 +57,20 @@ class CounterState:
         started (from `started`, read when the connection is new; NaN: unknown).
         """
         slot = self._slots.get(clientid)
+        if slot is not None and self._connection[slot] == connection and None not in values:
+            # The common case, in C: the same connection, every counter present, none went
+            # down. An idle client's values are not even written back.
+            stored = self._values
+            base = slot * WIDTH
+            deltas = list(map(sub, values, stored[base:base + WIDTH]))  # type: ignore[arg-type]
+            if min(deltas) >= 0:
+                if any(deltas):
+                    stored[base:base + WIDTH] = array("q", values)  # type: ignore[arg-type]
+                seen = self._seen
+                rated = seen[slot] == poll - 1
+                seen[slot] = poll
+                self._node[slot] = node
+                return deltas, False, rated, self._since[slot]
         if slot is None:
             slot = self._allocate(clientid)
             new = True
@@ -75,16 +88,9 @@ class CounterState:
         self._node[slot] = node
         stored = self._values
         base = slot * WIDTH
-        if None not in values:
-            # The common case, in C: every counter present and none went down.
-            present = cast(Sequence[int], values)
-            if new:
-                stored[base:base + WIDTH] = array("q", present)
-                return list(present), new, rated, self._since[slot]
-            deltas = list(map(sub, present, stored[base:base + WIDTH]))
-            if min(deltas) >= 0:
-                stored[base:base + WIDTH] = array("q", present)
-                return deltas, new, rated, self._since[slot]
+        if new and None not in values:
+            stored[base:base + WIDTH] = array("q", values)  # type: ignore[arg-type]
+            return list(values), new, rated, self._since[slot]  # type: ignore[arg-type]
         deltas = [0] * WIDTH
         for i, value in enumerate(values):
             if value is None:
