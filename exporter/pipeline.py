@@ -263,17 +263,15 @@ class PollRun:
                 part = self.nodes.setdefault(node, _NodePart())
                 node_index = p.node_index(node)
             part.clientids.append(clientid)
-            gauges = part.gauges.get(key)
-            if gauges is None:
-                gauges = part.gauges[key] = Gauges()
-                part.histograms[key] = Histograms()
-            aggregator.gauge(gauges, record)
+            histograms = part.histograms.get(key)
+            if histograms is None:
+                part.gauges[key] = Gauges()
+                histograms = part.histograms[key] = Histograms()
             connection = hash(record.connected_at or record.created_at or "")
             deltas, new, rated, since = state.observe(clientid, connection, _COUNTERS(record),
                                                       node_index, p.polls, record.connected_at)
             aggregator.count(key, deltas, new and not baseline)
             rate_deltas = deltas if rated else None
-            histograms = part.histograms[key]
             histograms.records.append(record)
             histograms.deltas.append(rate_deltas)
             if since == since and record.connected is not False:  # NaN (unknown) != NaN
@@ -300,7 +298,9 @@ class PollRun:
         for node, chosen in batch.items():
             self._render(self.nodes[node], chosen)
         for part in self.nodes.values():
-            for histograms in part.histograms.values():
+            for key, histograms in part.histograms.items():
+                if histograms.records:
+                    aggregator.gauge(part.gauges[key], histograms.records)
                 histograms.flush(self.per_second, self.now)
 
     def _watch(self, record: ClientRecord) -> None:

@@ -60,12 +60,13 @@ class CounterState:
         if slot is not None and self._connection[slot] == connection and None not in values:
             # The common case, in C: the same connection, every counter present, none went
             # down. An idle client's values are not even written back.
+            present: Sequence[int] = values  # type: ignore[assignment]  # (no call to cast)
             stored = self._values
             base = slot * WIDTH
-            deltas = list(map(sub, values, stored[base:base + WIDTH]))  # type: ignore[arg-type]
+            deltas = list(map(sub, present, stored[base:base + WIDTH]))
             if min(deltas) >= 0:
                 if any(deltas):
-                    stored[base:base + WIDTH] = array("q", values)  # type: ignore[arg-type]
+                    stored[base:base + WIDTH] = array("q", present)
                 seen = self._seen
                 rated = seen[slot] == poll - 1
                 seen[slot] = poll
@@ -89,8 +90,9 @@ class CounterState:
         stored = self._values
         base = slot * WIDTH
         if new and None not in values:
-            stored[base:base + WIDTH] = array("q", values)  # type: ignore[arg-type]
-            return list(values), new, rated, self._since[slot]  # type: ignore[arg-type]
+            full: Sequence[int] = values  # type: ignore[assignment]
+            stored[base:base + WIDTH] = array("q", full)
+            return list(full), new, rated, self._since[slot]
         deltas = [0] * WIDTH
         for i, value in enumerate(values):
             if value is None:
