@@ -58,15 +58,20 @@ class CounterState:
         """
         slot = self._slots.get(clientid)
         if slot is not None and self._connection[slot] == connection and None not in values:
-            # The common case, in C: the same connection, every counter present, none went
-            # down. An idle client's values are not even written back.
-            present: Sequence[int] = values  # type: ignore[assignment]  # (no call to cast)
+            # The common case, in C: the same connection and every counter present.
+            present: list[int] = list(values)  # type: ignore[arg-type]
             stored = self._values
             base = slot * WIDTH
-            deltas = list(map(sub, present, stored[base:base + WIDTH]))
-            if min(deltas) >= 0:
-                if any(deltas):
+            last = stored[base:base + WIDTH].tolist()
+            went_down = False
+            if present == last:
+                deltas = [0] * WIDTH  # an idle client, most of a fleet: nothing to write back
+            else:
+                deltas = list(map(sub, present, last))
+                went_down = min(deltas) < 0  # a restart: handled one counter at a time below
+                if not went_down:
                     stored[base:base + WIDTH] = array("q", present)
+            if not went_down:
                 seen = self._seen
                 rated = seen[slot] == poll - 1
                 seen[slot] = poll
