@@ -243,6 +243,9 @@ class PollRun:
         default = selector.default
         ranking = bool(selector.top)
         ranked = self.ranked
+        lookup = self.lookup
+        poll = p.polls
+        ranks_reconnects = p.ranks_reconnects
         batch: dict[str, list[ClientRecord]] = {}
         # Records of one page nearly always share a node: look its part up once per change.
         current_node: str | None = None
@@ -254,7 +257,7 @@ class PollRun:
                 self.duplicates += 1  # the first row listed wins; the rest are drift
                 continue
             seen.add(clientid)
-            if self.lookup:
+            if lookup:
                 self._watch(record)
                 continue
             node = record.node or walk_node or ""
@@ -269,14 +272,20 @@ class PollRun:
                 histograms = part.histograms[key] = Histograms()
             connection = hash(record.connected_at or record.created_at or "")
             deltas, new, rated, since = state.observe(clientid, connection, _COUNTERS(record),
-                                                      node_index, p.polls, record.connected_at)
+                                                      node_index, poll, record.connected_at)
             aggregator.count(key, deltas, new and not baseline)
             rate_deltas = deltas if rated else None
             histograms.records.append(record)
             histograms.deltas.append(rate_deltas)
             if since == since and record.connected is not False:  # NaN (unknown) != NaN
                 histograms.since.append(since)
-            scores = self._rank(record, rate_deltas) if ranking else None
+            if not ranking:
+                scores = None
+            elif (record.mqueue_len or record.inflight or ranks_reconnects
+                  or (rate_deltas and any(rate_deltas))):
+                scores = self._rank(record, rate_deltas)
+            else:
+                scores = _IDLE  # every score 0, most of a fleet: no ranking takes it
             if clientid in watch:
                 self._watch(record)
             elif export_all or (allow and selector.allowed(record)):
@@ -314,10 +323,6 @@ class PollRun:
         The reconnect score is a lookup per client, so it is left at 0 here unless a top-K
         ranks by it; `_reconnects_shown` fills it in for the members shown.
         """
-        if (not record.mqueue_len and not record.inflight and not self.p.ranks_reconnects
-                and (rate_deltas is None or not (rate_deltas[0] or rate_deltas[1]
-                                                 or d.dropped(rate_deltas)))):
-            return _IDLE  # every score 0, the common case: no ranking takes it
         scores = self._scores(record, rate_deltas)
         for top in self.p.selector.top:
             score = scores[top.index]
