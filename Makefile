@@ -20,7 +20,7 @@ demo: $(BIN)/.installed
 	  exit $$status; }
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check exporter tests bench
+	$(BIN)/ruff check exporter emqx_simulator tests bench
 	$(BIN)/mypy
 
 test: lint

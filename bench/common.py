@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +19,7 @@ import orjson
 
 from exporter.api import Request, Response
 from exporter.poller import ClusterPoller
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.ports import free_port
 
 
 @contextlib.contextmanager

@@ -16,11 +16,12 @@ import sys
 
 from aiohttp import web
 
-from bench.common import free_port, save_result, simulator
+from bench.common import save_result, simulator
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.server import build_app
 from exporter.service import Exporter
+from tests.ports import free_port
 
 SCRAPER = r"""
 import asyncio, json, sys, time, aiohttp

@@ -19,10 +19,10 @@ from typing import Any
 from aiohttp.test_utils import TestServer
 
 from bench.common import save_result
+from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.service import Exporter
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 
 
 @asynccontextmanager

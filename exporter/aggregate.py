@@ -11,7 +11,6 @@ when clients reconnect, are kicked or vanish.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
@@ -24,15 +23,14 @@ from exporter.distribution import render as render_distributions
 from exporter.labels import escape
 from exporter.records import ClientRecord
 from exporter.render import RenderedBatch, as_label, render_groups
+from exporter.selection import Pattern
 
 
 @dataclass(frozen=True, slots=True)
-class ClassRule:
-    """A named client class: a regex over the client id or the username (full match)."""
+class ClassRule(Pattern):
+    """A named client class: a Pattern whose matches get this class name."""
 
     name: str
-    field: str  # "clientid" or "username"
-    pattern: re.Pattern[str]
 
 
 class Classifier:
@@ -44,8 +42,7 @@ class Classifier:
 
     def __call__(self, record: ClientRecord) -> str:
         for rule in self.rules:
-            value = record.clientid if rule.field == "clientid" else (record.username or "")
-            if rule.pattern.fullmatch(value):
+            if rule.matches(record):
                 return rule.name
         return self.default
 

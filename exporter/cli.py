@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import sys
@@ -17,12 +18,11 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
-from exporter.demo import add_arguments as add_demo_arguments
-from exporter.demo import simulated_cluster
 from exporter.errors import AuthError, ConfigError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
 from exporter.reload import ConfigReloader
+from exporter.schema import FLAGS, flag_help
 from exporter.selection import RANKINGS
 from exporter.server import build_app
 from exporter.service import Exporter
@@ -32,31 +32,11 @@ from exporter.webgate import WebGate
 
 log = structlog.get_logger(__name__)
 
-#: Flags shared by `run` and `check`: (flag, config key, help).
-OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("--emqx-url", "emqx_url",
-     "EMQX dashboard/API base URL, e.g. http://emqx:18083 (env EMQX_URL)"),
-    ("--api-key", "api_key", "v5 API key or v3/v4 application id (env EMQX_API_KEY)"),
-    ("--api-secret", "api_secret",
-     "secret of the API key (env EMQX_API_SECRET, or EMQX_API_SECRET_FILE for a file)"),
-    ("--username", "username", "dashboard user instead of an API key (env EMQX_USERNAME)"),
-    ("--password", "password", "dashboard password (env EMQX_PASSWORD or EMQX_PASSWORD_FILE)"),
-    ("--listen", "listen", "HOST:PORT of the scrape endpoint (default 0.0.0.0:9877)"),
-    ("--interval", "interval", "seconds between polls (default 30)"),
-    ("--timeout", "timeout", "seconds allowed per API request, body included (default 10)"),
-    ("--api", "api", "API generation: auto, v3, v4 or v5 (default auto: detected from /nodes)"),
-    ("--listing", "listing", "v5 listing: auto, page or cursor (default auto)"),
-    ("--shard", "shard", "INDEX/COUNT: poll only this replica's share of the nodes"),
-    ("--status-page", "status_page",
-     "serve the status page at / and /status.json: true or false (default true)"),
-    ("--dashboard-url", "dashboard_url", "URL of your dashboards, linked from the status page"),
-    ("--log-level", "log_level", "debug, info, warning or error (default info)"),
-    ("--log-format", "log_format", "console or json (default console)"),
-    ("--web-config", "web_config",
-     "web config file (Prometheus exporter-toolkit format): TLS, basic auth, headers"),
-)
-
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+#: Imported by the `simulate` and `demo` commands only (tests/test_boundary.py).
+SIMULATOR_PACKAGE = "emqx_simulator"
+DEMO_TEXT = "a simulated EMQX cluster and the exporter polling it, in one process"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,24 +73,52 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --frozen: memory for cached page bodies")
     sim.add_argument("--class-prefixes", action="store_true",
                      help="client ids start with sensor-, gateway- or app-")
-    demo_text = "a simulated EMQX cluster and the exporter polling it, in one process"
-    add_demo_arguments(commands.add_parser("demo", help=demo_text, description=demo_text))
+    # `demo`'s flags take their limits and defaults from the simulator, which the container
+    # image leaves out: its own parser is built, and the simulator imported, only when it runs.
+    commands.add_parser("demo", help=DEMO_TEXT, add_help=False)
     return parser
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    from exporter.demo import add_arguments
+
+    parser = argparse.ArgumentParser(prog="emqx-client-exporter demo", description=DEMO_TEXT)
+    add_arguments(parser)
+    return parser
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line; `demo`'s flags go to the demo's parser."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in ("simulate", "demo"):
+        try:
+            importlib.import_module(SIMULATOR_PACKAGE)
+        except ModuleNotFoundError as exc:
+            if exc.name != SIMULATOR_PACKAGE:
+                raise
+            parser.error(f"{args.command} needs the simulator (package {SIMULATOR_PACKAGE}), "
+                         f"which the container image leaves out: run it from a pip install")
+    if args.command == "demo":
+        return _demo_parser().parse_args(rest, namespace=args)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
 
 
 def _connection_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--config", help="YAML configuration file")
-    for flag, key, help_text in OPTIONS:
-        sub.add_argument(flag, dest=key, help=help_text)
+    for setting in FLAGS:
+        sub.add_argument(str(setting.flag), dest=setting.key, help=flag_help(setting))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags: dict[str, Any] = {key: getattr(args, key) for _, key, _ in OPTIONS}
+    flags: dict[str, Any] = {setting.key: getattr(args, setting.key) for setting in FLAGS}
     return load_settings(flags, os.environ, args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _arguments(argv)
     try:
         if args.command == "run":
             settings = _settings(args)
@@ -270,7 +278,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from exporter.simulator import SimSettings, run_simulator
+    from emqx_simulator import SimSettings, run_simulator
 
     host, port = _host_port(args.listen)
     settings = SimSettings(api=args.api, version=args.emqx_version, nodes=args.nodes,
@@ -281,5 +289,7 @@ async def _simulate(args: argparse.Namespace) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> None:
+    from exporter.demo import simulated_cluster
+
     async with simulated_cluster(args) as demo:
         await _serve(demo.settings, demo.banner)

@@ -1,13 +1,14 @@
 """Settings from flags, environment, a YAML file and defaults, in that order of precedence.
 
-Every flag has a config key of the same name with underscores. Top-level cluster keys are the
-defaults each entry of `clusters:` inherits; without `clusters:` they describe the one cluster.
-A bad value raises ConfigError naming the key, e.g. `clusters[1].interval: must be > 0`.
+Every setting is declared once, in `schema`; this module merges the sources, decodes them with
+the schema and checks what a type cannot say: credentials pairing, regexes, the shard and listen
+syntax, cross-field rules. Top-level cluster keys are the defaults each entry of `clusters:`
+inherits; without `clusters:` they describe the one cluster. A bad value raises ConfigError
+naming the key, e.g. `clusters[1].interval: must be a number > 0, got -1`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,96 +16,66 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
 import yaml
 
 from exporter import contract
 from exporter.aggregate import AggregateSettings, ClassRule
-from exporter.api import DEFAULT_MAX_BODY, TlsSettings
+from exporter.api import TlsSettings
 from exporter.errors import ConfigError
+from exporter.schema import (
+    AGGREGATE_DEFAULTS,
+    CLUSTER_KEYS,
+    ENVIRONMENT,
+    SELECTION_DEFAULTS,
+    TOP_KEYS,
+    ClassConfig,
+    ClusterConfig,
+    ExporterConfig,
+    Names,
+    PerClientConfig,
+    TlsConfig,
+    decode,
+    setting,
+    variables,
+)
 from exporter.selection import RANKINGS, Pattern, SelectionSettings
 
-DEFAULT_LISTEN = "0.0.0.0:9877"
-#: Paths that may be served without basic auth (`open_paths`), and those that are by default.
-OPENABLE_PATHS = ("/-/healthy", "/-/ready")
-DEFAULT_OPEN_PATHS = ("/-/healthy",)
-
-#: Environment variables and the config keys they set.
-ENVIRONMENT = {
-    "EMQX_URL": "emqx_url",
-    "EMQX_API_KEY": "api_key",
-    "EMQX_API_SECRET": "api_secret",
-    "EMQX_API_SECRET_FILE": "api_secret_file",
-    "EMQX_USERNAME": "username",
-    "EMQX_PASSWORD": "password",
-    "EMQX_PASSWORD_FILE": "password_file",
-}
-
-CLUSTER_KEYS = frozenset({
-    "name", "emqx_url", "api_key", "api_secret", "api_secret_file", "username", "password",
-    "password_file", "api", "listing", "interval", "timeout", "retries", "page_size",
-    "node_concurrency", "max_pages", "timezone", "tls", "shard", "filters",
-    "max_body_bytes",
-})
-TOP_KEYS = CLUSTER_KEYS - {"name"} | {
-    "listen", "log_level", "log_format", "clusters", "per_client", "aggregate", "classes",
-    "web_config", "open_paths", "reload_endpoint",
-    "status_page", "dashboard_url",
-}
-_TLS_KEYS = frozenset({"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"})
-_PER_CLIENT_KEYS = frozenset({"parts", "labels", "info_labels", "watch", "allow", "deny", "top_k",
-                              "max_series", "hysteresis", "watch_only", "state_file"})
-_FILTER_KEYS = frozenset({"username", "conn_state", "like_clientid", "like_username"})
-_AGGREGATE_KEYS = frozenset({"labels", "saturation"})
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
-#: Upper bound of any number in the config unless a key sets its own: beyond it a duration
-#: or a count is a typo, and floats lose integer precision.
-MAX_NUMBER = 2.0**53
-#: Longest poll interval and request timeout accepted (a day): longer is certainly a mistake.
-MAX_SECONDS = 86_400.0
-
-#: Where each credential can be given, for error messages that say what to set.
-_CREDENTIAL_SOURCES = {
-    "api_key": "--api-key / EMQX_API_KEY",
-    "api_secret": "--api-secret / EMQX_API_SECRET / EMQX_API_SECRET_FILE / api_secret_file",
-    "username": "--username / EMQX_USERNAME",
-    "password": "--password / EMQX_PASSWORD / EMQX_PASSWORD_FILE / password_file",
-}
-
+# --- the result ----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
-    """How to reach and poll one EMQX cluster."""
+    """How to reach and poll one EMQX cluster (validated; see ClusterConfig for defaults)."""
 
     url: str
-    name: str | None = None
-    api_key: str | None = None
-    api_secret: str | None = field(default=None, repr=False)
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    api: str = "auto"
-    listing: str = "auto"
-    interval: float = 30.0
-    timeout: float = 10.0
-    retries: int = 2
-    page_size: int | None = None
-    node_concurrency: int = 2
-    max_pages: int = 10_000
-    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
-    tls: TlsSettings = field(default_factory=TlsSettings)
-    shard: tuple[int, int] = (0, 1)
+    name: str | None
+    api_key: str | None
+    api_secret: str | None = field(repr=False)
+    username: str | None
+    password: str | None = field(repr=False)
+    api: str
+    listing: str
+    interval: float
+    timeout: float
+    retries: int
+    page_size: int | None  # None: the largest the version allows
+    node_concurrency: int
+    max_pages: int
+    timezone: ZoneInfo
+    tls: TlsSettings
+    shard: tuple[int, int]
     #: Filters EMQX applies itself (v4.1+, v5): fewer rows to send, but see README for cost.
-    filters: tuple[tuple[str, str], ...] = ()
+    filters: tuple[tuple[str, str], ...]
     #: A response body larger than this is refused while it streams in, never buffered.
-    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_body_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
 class PerClientSettings:
     parts: frozenset[str] = contract.DEFAULT_PARTS
     labels: tuple[str, ...] = ()
-    info_labels: tuple[str, ...] = ("username", "node", "listener", "zone", "proto_name",
-                                    "proto_ver", "clean_start")
-    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    info_labels: tuple[str, ...] = contract.DEFAULT_INFO_LABELS
+    selection: SelectionSettings = SELECTION_DEFAULTS
     #: Where watched clients' last-seen times survive restarts (written atomically).
     state_file: str | None = None
 
@@ -112,118 +83,30 @@ class PerClientSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     clusters: tuple[ClusterSettings, ...]
-    listen_host: str = "0.0.0.0"
-    listen_port: int = 9877
-    log_level: str = "info"
-    log_format: str = "console"
-    per_client: PerClientSettings = field(default_factory=PerClientSettings)
-    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
-    classes: tuple[ClassRule, ...] = ()
+    listen_host: str
+    listen_port: int
+    log_level: str
+    log_format: str
+    per_client: PerClientSettings
+    aggregate: AggregateSettings
+    classes: tuple[ClassRule, ...]
     #: Web config file (exporter-toolkit format): TLS, basic auth, headers, rate limit.
-    web_config: str | None = None
+    web_config: str | None
     #: Paths served without basic auth, for probes.
-    open_paths: tuple[str, ...] = DEFAULT_OPEN_PATHS
+    open_paths: tuple[str, ...]
     #: Whether `POST /-/reload` reloads the configuration (SIGHUP always does).
-    reload_endpoint: bool = False
+    reload_endpoint: bool
     #: Serve the status page at / and /status.json (off: both answer 404).
-    status_page: bool = True
+    status_page: bool
     #: Linked from the status page, e.g. the Grafana dashboards of this exporter.
-    dashboard_url: str | None = None
+    dashboard_url: str | None
 
 
-class _Reader:
-    """Typed access to one mapping of the config, with errors that name the full key."""
+# --- validators for what a type cannot say -------------------------------------------------
 
-    def __init__(self, data: Mapping[str, Any], where: str = "") -> None:
-        self.data = data
-        self.where = where
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def fail(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.key(name), message)
-
-    def check_keys(self, allowed: frozenset[str]) -> None:
-        for name in self.data:
-            if name not in allowed:
-                raise self.fail(str(name), "unknown setting")
-
-    def get(self, name: str) -> Any:
-        return self.data.get(name)
-
-    def text(self, name: str) -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise self.fail(name, f"must be a string, not {type(value).__name__}")
-        return str(value)
-
-    def number(self, name: str, default: float, *, minimum: float = 0.0,
-               integer: bool = False, maximum: float = MAX_NUMBER) -> float:
-        """A finite number in range; with `minimum` 0 a float must be > 0 (a duration)."""
-        value = self.data.get(name)
-        if value is None:
-            return default
-        kind = "a whole number" if integer else "a number"
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            real = float(value)
-            if not math.isfinite(real):
-                raise self.fail(name, f"must be a finite number, got {value!r}")
-            number = int(real) if integer else real
-            if integer and real != number:
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            raise self.fail(name, f"must be {kind}, got {value!r}") from None
-        if number < minimum or (minimum == 0 and not integer and number <= 0):
-            bound = f">= {minimum:g}" if minimum or integer else "> 0"
-            raise self.fail(name, f"must be {bound}, got {value!r}")
-        if number > maximum:
-            raise self.fail(name, f"must be <= {maximum:g}, got {value!r}")
-        return number
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise self.fail(name, f"must be true or false, got {value!r}")
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(name)
-        if value is None:
-            return default
-        if value not in choices:
-            raise self.fail(name, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    def names(self, name: str, default: tuple[str, ...],
-              choices: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(name, "must be a list of names")
-        for item in value:
-            if item not in choices:
-                raise self.fail(name, f"{item!r} is not one of {', '.join(choices)}")
-        if len(set(value)) != len(value):
-            raise self.fail(name, "lists a name twice")
-        return tuple(value)
-
-    def mapping(self, name: str) -> _Reader:
-        value = self.data.get(name) or {}
-        if not isinstance(value, Mapping):
-            raise self.fail(name, "must be a mapping")
-        return _Reader(value, self.key(name))
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -243,116 +126,143 @@ def read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def _secret(reader: _Reader, key: str) -> str | None:
+def _check_keys(data: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+    for name in data:
+        if name not in allowed:
+            raise ConfigError(_at(where, str(name)), "unknown setting")
+
+
+def _secret(inline: str | None, path: str | None, key: str) -> str | None:
     """A secret given inline or as `<key>_file`; inline wins when both are set at one level."""
-    inline = reader.text(key)
-    if inline is not None:
+    if inline is not None or path is None:
         return inline
-    path = reader.text(f"{key}_file")
-    if path is None:
-        return None
     try:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        raise reader.fail(f"{key}_file", f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _shard(reader: _Reader) -> tuple[int, int]:
-    value = reader.text("shard")
-    if value is None:
-        return (0, 1)
+def _shard(value: str, key: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
-        raise reader.fail("shard", f"must be INDEX/COUNT with 0 <= INDEX < COUNT, got {value!r}")
+        raise ConfigError(key, f"must be INDEX/COUNT with 0 <= INDEX < COUNT, got {value!r}")
     return (int(match[1]), int(match[2]))
 
 
-def _cluster(reader: _Reader) -> ClusterSettings:
-    url = reader.text("emqx_url")
-    if not url:
-        raise reader.fail("emqx_url", "is required (flag --emqx-url, env EMQX_URL)")
-    if not re.match(r"^https?://[^/]+", url):
-        raise reader.fail("emqx_url", f"must be an http:// or https:// URL, got {url!r}")
+def _url(value: str, key: str) -> str:
+    if not re.match(r"^https?://[^/]+", value):
+        raise ConfigError(key, f"must be an http:// or https:// URL, got {value!r}")
     # Users paste the dashboard URL or an API path; the dialects add /api/vN themselves.
-    url = re.sub(r"/api(/v\d)?/?$", "", url.rstrip("/"))
-    zone_name = reader.text("timezone") or "UTC"
+    return re.sub(r"/api(/v\d)?/?$", "", value.rstrip("/"))
+
+
+def _zone(value: str, key: str) -> ZoneInfo:
     try:
-        zone = ZoneInfo(zone_name)
+        return ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise reader.fail("timezone", f"unknown IANA time zone {zone_name!r}") from None
-    tls = reader.mapping("tls")
-    tls.check_keys(_TLS_KEYS)
+        raise ConfigError(key, f"unknown IANA time zone {value!r}") from None
+
+
+def _tls(tls: TlsConfig, where: str) -> TlsSettings:
     for key in ("ca_file", "cert_file", "key_file"):
         # Checked here so the error names the full key (clusters[i].tls...); the TLS layer
         # still reports files that exist but hold no usable certificate.
-        path = tls.text(key)
+        path = getattr(tls, key)
         if path is not None and not Path(path).is_file():
-            raise tls.fail(key, f"no such file: {path}")
-    if tls.text("key_file") and not tls.text("cert_file"):
-        raise tls.fail("cert_file", "is required with tls.key_file")
-    name = reader.text("name")
-    if name is not None and not _NAME.match(name):
-        raise reader.fail("name", "may hold letters, digits and . _ : - only")
-    api_key = reader.text("api_key")
-    api_secret = _secret(reader, "api_secret")
-    username = reader.text("username")
-    password = _secret(reader, "password")
-    page_size = reader.get("page_size")
+            raise ConfigError(f"{where}.{key}", f"no such file: {path}")
+    if tls.key_file and not tls.cert_file:
+        raise ConfigError(f"{where}.cert_file", "is required with tls.key_file")
+    return TlsSettings(**msgspec.structs.asdict(tls))
+
+
+def _cluster(data: Mapping[str, Any], where: str) -> ClusterSettings:
+    config = decode(data, ClusterConfig, where)
+    if config.name is not None and not _NAME.match(config.name):
+        raise ConfigError(_at(where, "name"), "may hold letters, digits and . _ : - only")
     settings = ClusterSettings(
-        url=url,
-        name=name,
-        api_key=api_key,
-        api_secret=api_secret,
-        username=username,
-        password=password,
-        api=reader.choice("api", "auto", ("auto", "v3", "v4", "v5")),
-        listing=reader.choice("listing", "auto", ("auto", "page", "cursor")),
-        interval=reader.number("interval", 30.0, maximum=MAX_SECONDS),
-        timeout=reader.number("timeout", 10.0, maximum=MAX_SECONDS),
-        retries=int(reader.number("retries", 2, integer=True, maximum=10)),
-        max_body_bytes=int(reader.number("max_body_bytes", DEFAULT_MAX_BODY, minimum=1024,
-                                         integer=True)),
-        page_size=(None if page_size in (None, "auto")
-                   else int(reader.number("page_size", 0, minimum=1, integer=True))),
-        node_concurrency=int(reader.number("node_concurrency", 2, minimum=1, integer=True)),
-        max_pages=int(reader.number("max_pages", 10_000, minimum=1, integer=True)),
-        timezone=zone,
-        tls=TlsSettings(
-            ca_file=tls.text("ca_file"),
-            cert_file=tls.text("cert_file"),
-            key_file=tls.text("key_file"),
-            server_name=tls.text("server_name"),
-            insecure_skip_verify=tls.boolean("insecure_skip_verify", False),
-        ),
-        shard=_shard(reader),
-        filters=_filters(reader),
+        url=_url(config.emqx_url, _at(where, "emqx_url")),
+        name=config.name,
+        api_key=config.api_key,
+        api_secret=_secret(config.api_secret, config.api_secret_file,
+                           _at(where, "api_secret_file")),
+        username=config.username,
+        password=_secret(config.password, config.password_file, _at(where, "password_file")),
+        api=config.api,
+        listing=config.listing,
+        interval=config.interval,
+        timeout=config.timeout,
+        retries=config.retries,
+        page_size=None if config.page_size == "auto" else config.page_size,
+        node_concurrency=config.node_concurrency,
+        max_pages=config.max_pages,
+        timezone=_zone(config.timezone, _at(where, "timezone")),
+        tls=_tls(config.tls, _at(where, "tls")),
+        shard=_shard(config.shard, _at(where, "shard")),
+        filters=tuple(sorted((k, v) for k, v in msgspec.structs.asdict(config.filters).items()
+                             if v is not None)),
+        max_body_bytes=config.max_body_bytes,
     )
     # Last, so a malformed value elsewhere is reported first, as it is where it is written.
-    _check_credentials(reader, api_key, api_secret, username, password)
+    _check_credentials(settings, where)
     return settings
 
 
-def _check_credentials(reader: _Reader, api_key: str | None, api_secret: str | None,
-                       username: str | None, password: str | None) -> None:
+def _check_credentials(cluster: ClusterSettings, where: str) -> None:
     """Exactly one complete kind of credential; each mistake names what to set."""
-    def where(key: str) -> str:
-        return f"{reader.key(key)} ({_CREDENTIAL_SOURCES[key]})"
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(_at(where, key), message)
 
-    if api_key and api_secret is None:
-        raise reader.fail("api_secret", f"is required with api_key: set {where('api_secret')}")
-    if api_secret is not None and not api_key:
-        raise reader.fail("api_key", f"is required with api_secret: set {where('api_key')}")
-    if username and password is None:
-        raise reader.fail("password", f"is required with username: set {where('password')}")
-    if password is not None and not username:
-        raise reader.fail("username", f"is required with password: set {where('username')}")
-    if api_key and username:
-        raise reader.fail("username", "give either an API key (api_key, api_secret) or a "
-                                      "dashboard user (username, password), not both")
-    if not api_key and not username:
-        raise reader.fail("api_key", f"no credentials given: set {where('api_key')} and "
-                                     f"{where('api_secret')}, or a dashboard user with "
-                                     f"{where('username')} and {where('password')}")
+    def say(key: str) -> str:
+        """The key and every other way to set it, e.g. `api_key (--api-key / EMQX_API_KEY)`."""
+        ways = [setting(key).flag, *variables(setting(key))]
+        if f"{key}_file" in CLUSTER_KEYS:
+            ways.append(f"{key}_file")
+        return f"{_at(where, key)} ({' / '.join(w for w in ways if w)})"
+
+    if cluster.api_key and cluster.api_secret is None:
+        raise fail("api_secret", f"is required with api_key: set {say('api_secret')}")
+    if cluster.api_secret is not None and not cluster.api_key:
+        raise fail("api_key", f"is required with api_secret: set {say('api_key')}")
+    if cluster.username and cluster.password is None:
+        raise fail("password", f"is required with username: set {say('password')}")
+    if cluster.password is not None and not cluster.username:
+        raise fail("username", f"is required with password: set {say('username')}")
+    if cluster.api_key and cluster.username:
+        raise fail("username", "give either an API key (api_key, api_secret) or a "
+                               "dashboard user (username, password), not both")
+    if not cluster.api_key and not cluster.username:
+        raise fail("api_key", f"no credentials given: set {say('api_key')} and "
+                              f"{say('api_secret')}, or a dashboard user with "
+                              f"{say('username')} and {say('password')}")
+
+
+def _clusters(top: Mapping[str, Any]) -> tuple[ClusterSettings, ...]:
+    defaults = {k: v for k, v in top.items() if k in CLUSTER_KEYS}
+    entries = top.get("clusters")
+    if entries is None:
+        return (_cluster(defaults, ""),)
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("clusters", "must be a non-empty list")
+    clusters = []
+    for i, entry in enumerate(entries):
+        where = f"clusters[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(where, "must be a mapping")
+        merged = {**defaults, **entry}
+        for secret in ("api_secret", "password"):
+            if f"{secret}_file" in entry and secret not in entry:
+                merged.pop(secret, None)  # the entry's own file beats an inherited value
+        clusters.append(_cluster(merged, where))
+    names = [c.name for c in clusters]
+    if len(clusters) > 1 and (None in names or len(set(names)) != len(names)):
+        raise ConfigError("clusters", "each of several clusters needs its own unique name")
+    return tuple(clusters)
+
+
+def _dashboard_url(url: str | None) -> str | None:
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError("dashboard_url", f"must be an http:// or https:// URL, got {url!r}")
+    return url
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -362,114 +272,90 @@ def _listen(value: str) -> tuple[str, int]:
     return (match[1] or "0.0.0.0", int(match[2]))
 
 
-def _parts(reader: _Reader) -> frozenset[str]:
-    value = reader.get("parts")
-    if value is None:
-        return contract.DEFAULT_PARTS
-    if not isinstance(value, Mapping):
-        raise reader.fail("parts", "must map part names to true/false")
+def _names(value: Names, key: str) -> tuple[str, ...]:
+    """A list of names, or one comma-separated string, each among the setting's choices."""
+    allowed = setting(key).choices
+    names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) \
+        else list(value)
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(key, f"{name!r} is not one of {', '.join(allowed)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(key, "lists a name twice")
+    return tuple(names)
+
+
+def _parts(switches: Mapping[str, bool]) -> frozenset[str]:
     parts = set(contract.DEFAULT_PARTS)
-    for name in value:
+    for name, on in switches.items():
         if name not in contract.PARTS_BY_NAME:
-            raise reader.fail(f"parts.{name}",
+            raise ConfigError(f"per_client.parts.{name}",
                               f"unknown part; known: {', '.join(contract.PARTS_BY_NAME)}")
-        if reader.mapping("parts").boolean(str(name), False):
-            parts.add(name)
-        else:
-            parts.discard(name)
+        (parts.add if on else parts.discard)(name)
     return frozenset(parts)
 
 
-def _patterns(reader: _Reader, name: str) -> tuple[Pattern, ...]:
-    """A list of regexes: plain strings match the client id, `{username: re}` the username."""
-    value = reader.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise reader.fail(name, "must be a list of regexes")
+def _pattern(text: str, key: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ConfigError(key, f"bad regex: {exc}") from None
+
+
+def _patterns(items: tuple[str | dict[str, str], ...], key: str) -> tuple[Pattern, ...]:
+    """Plain strings match the client id, `{username: re}` the username."""
     patterns = []
-    for i, item in enumerate(value):
-        where = f"{name}[{i}]"
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
         if isinstance(item, str):
-            target, text = "clientid", item
-        elif isinstance(item, Mapping) and len(item) == 1 and next(iter(item)) in (
-                "clientid", "username") and isinstance(next(iter(item.values())), str):
-            target, text = next(iter(item.items()))
-        else:
-            raise reader.fail(where, "must be a regex or {clientid: regex} or {username: regex}")
-        try:
-            patterns.append(Pattern(target, re.compile(text)))
-        except re.error as exc:
-            raise reader.fail(where, f"bad regex: {exc}") from None
+            item = {"clientid": item}
+        if len(item) != 1 or next(iter(item)) not in ("clientid", "username"):
+            raise ConfigError(where, "must be a regex or {clientid: regex} or {username: regex}")
+        ((target, text),) = item.items()
+        patterns.append(Pattern(target, _pattern(text, where)))
     return tuple(patterns)
 
 
-def _selection(reader: _Reader) -> SelectionSettings:
-    watch = reader.get("watch") or []
-    if not isinstance(watch, list) or not all(isinstance(w, str | int) for w in watch):
-        raise reader.fail("watch", "must be a list of client ids")
-    top = reader.mapping("top_k")
-    top.check_keys(frozenset(RANKINGS))
-    top_k = tuple((name, int(top.number(name, 0, minimum=0, integer=True)))
-                  for name in RANKINGS if top.get(name) is not None)
-    watch_only = reader.boolean("watch_only", False)
-    if watch_only and not watch:
-        raise reader.fail("watch_only", "needs a watch list")
-    if watch_only and (reader.get("allow") or top_k):
-        raise reader.fail("watch_only", "cannot go with allow or top_k: they need the walk")
+def _selection(config: PerClientConfig) -> SelectionSettings:
+    top_k = tuple((name, count) for name in RANKINGS
+                  if (count := getattr(config.top_k, name)) is not None)
+    if config.watch_only and not config.watch:
+        raise ConfigError("per_client.watch_only", "needs a watch list")
+    if config.watch_only and (config.allow or top_k):
+        raise ConfigError("per_client.watch_only",
+                          "cannot go with allow or top_k: they need the walk")
     return SelectionSettings(
-        watch=frozenset(str(w) for w in watch),
-        allow=_patterns(reader, "allow"),
-        deny=_patterns(reader, "deny"),
+        watch=frozenset(str(w) for w in config.watch),
+        allow=_patterns(config.allow, "per_client.allow"),
+        deny=_patterns(config.deny, "per_client.deny"),
         top_k=top_k,
-        hysteresis=reader.number("hysteresis", 0.5, minimum=0.0),
-        max_series=int(reader.number("max_series", 40_000, minimum=1, integer=True)),
-        watch_only=watch_only,
+        hysteresis=config.hysteresis,
+        max_series=config.max_series,
+        watch_only=config.watch_only,
     )
 
 
-def _filters(reader: _Reader) -> tuple[tuple[str, str], ...]:
-    filters = reader.mapping("filters")
-    filters.check_keys(_FILTER_KEYS)
-    pairs = tuple((k, v) for k in sorted(_FILTER_KEYS) if (v := filters.text(k)) is not None)
-    state = dict(pairs).get("conn_state")
-    if state is not None and state not in ("connected", "idle", "disconnected"):
-        raise filters.fail("conn_state", "must be connected, idle or disconnected")
-    return pairs
-
-
-def _classes(value: Any) -> tuple[ClassRule, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ConfigError("classes", "must be a list of {name, clientid|username} rules")
+def _classes(configs: tuple[ClassConfig, ...]) -> tuple[ClassRule, ...]:
     rules = []
-    for i, item in enumerate(value):
+    for i, rule in enumerate(configs):
         where = f"classes[{i}]"
-        if not isinstance(item, Mapping):
-            raise ConfigError(where, "must be a mapping")
-        reader = _Reader(item, where)
-        reader.check_keys(frozenset({"name", "clientid", "username"}))
-        name = reader.text("name")
-        if not name:
-            raise reader.fail("name", "is required")
-        fields = [f for f in ("clientid", "username") if item.get(f) is not None]
-        if len(fields) != 1:
+        if not rule.name:
+            raise ConfigError(f"{where}.name", "is required")
+        given = [(f, text) for f in ("clientid", "username")
+                 if (text := getattr(rule, f)) is not None]
+        if len(given) != 1:
             raise ConfigError(where, "needs exactly one of clientid or username (a regex)")
-        pattern = reader.text(fields[0]) or ""
-        try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            raise reader.fail(fields[0], f"bad regex: {exc}") from None
-        rules.append(ClassRule(name, fields[0], compiled))
+        ((target, text),) = given
+        rules.append(ClassRule(name=rule.name, field=target,
+                               pattern=_pattern(text, f"{where}.{target}")))
     return tuple(rules)
 
 
-def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
-                  config_path: str | None) -> Settings:
-    """Merge flags > environment > config file > defaults, then validate everything."""
+def _merge(flags: Mapping[str, Any], environ: Mapping[str, str],
+           config_path: str | None) -> dict[str, Any]:
+    """Flags over environment over the file; the defaults come in when decoding."""
     data = read_config_file(config_path) if config_path else {}
-    _Reader(data).check_keys(TOP_KEYS)
+    _check_keys(data, TOP_KEYS, "")
     top = dict(data)
     # `*_FILE` variables first, so an inline secret from the environment beats a file one.
     for variable, key in sorted(ENVIRONMENT.items(),
@@ -479,68 +365,41 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
             if key.endswith("_file"):
                 top.pop(key.removesuffix("_file"), None)
     top.update({key: value for key, value in flags.items() if value is not None})
-    reader = _Reader(top)
-    defaults = {k: v for k, v in top.items() if k in CLUSTER_KEYS}
-    entries = top.get("clusters")
-    clusters: tuple[ClusterSettings, ...]
-    if entries is None:
-        clusters = (_cluster(_Reader(defaults)),)
-    else:
-        if not isinstance(entries, list) or not entries:
-            raise ConfigError("clusters", "must be a non-empty list")
-        built = []
-        for i, entry in enumerate(entries):
-            where = f"clusters[{i}]"
-            if not isinstance(entry, Mapping):
-                raise ConfigError(where, "must be a mapping")
-            _Reader(entry, where).check_keys(CLUSTER_KEYS)
-            merged = {**defaults, **entry}
-            for secret in ("api_secret", "password"):
-                if f"{secret}_file" in entry and secret not in entry:
-                    merged.pop(secret, None)  # the entry's own file beats an inherited value
-            built.append(_cluster(_Reader(merged, where)))
-        clusters = tuple(built)
-    names = [c.name for c in clusters]
-    if len(clusters) > 1 and (None in names or len(set(names)) != len(names)):
-        raise ConfigError("clusters", "each of several clusters needs its own unique name")
-    host, port = _listen(reader.text("listen") or DEFAULT_LISTEN)
-    per_client = reader.mapping("per_client")
-    per_client.check_keys(_PER_CLIENT_KEYS)
-    aggregate = reader.mapping("aggregate")
-    aggregate.check_keys(_AGGREGATE_KEYS)
-    defaults_pc = PerClientSettings()
-    classes = _classes(top.get("classes"))
-    aggregate_labels = aggregate.names("labels", ("node", "class") if classes else ("node",),
-                                       contract.AGGREGATE_LABEL_CHOICES)
-    saturation = aggregate.number("saturation", 0.8)
-    if saturation > 1:
-        raise aggregate.fail("saturation", f"must be a fill ratio in (0, 1], got {saturation}")
+    return top
+
+
+def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
+                  config_path: str | None) -> Settings:
+    """Merge flags > environment > config file > defaults, then validate everything."""
+    top = _merge(flags, environ, config_path)
+    clusters = _clusters(top)
+    config = decode({k: v for k, v in top.items() if k not in CLUSTER_KEYS | {"clusters"}},
+                     ExporterConfig, "")
+    host, port = _listen(config.listen)
+    per_client = config.per_client
+    classes = _classes(config.classes)
+    aggregate_labels = config.aggregate.labels or (
+        AGGREGATE_DEFAULTS.labels + (("class",) if classes else ()))
     return Settings(
         clusters=clusters,
         listen_host=host,
         listen_port=port,
-        log_level=reader.choice("log_level", "info", ("debug", "info", "warning", "error")),
-        log_format=reader.choice("log_format", "console", ("console", "json")),
+        log_level=config.log_level,
+        log_format=config.log_format,
         per_client=PerClientSettings(
-            parts=_parts(per_client),
-            labels=per_client.names("labels", (), contract.IDENTITY_LABEL_CHOICES),
-            info_labels=per_client.names("info_labels", defaults_pc.info_labels,
-                                         contract.INFO_LABEL_CHOICES),
+            parts=_parts(per_client.parts),
+            labels=_names(per_client.labels, "per_client.labels"),
+            info_labels=_names(per_client.info_labels, "per_client.info_labels"),
             selection=_selection(per_client),
-            state_file=per_client.text("state_file"),
+            state_file=per_client.state_file,
         ),
-        aggregate=AggregateSettings(labels=aggregate_labels, saturation=saturation),
+        aggregate=AggregateSettings(
+            labels=_names(aggregate_labels, "aggregate.labels"),
+            saturation=config.aggregate.saturation),
         classes=classes,
-        web_config=reader.text("web_config"),
-        open_paths=reader.names("open_paths", DEFAULT_OPEN_PATHS, OPENABLE_PATHS),
-        reload_endpoint=reader.boolean("reload_endpoint", False),
-        status_page=reader.boolean("status_page", True),
-        dashboard_url=_dashboard_url(reader),
+        web_config=config.web_config,
+        open_paths=_names(config.open_paths, "open_paths"),
+        reload_endpoint=config.reload_endpoint,
+        status_page=config.status_page,
+        dashboard_url=_dashboard_url(config.dashboard_url),
     )
-
-
-def _dashboard_url(reader: _Reader) -> str | None:
-    url = reader.text("dashboard_url")
-    if url is not None and not re.match(r"^https?://[^/\s]+", url):
-        raise reader.fail("dashboard_url", f"must be an http:// or https:// URL, got {url!r}")
-    return url

@@ -170,6 +170,9 @@ INFO_LABEL_CHOICES = (
     "ip_address",
 )
 AGGREGATE_LABEL_CHOICES = ("node", "class", "listener", "proto_name")
+#: Labels of `emqx_client_info` unless `per_client.info_labels` says otherwise.
+DEFAULT_INFO_LABELS = ("username", "node", "listener", "zone", "proto_name", "proto_ver",
+                       "clean_start")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ import shlex
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from emqx_simulator import SimSettings, serving_simulator
+from emqx_simulator.settings import CLIENT_GROUPS, DEFAULT_VERSIONS, MAX_CLIENTS
 from exporter.config import Settings, load_settings
 from exporter.errors import ConfigError
-from exporter.simulator import SimSettings, serving_simulator
-from exporter.simulator.settings import CLIENT_GROUPS, DEFAULT_VERSIONS, MAX_CLIENTS
 
 DEFAULT_LISTEN = "127.0.0.1:9877"
 DEFAULT_CLIENTS = 2000

@@ -10,20 +10,27 @@ import re
 import sys
 from pathlib import Path
 
-from exporter import contract
-from exporter.cli import OPTIONS
-from exporter.config import ENVIRONMENT
+from emqx_simulator.matrix import readme_table as fault_matrix_table
+from exporter import contract, schema
 from exporter.errors import REASONS
-from exporter.simulator.matrix import readme_table as fault_matrix_table
 
 
 def flags_table() -> str:
-    env_by_key = {key: var for var, key in ENVIRONMENT.items()}
     rows = ["| flag | config key | environment | meaning |", "|---|---|---|---|",
             "| `--config FILE` | | | YAML configuration file |"]
-    for flag, key, text in OPTIONS:
-        env = env_by_key.get(key, "")
-        rows.append(f"| `{flag}` | `{key}` | {f'`{env}`' if env else ''} | {text} |")
+    for s in schema.FLAGS:
+        envs = ", ".join(f"`{v}`" for v in schema.variables(s))
+        rows.append(f"| `{s.flag}` | `{s.key}` | {envs} | {schema.meaning(s)} |")
+    return "\n".join(rows)
+
+
+def config_keys_table() -> str:
+    rows = ["| key | default | meaning | flag / environment |", "|---|---|---|---|"]
+    for s in schema.SETTINGS:
+        default = schema.describe_default(s)
+        ways = ", ".join(f"`{w}`" for w in (s.flag, s.env) if w)
+        rows.append(f"| `{s.key}` | {f'`{default}`' if default else ''} | "
+                    f"{schema.meaning(s, with_default=False)} | {ways} |")
     return "\n".join(rows)
 
 
@@ -68,6 +75,7 @@ def distributions_table() -> str:
 
 BLOCKS = {
     "flags": flags_table,
+    "config-keys": config_keys_table,
     "parts": parts_table,
     "client-metrics": client_metrics_table,
     "aggregate-metrics": aggregate_metrics_table,

@@ -40,8 +40,7 @@ class ClientRenderSettings:
 
     parts: frozenset[str] = c.DEFAULT_PARTS
     identity_labels: tuple[str, ...] = ()
-    info_labels: tuple[str, ...] = ("username", "node", "listener", "zone", "proto_name",
-                                    "proto_ver", "clean_start")
+    info_labels: tuple[str, ...] = c.DEFAULT_INFO_LABELS
     #: Labels put in front of every series, e.g. (("cluster", "prod"),).
     const_labels: tuple[tuple[str, str], ...] = ()
 

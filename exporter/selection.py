@@ -26,11 +26,11 @@ class Pattern:
     """A regex over the client id or the username (full match)."""
 
     field: str  # "clientid" or "username"
-    regex: re.Pattern[str]
+    pattern: re.Pattern[str]
 
     def matches(self, record: ClientRecord) -> bool:
         value = record.clientid if self.field == "clientid" else (record.username or "")
-        return self.regex.fullmatch(value) is not None
+        return self.pattern.fullmatch(value) is not None
 
 
 #: Rankings for top-K, by name: what "worst" means for each. A client's `Scores` hold one value

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,6 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.contract import SELF_PREFIX
@@ -36,18 +37,15 @@ if TYPE_CHECKING:
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-@dataclass(slots=True)
-class _Histogram:
-    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
-    count: int = 0
-    total: float = 0.0
+LATENCY = SELF_PREFIX + "api_request_duration_seconds"
+LATENCY_HELP = "Duration of HTTP requests to EMQX, body included."
 
-    def observe(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        for i, bound in enumerate(DURATION_BUCKETS):
-            if value <= bound:
-                self.buckets[i] += 1
+
+def _request_latency() -> Histogram:
+    """One cluster's request durations by endpoint. Not registered: `SelfMetrics.collect`
+    merges every cluster's into one family, adding the `cluster` label when clusters are named."""
+    return Histogram(LATENCY, LATENCY_HELP, ["endpoint"], buckets=DURATION_BUCKETS,
+                     registry=None)
 
 
 @dataclass(slots=True)
@@ -63,7 +61,7 @@ class ClusterStats:
     poll_duration: float | None = None
     last_success: float | None = None
     api_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
-    api_durations: dict[str, _Histogram] = field(default_factory=dict)
+    api_durations: Histogram = field(default_factory=_request_latency)
     api_errors: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     series: dict[str, int] = field(default_factory=dict)
@@ -79,10 +77,7 @@ class ClusterStats:
 
     def observe_request(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.api_requests[(endpoint, outcome)] += 1
-        histogram = self.api_durations.get(endpoint)
-        if histogram is None:
-            histogram = self.api_durations[endpoint] = _Histogram()
-        histogram.observe(seconds)
+        self.api_durations.labels(endpoint).observe(seconds)
 
     def count_error(self, reason: str, amount: int = 1) -> None:
         self.api_errors[reason] += amount
@@ -196,9 +191,7 @@ class SelfMetrics:
         duplicates = CounterMetricFamily(SELF_PREFIX + "duplicate_clients",
                                          "Client rows listed twice in one poll and dropped.",
                                          labels=base)
-        latency = HistogramMetricFamily(SELF_PREFIX + "api_request_duration_seconds",
-                                        "Duration of HTTP requests to EMQX, body included.",
-                                        labels=[*base, "endpoint"])
+        latency = HistogramMetricFamily(LATENCY, LATENCY_HELP, labels=[*base, "endpoint"])
         for s in self.clusters:
             interval.add_metric(labels(s), s.interval)
             if s.polled:
@@ -222,11 +215,7 @@ class SelfMetrics:
             for reason, count in sorted(s.api_errors.items()):
                 errors.add_metric(labels(s, reason), count)
             duplicates.add_metric(labels(s), s.duplicates)
-            for endpoint, h in sorted(s.api_durations.items()):
-                cumulative = [(str(b), float(n)) for b, n in zip(DURATION_BUCKETS, h.buckets,
-                                                                   strict=True)]
-                cumulative.append(("+Inf", float(h.count)))
-                latency.add_metric(labels(s, endpoint), cumulative, h.total)
+            latency.samples.extend(_latency_samples(s, named))
         age = gauge("snapshot_age_seconds",
                     "Seconds since the served data was rendered by a complete poll; grows "
                     "while polls fail (scrapes never poll).", [])
@@ -253,3 +242,13 @@ class SelfMetrics:
                     SELF_PREFIX + f"{kind}_last_reload_success_timestamp_seconds",
                     f"When the {kind} file was last loaded successfully, Unix time.",
                     value=status.last_success)
+
+
+def _latency_samples(stats: ClusterStats, named: bool) -> list[Sample]:
+    """A cluster's request-latency samples, endpoints sorted, with its `cluster` label.
+    `_created` is left out: the text format would show it as a series of its own."""
+    cluster = {"cluster": stats.name or ""} if named else {}
+    (family,) = stats.api_durations.collect()
+    samples = sorted((s for s in family.samples if not s.name.endswith("_created")),
+                     key=lambda s: s.labels["endpoint"])  # stable: each histogram stays in order
+    return [s._replace(labels={**cluster, **s.labels}) for s in samples]

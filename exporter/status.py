@@ -123,7 +123,9 @@ def _outcome(poller: ClusterPoller) -> str:
 def _nodes(poller: ClusterPoller) -> list[NodeStatus]:
     report = poller.last_report
     outcomes = {o.node: o for o in report.outcomes} if report is not None else {}
-    names = sorted(set(outcomes) | {n for n in poller.last_failures if n})
+    # Known nodes stay listed when a poll cannot even list them (`node_up` 0, not absent).
+    names = sorted(set(outcomes) | set(poller.known_nodes)
+                   | {n for n in poller.last_failures if n})
     nodes = []
     for name in names:
         outcome = outcomes.get(name)

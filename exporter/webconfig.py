@@ -17,12 +17,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import yaml
+from msgspec import Meta
 
-from exporter.config import _Reader
 from exporter.errors import ConfigError
+from exporter.schema import Schema, Text, decode
 from exporter.webauth import BCRYPT_HASH
 
 #: Go's names of TLS versions and Python's.
@@ -89,13 +91,8 @@ HEADERS: dict[str, tuple[str, ...] | None] = {
     "Strict-Transport-Security": None,
 }
 
-_TOP_KEYS = frozenset({"tls_server_config", "http_server_config", "basic_auth_users",
-                       "rate_limit"})
 #: Toolkit keys this server does not implement, and why.
 _UNSUPPORTED = {"ip_socket_config": "IP TTL and DSCP of the listening socket are not supported"}
-_TLS_KEYS = frozenset({"cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type",
-                       "client_ca_file", "client_allowed_sans", "min_version", "max_version",
-                       "cipher_suites", "prefer_server_cipher_suites", "curve_preferences"})
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -148,155 +145,163 @@ class WebConfig:
         return ((self.path,) if self.path else ()) + (self.tls.files if self.tls else ())
 
 
-def _reader(data: Any, where: str) -> _Reader:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, "must be a mapping")
-    return _Reader(data, where)
+class _TlsSchema(Schema, frozen=True):
+    cert_file: Text | None = None
+    key_file: Text | None = None
+    cert: Text | None = None
+    key: Text | None = None
+    client_ca_file: Text | None = None
+    client_ca: Text | None = None
+    client_auth_type: Text | None = None
+    client_allowed_sans: tuple[str, ...] = ()
+    min_version: Text = Text("TLS12")
+    max_version: Text = Text("TLS13")
+    cipher_suites: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+    curve_preferences: tuple[str, ...] = ()
 
 
-def _strings(reader: _Reader, name: str) -> tuple[str, ...]:
-    value = reader.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise reader.fail(name, "must be a list of strings")
-    return tuple(value)
+class _HttpSchema(Schema, frozen=True):
+    # aiohttp speaks HTTP/1.1 only: with http2 true (the default) a client offering HTTP/2
+    # by ALPN is answered in HTTP/1.1, as a Go server with http2 false would.
+    http2: bool = True
+    headers: dict[str, Text] = msgspec.field(default_factory=dict)
 
 
-def _duration(reader: _Reader, name: str) -> float:
+class _RateLimitSchema(Schema, frozen=True):
+    interval: str | int | float = 0  # a Go duration; a plain 0 too
+    burst: Annotated[int, Meta(ge=0, le=2**53)] = 0
+
+
+class _WebSchema(Schema, frozen=True):
+    """The exporter-toolkit file; toolkit keys this server cannot honour are refused first."""
+
+    tls_server_config: _TlsSchema = _TlsSchema()
+    http_server_config: _HttpSchema = _HttpSchema()
+    basic_auth_users: dict[str, Any] = msgspec.field(default_factory=dict)
+    rate_limit: _RateLimitSchema = _RateLimitSchema()
+
+
+def _duration(value: str | int | float, key: str) -> float:
     """A Go duration such as `1s`, `250ms` or `1m30s`; a plain 0 too."""
-    value = reader.get(name)
-    if value is None or value == 0 or value == "0":
+    if value == 0 or value == "0":
         return 0.0
     text = str(value).strip()
     if not isinstance(value, str) or not text or _DURATION.sub("", text):
-        raise reader.fail(name, f"must be a duration such as 1s or 250ms, got {value!r}")
+        raise ConfigError(key, f"must be a duration such as 1s or 250ms, got {value!r}")
     return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
 
 
-def _tls(reader: _Reader, directory: Path) -> TlsServerConfig | None:
-    reader.check_keys(_TLS_KEYS)
-    if not any(reader.get(k) for k in ("cert", "key", "client_ca", "cert_file", "key_file",
-                                         "client_ca_file", "client_auth_type")):
+def _tls(tls: _TlsSchema, directory: Path) -> TlsServerConfig | None:
+    where = "web_config.tls_server_config"
+    if not any((tls.cert, tls.key, tls.client_ca, tls.cert_file, tls.key_file,
+                tls.client_ca_file, tls.client_auth_type)):
         return None  # as in the toolkit: TLS is off unless something of it is given
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where}.{key}", message)
+
     for inline, path in (("cert", "cert_file"), ("key", "key_file"),
                          ("client_ca", "client_ca_file")):
-        if reader.text(inline) and reader.text(path):
-            raise reader.fail(inline, f"give either {inline} or {path}, not both")
-    if not (reader.text("cert") or reader.text("cert_file")):
-        raise reader.fail("cert_file", "is required (or cert, inline)")
-    if not (reader.text("key") or reader.text("key_file")):
-        raise reader.fail("key_file", "is required (or key, inline)")
-    auth = reader.text("client_auth_type") or "NoClientCert"
+        if getattr(tls, inline) and getattr(tls, path):
+            raise fail(inline, f"give either {inline} or {path}, not both")
+    if not (tls.cert or tls.cert_file):
+        raise fail("cert_file", "is required (or cert, inline)")
+    if not (tls.key or tls.key_file):
+        raise fail("key_file", "is required (or key, inline)")
+    auth = tls.client_auth_type or "NoClientCert"
     if auth in UNSUPPORTED_CLIENT_AUTH:
-        raise reader.fail("client_auth_type", f"{auth} (a certificate demanded but never "
-                          "checked) is not supported: use RequireAndVerifyClientCert with "
-                          "client_ca_file")
+        raise fail("client_auth_type", f"{auth} (a certificate demanded but never checked) "
+                   "is not supported: use RequireAndVerifyClientCert with client_ca_file")
     if auth not in CLIENT_AUTH:
-        raise reader.fail("client_auth_type", f"must be one of {', '.join(CLIENT_AUTH)}; "
-                          f"got {auth!r}")
-    has_ca = bool(reader.text("client_ca_file") or reader.text("client_ca"))
+        raise fail("client_auth_type", f"must be one of {', '.join(CLIENT_AUTH)}; got {auth!r}")
+    has_ca = bool(tls.client_ca_file or tls.client_ca)
     if has_ca and CLIENT_AUTH[auth] == ssl.CERT_NONE:
-        raise reader.fail("client_auth_type", f"client CA given, but {auth} never checks a "
-                          "client certificate: use RequireAndVerifyClientCert")
+        raise fail("client_auth_type", f"client CA given, but {auth} never checks a client "
+                   "certificate: use RequireAndVerifyClientCert")
     if not has_ca and CLIENT_AUTH[auth] != ssl.CERT_NONE:
-        raise reader.fail("client_ca_file", f"is required with client_auth_type {auth}")
-    sans = _strings(reader, "client_allowed_sans")
-    if sans and auth != "RequireAndVerifyClientCert":
-        raise reader.fail("client_allowed_sans", "needs client_auth_type "
-                          "RequireAndVerifyClientCert")
-    versions = []
-    for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
-        version = reader.text(name) or default
-        if version not in TLS_VERSIONS:
-            raise reader.fail(name, f"must be one of {', '.join(TLS_VERSIONS)}; got {version!r}")
-        versions.append(version)
-    if TLS_VERSIONS[versions[0]] > TLS_VERSIONS[versions[1]]:
-        raise reader.fail("max_version", f"{versions[1]} is below min_version {versions[0]}")
-    suites = _strings(reader, "cipher_suites")
-    for suite in suites:
+        raise fail("client_ca_file", f"is required with client_auth_type {auth}")
+    if tls.client_allowed_sans and auth != "RequireAndVerifyClientCert":
+        raise fail("client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert")
+    for name in ("min_version", "max_version"):
+        if getattr(tls, name) not in TLS_VERSIONS:
+            raise fail(name, f"must be one of {', '.join(TLS_VERSIONS)}; "
+                             f"got {getattr(tls, name)!r}")
+    if TLS_VERSIONS[tls.min_version] > TLS_VERSIONS[tls.max_version]:
+        raise fail("max_version", f"{tls.max_version} is below min_version {tls.min_version}")
+    for suite in tls.cipher_suites:
         if suite not in CIPHER_SUITES:
-            raise reader.fail("cipher_suites", f"unknown cipher suite {suite!r} (Go's names, "
-                              "e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)")
-    curves = _strings(reader, "curve_preferences")
-    for curve in curves:
+            raise fail("cipher_suites", f"unknown cipher suite {suite!r} (Go's names, "
+                       "e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)")
+    for curve in tls.curve_preferences:
         if curve not in CURVES:
-            raise reader.fail("curve_preferences", f"{curve!r} is not one of "
-                              f"{', '.join(CURVES)}")
-    if len(curves) > 1:
-        raise reader.fail("curve_preferences", "Python's ssl module sets one curve only: list "
-                          "one, or none for OpenSSL's defaults")
-    def file(name: str) -> str | None:
+            raise fail("curve_preferences", f"{curve!r} is not one of {', '.join(CURVES)}")
+    if len(tls.curve_preferences) > 1:
+        raise fail("curve_preferences", "Python's ssl module sets one curve only: list one, "
+                   "or none for OpenSSL's defaults")
+
+    def file(path: str | None) -> str | None:
         """As in the toolkit, a relative path is relative to the web config's directory."""
-        path = reader.text(name)
         return str(directory / path) if path else None
 
     return TlsServerConfig(
-        cert_file=file("cert_file"), key_file=file("key_file"),
-        cert=reader.text("cert"), key=reader.text("key"),
-        client_ca_file=file("client_ca_file"), client_ca=reader.text("client_ca"),
-        client_auth_type=auth, client_allowed_sans=frozenset(sans),
-        min_version=versions[0], max_version=versions[1], cipher_suites=suites,
-        prefer_server_cipher_suites=reader.boolean("prefer_server_cipher_suites", True),
-        curve=curves[0] if curves else None)
+        cert_file=file(tls.cert_file), key_file=file(tls.key_file),
+        cert=tls.cert, key=tls.key,
+        client_ca_file=file(tls.client_ca_file), client_ca=tls.client_ca,
+        client_auth_type=auth, client_allowed_sans=frozenset(tls.client_allowed_sans),
+        min_version=tls.min_version, max_version=tls.max_version,
+        cipher_suites=tls.cipher_suites,
+        prefer_server_cipher_suites=tls.prefer_server_cipher_suites,
+        curve=tls.curve_preferences[0] if tls.curve_preferences else None)
 
 
-def _headers(reader: _Reader) -> tuple[tuple[str, str], ...]:
-    reader.check_keys(frozenset({"http2", "headers"}))
-    # aiohttp speaks HTTP/1.1 only: with http2 true (the default) a client offering HTTP/2
-    # by ALPN is answered in HTTP/1.1, as a Go server with http2 false would.
-    reader.boolean("http2", True)
-    headers = reader.mapping("headers")
+def _headers(http: _HttpSchema) -> tuple[tuple[str, str], ...]:
     out = []
-    for name in headers.data:
+    for name, value in http.headers.items():
+        key = f"web_config.http_server_config.headers.{name}"
         if name not in HEADERS:
-            raise headers.fail(str(name), f"cannot be set; settable: {', '.join(HEADERS)}")
-        value = headers.text(name) or ""
+            raise ConfigError(key, f"cannot be set; settable: {', '.join(HEADERS)}")
         allowed = HEADERS[name]
         if value and allowed is not None and value.lower() not in allowed:
-            raise headers.fail(name, f"must be one of {', '.join(allowed)}; got {value!r}")
+            raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")
         if value:  # blank: unset, as in the toolkit
-            out.append((str(name), value))
+            out.append((name, str(value)))
     return tuple(out)
 
 
-def _users(data: Any) -> dict[str, bytes]:
-    reader = _reader(data, "web_config.basic_auth_users")
-    users = {}
-    for user, hashed in reader.data.items():
+def _users(users: Mapping[str, Any]) -> dict[str, bytes]:
+    checked = {}
+    for user, hashed in users.items():
         if not isinstance(hashed, str) or not BCRYPT_HASH.match(hashed.encode()):
-            raise reader.fail(str(user), "must be a bcrypt hash ($2y$10$..., see "
-                              "`htpasswd -nBC 10 \"\"`)")
-        users[str(user)] = hashed.encode()
-    return users
+            raise ConfigError(f"web_config.basic_auth_users.{user}", "must be a bcrypt hash "
+                              "($2y$10$..., see `htpasswd -nBC 10 \"\"`)")
+        checked[str(user)] = hashed.encode()
+    return checked
 
 
-def _rate_limit(reader: _Reader) -> RateLimit:
-    reader.check_keys(frozenset({"interval", "burst"}))
-    interval = _duration(reader, "interval")
-    burst = int(reader.number("burst", 0, minimum=0, integer=True))
-    if interval and not burst:
-        raise reader.fail("burst", "must be at least 1 when interval is set")
-    return RateLimit(interval, burst)
+def _rate_limit(limit: _RateLimitSchema) -> RateLimit:
+    interval = _duration(limit.interval, "web_config.rate_limit.interval")
+    if interval and not limit.burst:
+        raise ConfigError("web_config.rate_limit.burst", "must be at least 1 when interval is set")
+    return RateLimit(interval, limit.burst)
 
 
 def parse_web_config(data: Any, path: str | None = None) -> WebConfig:
     """A checked WebConfig from the file's parsed YAML; ConfigError names the bad key."""
-    top = _reader(data, "web_config")
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError("web_config", "must be a mapping")
     for key, why in _UNSUPPORTED.items():
-        if key in top.data:
-            raise top.fail(key, why)
-    top.check_keys(_TOP_KEYS)
+        if key in data:
+            raise ConfigError(f"web_config.{key}", why)
+    config = decode(data, _WebSchema, "web_config")
     directory = Path(path).parent if path else Path()
     return WebConfig(
         path=path,
-        tls=_tls(_reader(top.get("tls_server_config"), "web_config.tls_server_config"),
-                 directory),
-        headers=_headers(_reader(top.get("http_server_config"), "web_config.http_server_config")),
-        users=_users(top.get("basic_auth_users")),
-        rate_limit=_rate_limit(_reader(top.get("rate_limit"), "web_config.rate_limit")),
+        tls=_tls(config.tls_server_config, directory),
+        headers=_headers(config.http_server_config),
+        users=_users(config.basic_auth_users),
+        rate_limit=_rate_limit(config.rate_limit),
     )
 
 

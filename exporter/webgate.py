@@ -24,8 +24,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from exporter.config import DEFAULT_OPEN_PATHS
 from exporter.errors import ConfigError
+from exporter.schema import DEFAULT_OPEN_PATHS
 from exporter.selfmetrics import ReloadStatus
 from exporter.webauth import Credentials, TokenBucket
 from exporter.webconfig import (

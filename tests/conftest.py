@@ -22,6 +22,15 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
 
 
+def compare_golden(name: str, body: str, update: bool) -> None:
+    """`body` equals tests/golden/<name> byte for byte; `--update-golden` rewrites the file."""
+    path = GOLDEN / name
+    if update:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(body)
+    assert body == path.read_text(), f"{path} differs; rerun with --update-golden to accept"
+
+
 def fixture_bytes(version: str, name: str) -> bytes:
     return (FIXTURES / version / name).read_bytes()
 

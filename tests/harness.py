@@ -11,11 +11,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from exporter.api import ApiClient, BasicAuth, RetryPolicy
 from exporter.config import load_settings
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from tests.exposition import Sample, samples_openmetrics, samples_text
 
 

@@ -29,13 +29,13 @@ import pytest
 import yaml
 from aiohttp import web
 
-from exporter.simulator import SimCluster, SimSettings, build_sim_app
+from emqx_simulator import SimCluster, SimSettings, build_sim_app
 from tests.conftest import require_tool
+from tests.ports import free_port
 from tests.prometheus_server import (
     Alertmanager,
     Prometheus,
     alertmanager_server,
-    free_port,
     prometheus_server,
     running,
     tail,

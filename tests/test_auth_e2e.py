@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from emqx_simulator import SimSettings
 from exporter.api import ApiClient, BearerLogin, Request, RetryPolicy
-from exporter.simulator import SimSettings
 from tests.harness import Rig, per_client, rig, value
 
 LOGIN = "POST /api/v5/login"

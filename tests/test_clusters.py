@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,21 +19,15 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from structlog.testing import capture_logs
 
+from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from exporter.config import load_settings
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from tests.exposition import Sample, samples_text
 from tests.harness import per_client, rig, value
+from tests.ports import free_port
 
 NODE2 = "emqx@10.0.0.2"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -158,7 +151,7 @@ async def test_one_failing_cluster_leaves_the_other_intact(tmp_path: Path, failu
     sims = {"good": SIMS["prod"], "bad": SIMS["legacy"]}
     if failure == "unreachable":
         del sims["bad"]
-        entries["bad"]["emqx_url"] = f"http://127.0.0.1:{closed_port()}"
+        entries["bad"]["emqx_url"] = f"http://127.0.0.1:{free_port()}"  # nobody listens
     async with multi(tmp_path, sims, entries) as m:
         if failure == "unauthorized":
             await m.exporter.poll_all_once()  # both work first

@@ -18,9 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from emqx_simulator import SimSettings
+from emqx_simulator.settings import ApiGeneration
 from exporter.config import load_settings
-from exporter.simulator import SimSettings
-from exporter.simulator.settings import ApiGeneration
 from tests.test_cli import ROOT, threaded_sim
 
 README = ROOT / "README.md"

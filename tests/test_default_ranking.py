@@ -9,13 +9,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from structlog.testing import capture_logs
 
+from emqx_simulator import SimSettings
 from exporter.aggregate import AggregateSettings, Classifier
 from exporter.cli import main
 from exporter.config import PerClientSettings
 from exporter.pipeline import Pipeline, PipelineResult, series_per_client
 from exporter.records import ClientRecord, record_type
 from exporter.selection import SelectionSettings
-from exporter.simulator import SimSettings
 from exporter.snapshot import compose
 from exporter.timeparse import TimeParser
 from tests.exposition import samples_text

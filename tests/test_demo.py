@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from emqx_simulator.settings import DEFAULT_VERSIONS
 from exporter.demo import add_arguments
-from exporter.simulator.settings import DEFAULT_VERSIONS
 from tests.exposition import by_name, samples_text
-from tests.test_cli import ROOT, free_port, get, stop, wait_for
+from tests.ports import free_port
+from tests.test_cli import ROOT, get, stop, wait_for
 
 BANNER_END = "Press Ctrl-C to stop."
 

@@ -552,6 +552,21 @@ def test_dockerfile_is_multi_stage_locked_and_non_root() -> None:
             assert (ROOT / source).exists(), source
 
 
+def test_image_leaves_out_the_simulator_unless_built_for_the_demo() -> None:
+    builder = dockerfile_stages()[0]
+    assert ("ARG", "WITH_SIMULATOR=false") in builder
+    python = re.match(r"python:(\d+\.\d+)-", builder[0][1]).group(1)  # type: ignore[union-attr]
+    runs = " ".join(" ".join(rest.split()) for word, rest in builder if word == "RUN")
+    assert (f'if [ "$WITH_SIMULATOR" != true ]; then rm -r '
+            f"/opt/venv/lib/python{python}/site-packages/emqx_simulator; fi") in runs
+    assert "!emqx_simulator/" in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    services = compose()["services"]
+    assert services["simulator"]["build"]["args"] == {"WITH_SIMULATOR": "true"}
+    assert "args" not in services["exporter"]["build"]
+    # Two builds of one file, two images: the exporter's must not be the demo's.
+    assert services["simulator"]["image"] != services["exporter"]["image"]
+
+
 def lock_packages(path: Path) -> dict[str, str]:
     """name -> version of a hashed lock file; every requirement must carry a hash."""
     text = re.sub(r"\\\n\s*", " ", path.read_text())

@@ -35,7 +35,7 @@ def client(clientid: str, **fields: Any) -> ClientRecord:
 
 
 def pipeline(**aggregate: Any) -> Pipeline:
-    rules = [ClassRule("sensor", "clientid", re.compile("sensor-.*"))]
+    rules = [ClassRule(name="sensor", field="clientid", pattern=re.compile("sensor-.*"))]
     return Pipeline(PerClientSettings(), AggregateSettings(**aggregate), Classifier(rules),
                     TimeParser(ZoneInfo("UTC")))
 

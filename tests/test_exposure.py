@@ -4,7 +4,7 @@ emqx_client_info (README "Security"), and each only where the user asks for more
 
 from __future__ import annotations
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from tests.harness import rig
 
 

@@ -1,4 +1,4 @@
-"""Every fault of the matrix (exporter/simulator/matrix.py) against the daemon and `check`.
+"""Every fault of the matrix (emqx_simulator/matrix.py) against the daemon and `check`.
 
 For each fault: the daemon serves; `up`, `node_up` and the reason are right; the other nodes
 keep fresh data; aggregate counters never decrease; memory stays bounded; after the fault
@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
+from emqx_simulator import SimCluster, SimSettings
+from emqx_simulator.matrix import CLIENTS, MATRIX, NODE, FaultCase
 from exporter.cli import main
 from exporter.errors import REASONS
-from exporter.simulator import SimCluster, SimSettings
-from exporter.simulator.matrix import CLIENTS, MATRIX, NODE, FaultCase
 from tests.exposition import Sample, samples_text
 from tests.harness import Rig, per_client, rig, value
-from tests.test_cli import KEY, free_port, get, spawn, stop, threaded_sim, wait_for
+from tests.ports import free_port
+from tests.test_cli import KEY, get, spawn, stop, threaded_sim, wait_for
 from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
 
 ERRORS = "emqx_client_exporter_api_errors_total"

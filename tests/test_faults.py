@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from tests.harness import per_client, rig, value
 
 NODE2 = "emqx@10.0.0.2"

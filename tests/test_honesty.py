@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from exporter.state import CounterState
 from tests.harness import per_client, rig, value
 from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
@@ -266,8 +266,8 @@ async def test_a_locked_user_is_left_alone_for_the_lock_duration() -> None:
 def test_simulated_lockout_follows_emqx() -> None:
     """`emqx_dashboard_login_lock_SUITE` (t_login_lock): five wrong passwords lock the user,
     the right one is refused while locked; unknown users are never locked; e5.8 has no lock."""
-    from exporter.simulator.auth import Authenticator
-    from exporter.simulator.settings import features_for
+    from emqx_simulator.auth import Authenticator
+    from emqx_simulator.settings import features_for
 
     def authenticator(version: str, now: list[int]) -> Authenticator:
         sim = SimSettings(version=version)

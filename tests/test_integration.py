@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from tests.harness import per_client, rig, value
 
 VERSIONS = [("v5", "5.8.9"), ("v5", "5.4.1"), ("v5", "5.6.2"), ("v5", "6.2.1"),

@@ -6,11 +6,11 @@ from urllib.parse import quote
 
 import pytest
 
+from emqx_simulator import SimCluster, SimSettings
 from exporter.api import ApiClient
 from exporter.dialects import Dialect, make_dialect
 from exporter.lookup import MAX_REQUEST_LINE, LookupResult, batches, look_up
 from exporter.records import ClientRecord
-from exporter.simulator import SimCluster, SimSettings
 from tests.harness import sim_api
 
 MISSING = "no-such-client"

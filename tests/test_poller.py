@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from tests.harness import rig
 
 

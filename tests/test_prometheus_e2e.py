@@ -33,13 +33,13 @@ import pytest
 import yaml
 from aiohttp import web
 
+from emqx_simulator import SimCluster, SimSettings, build_sim_app
 from exporter.selection import RANKINGS
-from exporter.simulator import SimCluster, SimSettings, build_sim_app
 from tests.conftest import require_tool
+from tests.ports import free_port
 from tests.prometheus_server import (
     Prometheus,
     PrometheusError,
-    free_port,
     prometheus_server,
     running,
     tail,

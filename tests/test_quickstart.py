@@ -27,7 +27,8 @@ import pytest
 
 from exporter import __version__
 from tests.exposition import by_name, samples_text
-from tests.test_cli import ROOT, free_port, get, wait_for
+from tests.ports import free_port
+from tests.test_cli import ROOT, get, wait_for
 from tests.test_demo import banner_command, read_banner, require_command
 
 

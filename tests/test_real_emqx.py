@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from emqx_simulator import SimSettings
 from exporter import records
 from exporter.dialects import make_dialect
-from exporter.simulator import SimSettings
 from tests.exposition import Sample
 from tests.harness import per_client, rig, value
 
@@ -197,7 +197,7 @@ async def test_undefined_username_means_none_for_rules(api: str) -> None:
 def test_the_fields_we_name_are_in_every_fields_enum() -> None:
     """The exporter's `fields=` names against the simulator's enums, which follow EMQX's schema
     version by version (tests/test_conformance.py)."""
-    from exporter.simulator.wire import v5_fields_enum
+    from emqx_simulator.wire import v5_fields_enum
 
     for version in ((5, 6, 0), (5, 7, 0), (5, 7, 1), (5, 8, 9), (6, 0, 1)):
         assert v5_fields_enum(version) >= records.V5_FIELDS_ENUM, version

@@ -23,14 +23,15 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from exporter.config import load_settings
 from exporter.reload import ConfigReloader
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from tests.exposition import Sample, samples_text
 from tests.harness import value
-from tests.prometheus_server import free_port, running, tail, wait_http_ok
+from tests.ports import free_port
+from tests.prometheus_server import running, tail, wait_http_ok
 from tests.test_prometheus_e2e import serve_simulator
 from tests.test_rules import ROOT
 

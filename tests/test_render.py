@@ -18,7 +18,7 @@ from exporter.pipeline import Pipeline, PipelineResult
 from exporter.records import ClientRecord, record_type
 from exporter.snapshot import compose
 from exporter.timeparse import TimeParser
-from tests.conftest import GOLDEN, fixture_bytes
+from tests.conftest import GOLDEN, compare_golden, fixture_bytes
 from tests.exposition import (
     by_name,
     promtool_check,
@@ -62,11 +62,7 @@ def test_golden_exposition(parts: frozenset[str], update_golden: bool) -> None:
     text, om = run(sample_records(), parts)
     name = "default" if parts == contract.DEFAULT_PARTS else "all-parts"
     for suffix, body in ((".prom", text), (".om.txt", om)):
-        path = GOLDEN / f"render-{name}{suffix}"
-        if update_golden:
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(body)
-        assert body == path.read_text(), f"{path} differs; rerun with --update-golden to accept"
+        compare_golden(f"render-{name}{suffix}", body, update_golden)
 
 
 def test_values_follow_the_records() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from tests.harness import rig, value
 
 pytestmark = pytest.mark.scale

@@ -28,11 +28,11 @@ import bcrypt
 import pytest
 import yaml
 
-from exporter.simulator import SimCluster, SimSettings
+from emqx_simulator import SimCluster, SimSettings
 from tests.conftest import require_tool
+from tests.ports import free_port
 from tests.prometheus_server import (
     Prometheus,
-    free_port,
     prometheus_server,
     running,
     tail,

@@ -9,12 +9,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bench.shard_listing import listing_cost, replicas
+from emqx_simulator import SimSettings
 from exporter.dialects import NodeInfo
 from exporter.records import ClientRecord
 from exporter.server import build_app
 from exporter.service import Exporter
 from exporter.sharding import assign
-from exporter.simulator import SimSettings
 from tests.exposition import Sample, samples_text
 from tests.harness import per_client
 

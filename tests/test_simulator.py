@@ -16,15 +16,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, unused_port
 
-from exporter.simulator import (
+from emqx_simulator import (
     ManualClock,
     SimCluster,
     SimSettings,
     build_sim_app,
     run_simulator,
 )
-from exporter.simulator.context import PAGES
-from exporter.simulator.listing import (
+from emqx_simulator.context import PAGES
+from emqx_simulator.listing import (
     NodeSeq,
     cursor_page,
     decode_cursor,

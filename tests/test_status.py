@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from exporter.simulator import SimSettings
+from emqx_simulator import SimSettings
 from exporter.status import Status, render_html
 from tests.harness import Rig, rig
 
@@ -148,6 +148,17 @@ async def test_a_failed_poll_stays_on_the_page_after_recovery() -> None:
     assert failed["up"] is False and failed["outcome"].startswith("failed: unauthorized: ")
     assert "outcome | ok" in page
     assert re.search(r"last failed poll \| unauthorized: .* at \d{4}-\d\d-\d\d ", page), page
+
+
+async def test_known_nodes_stay_listed_when_nodes_fails() -> None:
+    async with rig(SimSettings(clients=10, nodes=3)) as r:
+        await r.poll()
+        r.cluster.faults.add("http_error", status=503, endpoint="GET /api/v5/nodes")
+        r.clock.advance(30)
+        await r.poll()
+        cluster = json.loads(await (await r.client.get("/status.json")).text())["clusters"][0]
+    assert cluster["up"] is False
+    assert [n["state"] for n in cluster["nodes"]] == ["not polled"] * 3
 
 
 async def test_the_page_can_be_switched_off() -> None:

@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from emqx_simulator import SimCluster, SimSettings
 from exporter.config import load_settings
 from exporter.service import Exporter
-from exporter.simulator import SimCluster, SimSettings
 from exporter.timeparse import TimeParser
 from tests.exposition import Sample, samples_text
 from tests.harness import Rig, per_client, rig

@@ -18,11 +18,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from emqx_simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from exporter.config import load_settings
 from exporter.errors import ConfigError
 from exporter.poller import PollReport
 from exporter.service import Exporter
-from exporter.simulator import ManualClock, SimCluster, SimSettings, build_sim_app
 from tests.exposition import samples_text
 from tests.harness import per_client
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from emqx_simulator import SimSettings
 from exporter.cli import main
-from exporter.simulator import SimSettings
 from tests.test_cli import KEY, _restore_logging, threaded_sim  # noqa: F401 (autouse)
 
 

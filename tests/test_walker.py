@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from emqx_simulator import SimCluster, SimSettings
 from exporter.api import ApiClient
 from exporter.dialects import Dialect, NodeInfo, make_dialect
 from exporter.errors import WalkError
 from exporter.records import ClientRecord
-from exporter.simulator import SimCluster, SimSettings
 from exporter.walker import NodeWalk, walk
 from tests.harness import sim_api
 

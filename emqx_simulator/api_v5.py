@@ -8,10 +8,10 @@ import msgspec
 from aiohttp import web
 from multidict import MultiMapping
 
-from exporter.simulator.cluster import SimCluster
-from exporter.simulator.context import AUTH, CLUSTER, cached_json, int_param, row_faults
-from exporter.simulator.faults import apply_edits
-from exporter.simulator.listing import (
+from emqx_simulator.cluster import SimCluster
+from emqx_simulator.context import AUTH, CLUSTER, cached_json, int_param, row_faults
+from emqx_simulator.faults import apply_edits
+from emqx_simulator.listing import (
     ClientFilter,
     cursor_page,
     decode_cursor,
@@ -19,10 +19,10 @@ from exporter.simulator.listing import (
     page_window,
     v5_hasnext,
 )
-from exporter.simulator.nodes import node_info, nodes_list
-from exporter.simulator.responses import json_response, v5_error
-from exporter.simulator.settings import Features
-from exporter.simulator.wire import RowShape, v5_fields_enum
+from emqx_simulator.nodes import node_info, nodes_list
+from emqx_simulator.responses import json_response, v5_error
+from emqx_simulator.settings import Features
+from emqx_simulator.wire import RowShape, v5_fields_enum
 
 PREFIX = "/api/v5"
 #: Routes that need no Authorization header.

@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from exporter.simulator.durable import DurableSessions
-from exporter.simulator.faults import Faults
-from exporter.simulator.listing import ClientFilter, NodeSeq, compile_filter
-from exporter.simulator.population import CHURN, OFFLINE, Population, node_name
-from exporter.simulator.profile import Profile, ProfileFactory
-from exporter.simulator.settings import Features, SimSettings, features_for
-from exporter.simulator.traffic import last_connect, traffic
-from exporter.simulator.wire import Dialect, RowShape, RowValues, Timeline
+from emqx_simulator.durable import DurableSessions
+from emqx_simulator.faults import Faults
+from emqx_simulator.listing import ClientFilter, NodeSeq, compile_filter
+from emqx_simulator.population import CHURN, OFFLINE, Population, node_name
+from emqx_simulator.profile import Profile, ProfileFactory
+from emqx_simulator.settings import Features, SimSettings, features_for
+from emqx_simulator.traffic import last_connect, traffic
+from emqx_simulator.wire import Dialect, RowShape, RowValues, Timeline
 
 #: "sessions": every listed session (v4/v5 clients, v3 sessions); "connections": online only
 #: (v3 connections have no connected flag and leave offline sessions out).

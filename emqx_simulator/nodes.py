@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.simulator.cluster import SimCluster
+from emqx_simulator.cluster import SimCluster
 
 # Nodes were up a while before the simulation started: 5 days plus a few hours each.
 _BOOT_AGE_MS = 5 * 86_400_000

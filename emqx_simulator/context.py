@@ -7,10 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator.auth import Authenticator
-from exporter.simulator.cluster import SimCluster
-from exporter.simulator.faults import RowFaults, apply_edits
-from exporter.simulator.responses import encode, json_bytes
+from emqx_simulator.auth import Authenticator
+from emqx_simulator.cluster import SimCluster
+from emqx_simulator.faults import RowFaults, apply_edits
+from emqx_simulator.responses import encode, json_bytes
 
 
 class PageCache:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from exporter.simulator.population import Population
-from exporter.simulator.profile import Profile
+from emqx_simulator.population import Population
+from emqx_simulator.profile import Profile
 
 
 class NodeSeq:

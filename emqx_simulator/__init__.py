@@ -15,11 +15,11 @@ Fault kinds and their options are listed in ``faults.FaultKind``; ``/sim/...`` r
 (``control``) drive the same controls over HTTP.
 """
 
-from exporter.simulator.app import build_sim_app, run_simulator, serving_simulator
-from exporter.simulator.clock import ManualClock
-from exporter.simulator.cluster import SimCluster
-from exporter.simulator.faults import FaultKind, FaultRule, Faults
-from exporter.simulator.settings import SimSettings
+from emqx_simulator.app import build_sim_app, run_simulator, serving_simulator
+from emqx_simulator.clock import ManualClock
+from emqx_simulator.cluster import SimCluster
+from emqx_simulator.faults import FaultKind, FaultRule, Faults
+from emqx_simulator.settings import SimSettings
 
 __all__ = [
     "FaultKind",

@@ -11,19 +11,19 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from exporter.simulator.cluster import SimCluster, View
-from exporter.simulator.context import CLUSTER, cached_json, int_param, row_faults
-from exporter.simulator.faults import apply_edits
-from exporter.simulator.listing import ClientFilter, page_window
-from exporter.simulator.nodes import node_info, nodes_list
-from exporter.simulator.responses import (
+from emqx_simulator.cluster import SimCluster, View
+from emqx_simulator.context import CLUSTER, cached_json, int_param, row_faults
+from emqx_simulator.faults import apply_edits
+from emqx_simulator.listing import ClientFilter, page_window
+from emqx_simulator.nodes import node_info, nodes_list
+from emqx_simulator.responses import (
     json_response,
     legacy_crash,
     legacy_error,
     legacy_not_found,
     legacy_ok,
 )
-from exporter.simulator.settings import Features
+from emqx_simulator.settings import Features
 
 _DEFAULT_LIMIT = 10000  # management.max_row_limit
 _FILTER_PARAMS = (

@@ -14,12 +14,12 @@ from http import HTTPStatus
 import structlog
 from aiohttp import web
 
-from exporter.simulator import api_legacy, api_v5, control
-from exporter.simulator.auth import Authenticator
-from exporter.simulator.cluster import SimCluster
-from exporter.simulator.context import AUTH, CLUSTER, PAGES, ROW_FAULTS, Handler, PageCache
-from exporter.simulator.faults import ROW_KINDS, FaultRule, RowFaults
-from exporter.simulator.responses import (
+from emqx_simulator import api_legacy, api_v5, control
+from emqx_simulator.auth import Authenticator
+from emqx_simulator.cluster import SimCluster
+from emqx_simulator.context import AUTH, CLUSTER, PAGES, ROW_FAULTS, Handler, PageCache
+from emqx_simulator.faults import ROW_KINDS, FaultRule, RowFaults
+from emqx_simulator.responses import (
     INTERNAL_ERROR_TEXT,
     LEGACY_REALM,
     PROXY_ERROR_PAGE,
@@ -29,7 +29,7 @@ from exporter.simulator.responses import (
     plain,
     v5_error,
 )
-from exporter.simulator.settings import SimSettings
+from emqx_simulator.settings import SimSettings
 
 _ROLE_DENIED = "This API Key don't have permission to access this resource"
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
-from exporter.simulator.responses import (
+from emqx_simulator.responses import (
     LEGACY_REALM,
     UNAUTHORIZED_TEXT,
     V5_REALM,
@@ -19,7 +19,7 @@ from exporter.simulator.responses import (
     plain,
     v5_error,
 )
-from exporter.simulator.settings import Features, SimSettings
+from emqx_simulator.settings import Features, SimSettings
 
 #: EMQX's defaults: ``dashboard.unsuccessful_login_max_attempts``, ``..._interval`` (5 m) and
 #: ``..._lock_duration`` (10 m), ``emqx_dashboard_schema.erl``.

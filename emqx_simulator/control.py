@@ -16,8 +16,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from exporter.simulator.context import CLUSTER
-from exporter.simulator.responses import json_response
+from emqx_simulator.context import CLUSTER
+from emqx_simulator.responses import json_response
 
 PREFIX = "/sim"
 

@@ -8,7 +8,7 @@ expired + queue_full + too_large.
 
 from __future__ import annotations
 
-from exporter.simulator.profile import RATE_SHIFT, Profile
+from emqx_simulator.profile import RATE_SHIFT, Profile
 
 #: Order of the values ``traffic`` returns (v5 names; v5 rows carry them in this order).
 TRAFFIC_FIELDS = (

@@ -11,7 +11,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from exporter.simulator.settings import CLIENT_GROUPS, SimSettings
+from emqx_simulator.settings import CLIENT_GROUPS, SimSettings
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from exporter.simulator.clock import TimeFormatter
-from exporter.simulator.listing import ClientFilter
-from exporter.simulator.settings import Features
+from emqx_simulator.clock import TimeFormatter
+from emqx_simulator.listing import ClientFilter
+from emqx_simulator.settings import Features
 
 #: Seconds a durable session stays after its client left (its session expiry interval).
 EXPIRY_SECONDS = 7200

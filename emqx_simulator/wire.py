@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-from exporter.simulator.clock import TimeFormatter
-from exporter.simulator.profile import Profile
-from exporter.simulator.settings import Features
-from exporter.simulator.traffic import TRAFFIC_FIELDS, Traffic
+from emqx_simulator.clock import TimeFormatter
+from emqx_simulator.profile import Profile
+from emqx_simulator.settings import Features
+from emqx_simulator.traffic import TRAFFIC_FIELDS, Traffic
 
 UNSET: Any = msgspec.UNSET
 

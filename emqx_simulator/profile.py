@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from exporter.simulator.population import OFFLINE, Population
-from exporter.simulator.settings import CLIENT_GROUPS
+from emqx_simulator.population import OFFLINE, Population
+from emqx_simulator.settings import CLIENT_GROUPS
 
 _DRAWS = struct.Struct("<16H")
 
