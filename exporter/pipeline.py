@@ -71,6 +71,8 @@ CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_clien
             "raise per_client.max_series, or turn per-client parts off")
 
 _COUNTERS = attrgetter(*COUNTER_FIELDS)
+#: The scores of a client with an empty queue and window and no traffic.
+_IDLE: Scores = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -237,9 +239,13 @@ class PollRun:
         baseline = p.baseline
         seen = self.seen
         export_all = selector.settings.export_all
+        allow = bool(selector.settings.allow)
         default = selector.default
         ranking = bool(selector.top)
         ranked = self.ranked
+        lookup = self.lookup
+        poll = p.polls
+        ranks_reconnects = p.ranks_reconnects
         batch: dict[str, list[ClientRecord]] = {}
         # Records of one page nearly always share a node: look its part up once per change.
         current_node: str | None = None
@@ -251,7 +257,7 @@ class PollRun:
                 self.duplicates += 1  # the first row listed wins; the rest are drift
                 continue
             seen.add(clientid)
-            if self.lookup:
+            if lookup:
                 self._watch(record)
                 continue
             node = record.node or walk_node or ""
@@ -260,25 +266,29 @@ class PollRun:
                 part = self.nodes.setdefault(node, _NodePart())
                 node_index = p.node_index(node)
             part.clientids.append(clientid)
-            gauges = part.gauges.get(key)
-            if gauges is None:
-                gauges = part.gauges[key] = Gauges()
-                part.histograms[key] = Histograms()
-            aggregator.gauge(gauges, record)
+            histograms = part.histograms.get(key)
+            if histograms is None:
+                part.gauges[key] = Gauges()
+                histograms = part.histograms[key] = Histograms()
             connection = hash(record.connected_at or record.created_at or "")
             deltas, new, rated, since = state.observe(clientid, connection, _COUNTERS(record),
-                                                      node_index, p.polls, record.connected_at)
+                                                      node_index, poll, record.connected_at)
             aggregator.count(key, deltas, new and not baseline)
             rate_deltas = deltas if rated else None
-            histograms = part.histograms[key]
             histograms.records.append(record)
             histograms.deltas.append(rate_deltas)
             if since == since and record.connected is not False:  # NaN (unknown) != NaN
                 histograms.since.append(since)
-            scores = self._rank(record, rate_deltas) if ranking else None
+            if not ranking:
+                scores = None
+            elif (record.mqueue_len or record.inflight or ranks_reconnects
+                  or (rate_deltas and any(rate_deltas))):
+                scores = self._rank(record, rate_deltas)
+            else:
+                scores = _IDLE  # every score 0, most of a fleet: no ranking takes it
             if clientid in watch:
                 self._watch(record)
-            elif export_all or selector.allowed(record):
+            elif export_all or (allow and selector.allowed(record)):
                 if ranked:
                     self._offer_default(record, rate_deltas, scores)
                 elif self.allow_left > 0:
@@ -297,7 +307,9 @@ class PollRun:
         for node, chosen in batch.items():
             self._render(self.nodes[node], chosen)
         for part in self.nodes.values():
-            for histograms in part.histograms.values():
+            for key, histograms in part.histograms.items():
+                if histograms.records:
+                    aggregator.gauge(part.gauges[key], histograms.records)
                 histograms.flush(self.per_second, self.now)
 
     def _watch(self, record: ClientRecord) -> None:

@@ -12,7 +12,6 @@ import math
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from operator import sub
-from typing import cast
 
 #: Counter fields tracked per client, in this order in every delta list.
 COUNTER_FIELDS: tuple[str, ...] = (
@@ -58,6 +57,26 @@ class CounterState:
         started (from `started`, read when the connection is new; NaN: unknown).
         """
         slot = self._slots.get(clientid)
+        if slot is not None and self._connection[slot] == connection and None not in values:
+            # The common case, in C: the same connection and every counter present.
+            present: list[int] = list(values)  # type: ignore[arg-type]
+            stored = self._values
+            base = slot * WIDTH
+            last = stored[base:base + WIDTH].tolist()
+            went_down = False
+            if present == last:
+                deltas = [0] * WIDTH  # an idle client, most of a fleet: nothing to write back
+            else:
+                deltas = list(map(sub, present, last))
+                went_down = min(deltas) < 0  # a restart: handled one counter at a time below
+                if not went_down:
+                    stored[base:base + WIDTH] = array("q", present)
+            if not went_down:
+                seen = self._seen
+                rated = seen[slot] == poll - 1
+                seen[slot] = poll
+                self._node[slot] = node
+                return deltas, False, rated, self._since[slot]
         if slot is None:
             slot = self._allocate(clientid)
             new = True
@@ -75,16 +94,10 @@ class CounterState:
         self._node[slot] = node
         stored = self._values
         base = slot * WIDTH
-        if None not in values:
-            # The common case, in C: every counter present and none went down.
-            present = cast(Sequence[int], values)
-            if new:
-                stored[base:base + WIDTH] = array("q", present)
-                return list(present), new, rated, self._since[slot]
-            deltas = list(map(sub, present, stored[base:base + WIDTH]))
-            if min(deltas) >= 0:
-                stored[base:base + WIDTH] = array("q", present)
-                return deltas, new, rated, self._since[slot]
+        if new and None not in values:
+            full: Sequence[int] = values  # type: ignore[assignment]
+            stored[base:base + WIDTH] = array("q", full)
+            return list(full), new, rated, self._since[slot]
         deltas = [0] * WIDTH
         for i, value in enumerate(values):
             if value is None:
