@@ -109,16 +109,21 @@ def _at(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """Parse the YAML file; a missing file or bad YAML names the `config` key."""
+def read_yaml(path: str, key: str) -> Any:
+    """The parsed YAML file; a missing file or bad YAML is a ConfigError naming `key`."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(key, f"{path} is not valid YAML: {exc}") from exc
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Parse the YAML file; a missing file or bad YAML names the `config` key."""
+    data = read_yaml(path, "config")
     if data is None:
         return {}
     if not isinstance(data, dict):

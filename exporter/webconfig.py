@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-import yaml
 from msgspec import Meta
 
+from exporter.config import read_yaml
 from exporter.errors import ConfigError
 from exporter.schema import Schema, Text, decode
 from exporter.webauth import BCRYPT_HASH
@@ -307,15 +307,7 @@ def parse_web_config(data: Any, path: str | None = None) -> WebConfig:
 
 def load_web_config(path: str) -> WebConfig:
     """Read, parse and check the file (server_context() then proves the TLS files usable)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("web_config", f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("web_config", f"{path} is not valid YAML: {exc}") from exc
-    return parse_web_config(data, path)
+    return parse_web_config(read_yaml(path, "web_config"), path)
 
 
 def _ssl_fail(key: str, source: str, exc: Exception) -> ConfigError:

@@ -100,8 +100,8 @@ class PrometheusError(AssertionError):
     """Prometheus answered a query with an error."""
 
 
-class Prometheus:
-    """The HTTP API of a running Prometheus server."""
+class _RunningServer:
+    """A started server process and the HTTP session that talks to it."""
 
     def __init__(
         self, url: str, session: aiohttp.ClientSession, log: Path, proc: asyncio.subprocess.Process
@@ -110,6 +110,10 @@ class Prometheus:
         self.session = session
         self.log = log
         self.proc = proc
+
+
+class Prometheus(_RunningServer):
+    """The HTTP API of a running Prometheus server."""
 
     async def api(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """GET ``/api/v1/<path>``; the ``data`` of a success, PrometheusError otherwise."""
@@ -192,16 +196,8 @@ async def prometheus_server(
             raise AssertionError(f"prometheus exited with {proc.returncode}:\n{tail(log)}")
 
 
-class Alertmanager:
+class Alertmanager(_RunningServer):
     """The v2 HTTP API of a running Alertmanager."""
-
-    def __init__(
-        self, url: str, session: aiohttp.ClientSession, log: Path, proc: asyncio.subprocess.Process
-    ) -> None:
-        self.url = url
-        self.session = session
-        self.log = log
-        self.proc = proc
 
     async def alerts(self) -> list[dict[str, Any]]:
         """Every alert Alertmanager holds, active, inhibited or silenced."""
