@@ -183,36 +183,107 @@ class Part:
     name: str
     default: bool
     help: str
-    families: tuple[Family, ...]
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        return tuple(col.family for col in CLIENT_COLUMNS if col.part == self.name)
 
 
 PARTS: tuple[Part, ...] = (
-    Part("info", True, "emqx_client_info with descriptive labels", (CLIENT_INFO,)),
-    Part("online", True, "online flag, connected and disconnected time",
-         (CLIENT_ONLINE, CLIENT_CONNECTED_TS, CLIENT_DISCONNECTED_TS)),
-    Part("bytes", True, "received and sent bytes", (CLIENT_RECEIVED_BYTES, CLIENT_SENT_BYTES)),
-    Part("messages", True, "received and sent PUBLISH messages",
-         (CLIENT_RECEIVED_MESSAGES, CLIENT_SENT_MESSAGES)),
-    Part("messages_qos", False, "split messages by a qos label (v4.4+, v5)", ()),
-    Part("dropped", True, "dropped messages per direction",
-         (CLIENT_RECEIVED_DROPPED, CLIENT_SENT_DROPPED)),
-    Part("dropped_reasons", False, "split dropped messages by a reason label (v4.4+, v5)", ()),
-    Part("mqueue", True, "session queue length, capacity and drops",
-         (CLIENT_MQUEUE, CLIENT_MQUEUE_CAPACITY, CLIENT_MQUEUE_DROPPED)),
-    Part("inflight", True, "inflight window use and size", (CLIENT_INFLIGHT, CLIENT_INFLIGHT_CAPACITY)),
-    Part("subscriptions", True, "subscriptions and their limit",
-         (CLIENT_SUBSCRIPTIONS, CLIENT_SUBSCRIPTIONS_CAPACITY)),
-    Part("packets", False, "received and sent MQTT packets",
-         (CLIENT_RECEIVED_PACKETS, CLIENT_SENT_PACKETS)),
-    Part("awaiting_rel", False, "QoS 2 messages awaiting PUBREL and their limit",
-         (CLIENT_AWAITING_REL, CLIENT_AWAITING_REL_CAPACITY)),
-    Part("session", False, "keepalive, session expiry and session creation time",
-         (CLIENT_KEEPALIVE, CLIENT_SESSION_EXPIRY, CLIENT_CREATED_TS)),
-    Part("process", False, "Erlang process internals: mailbox, heap, reductions",
-         (CLIENT_MAILBOX, CLIENT_HEAP, CLIENT_REDUCTIONS)),
+    Part("info", True, "emqx_client_info with descriptive labels"),
+    Part("online", True, "online flag, connected and disconnected time"),
+    Part("bytes", True, "received and sent bytes"),
+    Part("messages", True, "received and sent PUBLISH messages"),
+    Part("messages_qos", False, "split messages by a qos label (v4.4+, v5)"),
+    Part("dropped", True, "dropped messages per direction"),
+    Part("dropped_reasons", False, "split dropped messages by a reason label (v4.4+, v5)"),
+    Part("mqueue", True, "session queue length, capacity and drops"),
+    Part("inflight", True, "inflight window use and size"),
+    Part("subscriptions", True, "subscriptions and their limit"),
+    Part("packets", False, "received and sent MQTT packets"),
+    Part("awaiting_rel", False, "QoS 2 messages awaiting PUBREL and their limit"),
+    Part("session", False, "keepalive, session expiry and session creation time"),
+    Part("process", False, "Erlang process internals: mailbox, heap, reductions"),
 )
 PARTS_BY_NAME = {part.name: part for part in PARTS}
 DEFAULT_PARTS = frozenset(part.name for part in PARTS if part.default)
+
+#: How a record field becomes sample values; render holds the function of each name.
+#: time: an EMQX time string to Unix time; offline_time: the same, for offline sessions only;
+#: online_flag: 1 unless EMQX says False (v3 has no flag); capacity: unlimited is absent;
+#: heap_bytes: Erlang words to bytes.
+Conversion = Literal["time", "offline_time", "online_flag", "capacity", "heap_bytes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A family that an opt-in part splits by a label, where the EMQX version reports the pieces."""
+
+    #: The part that turns the split on (the family's own part must be on too).
+    switch: str
+    label: str
+    #: (label value, record field) of each piece.
+    pieces: tuple[tuple[str, str], ...]
+    #: Label value of the total minus the pieces, so a client's lines sum to its total.
+    remainder: str | None = None
+
+    @property
+    def extra_series(self) -> int:
+        """Lines of a client beyond the one line of the unsplit family."""
+        return len(self.pieces) + (self.remainder is not None) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClientColumn:
+    """One per-client family: its part, the record field it reads, conversion and split."""
+
+    part: str
+    family: Family
+    #: None: written from several fields (emqx_client_info, from the info labels).
+    field: str | None
+    convert: Conversion | None = None
+    split: Split | None = None
+
+
+_C = ClientColumn
+_QOS = "messages_qos", "qos"
+_REASON = "dropped_reasons", "reason"
+#: Every per-client family in exposition order: adding a metric is one line here.
+CLIENT_COLUMNS: tuple[ClientColumn, ...] = (
+    _C("info", CLIENT_INFO, None),
+    _C("online", CLIENT_ONLINE, "connected", "online_flag"),
+    _C("online", CLIENT_CONNECTED_TS, "connected_at", "time"),
+    _C("online", CLIENT_DISCONNECTED_TS, "disconnected_at", "offline_time"),
+    _C("bytes", CLIENT_RECEIVED_BYTES, "received_bytes"),
+    _C("bytes", CLIENT_SENT_BYTES, "sent_bytes"),
+    _C("messages", CLIENT_RECEIVED_MESSAGES, "received_messages", split=Split(
+        *_QOS, (("0", "received_qos0"), ("1", "received_qos1"), ("2", "received_qos2")))),
+    _C("messages", CLIENT_SENT_MESSAGES, "sent_messages", split=Split(
+        *_QOS, (("0", "sent_qos0"), ("1", "sent_qos1"), ("2", "sent_qos2")))),
+    _C("dropped", CLIENT_RECEIVED_DROPPED, "received_dropped", split=Split(
+        *_REASON, (("await_pubrel_timeout", "received_dropped_await_pubrel_timeout"),), "other")),
+    _C("dropped", CLIENT_SENT_DROPPED, "sent_dropped", split=Split(
+        *_REASON, (("expired", "sent_dropped_expired"), ("queue_full", "sent_dropped_queue_full"),
+                   ("too_large", "sent_dropped_too_large")), "other")),
+    _C("mqueue", CLIENT_MQUEUE, "mqueue_len"),
+    _C("mqueue", CLIENT_MQUEUE_CAPACITY, "mqueue_max", "capacity"),
+    _C("mqueue", CLIENT_MQUEUE_DROPPED, "mqueue_dropped"),
+    _C("inflight", CLIENT_INFLIGHT, "inflight"),
+    _C("inflight", CLIENT_INFLIGHT_CAPACITY, "inflight_max", "capacity"),
+    _C("subscriptions", CLIENT_SUBSCRIPTIONS, "subscriptions"),
+    _C("subscriptions", CLIENT_SUBSCRIPTIONS_CAPACITY, "subscriptions_max", "capacity"),
+    _C("packets", CLIENT_RECEIVED_PACKETS, "received_packets"),
+    _C("packets", CLIENT_SENT_PACKETS, "sent_packets"),
+    _C("awaiting_rel", CLIENT_AWAITING_REL, "awaiting_rel"),
+    _C("awaiting_rel", CLIENT_AWAITING_REL_CAPACITY, "awaiting_rel_max", "capacity"),
+    _C("session", CLIENT_KEEPALIVE, "keepalive"),
+    _C("session", CLIENT_SESSION_EXPIRY, "expiry_interval"),
+    _C("session", CLIENT_CREATED_TS, "created_at", "time"),
+    _C("process", CLIENT_MAILBOX, "mailbox_len"),
+    _C("process", CLIENT_HEAP, "heap_size", "heap_bytes"),
+    _C("process", CLIENT_REDUCTIONS, "reductions"),
+)
+
 
 AGGREGATE_FAMILIES: tuple[Family, ...] = (
     CLIENTS_ONLINE, CLIENTS_SESSIONS, CLIENTS_RECEIVED_BYTES, CLIENTS_SENT_BYTES,
@@ -220,4 +291,4 @@ AGGREGATE_FAMILIES: tuple[Family, ...] = (
     CLIENTS_MQUEUE, CLIENTS_INFLIGHT, CLIENTS_SUBSCRIPTIONS, CLIENTS_MQUEUE_SATURATED,
     CLIENTS_INFLIGHT_SATURATED, CLIENTS_CONNECTS,
 )
-CLIENT_FAMILIES: tuple[Family, ...] = (*tuple(f for part in PARTS for f in part.families), CLIENT_LAST_SEEN_TS)
+CLIENT_FAMILIES: tuple[Family, ...] = (*(col.family for col in CLIENT_COLUMNS), CLIENT_LAST_SEEN_TS)

@@ -42,24 +42,19 @@ from exporter.timeparse import TimeParser
 
 log = structlog.get_logger(__name__)
 
+
+def _part_fields() -> dict[str, tuple[str, ...]]:
+    fields: dict[str, list[str]] = {}
+    for col in c.CLIENT_COLUMNS:
+        if col.field is not None:
+            fields.setdefault(col.part, []).append(col.field)
+        if col.split is not None:
+            fields.setdefault(col.split.switch, []).extend(f for _, f in col.split.pieces)
+    return {part: tuple(names) for part, names in fields.items()}
+
+
 #: Record fields that each per-client part reads (for v5 `fields=` and lean decoding).
-PART_FIELDS: dict[str, tuple[str, ...]] = {
-    "online": ("connected", "connected_at", "disconnected_at"),
-    "bytes": ("received_bytes", "sent_bytes"),
-    "messages": ("received_messages", "sent_messages"),
-    "messages_qos": ("received_qos0", "received_qos1", "received_qos2", "sent_qos0",
-                     "sent_qos1", "sent_qos2"),
-    "dropped": ("received_dropped", "sent_dropped"),
-    "dropped_reasons": ("received_dropped_await_pubrel_timeout", "sent_dropped_expired",
-                        "sent_dropped_queue_full", "sent_dropped_too_large"),
-    "mqueue": ("mqueue_len", "mqueue_max", "mqueue_dropped"),
-    "inflight": ("inflight", "inflight_max"),
-    "subscriptions": ("subscriptions", "subscriptions_max"),
-    "packets": ("received_packets", "sent_packets"),
-    "awaiting_rel": ("awaiting_rel", "awaiting_rel_max"),
-    "session": ("keepalive", "expiry_interval", "created_at"),
-    "process": ("mailbox_len", "heap_size", "reductions"),
-}
+PART_FIELDS = _part_fields()
 #: Read by de-duplication, counters, aggregation and ranking whatever is configured.
 BASE_FIELDS = ("clientid", "node", "connected", "connected_at", "created_at", "username",
                "mqueue_len", "mqueue_max", "inflight", "inflight_max", "subscriptions",
@@ -76,16 +71,17 @@ _IDLE: Scores = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
-    """An upper bound of the series one client gets: what the cap counts per client."""
+    """An upper bound of the series one client gets: what the cap counts per client.
+
+    One per enabled family, plus a split's extra lines where its switch is on too (e.g. the
+    qos split writes three lines where the total was one: two more per direction).
+    """
     total = 0
-    for part in c.PARTS:
-        if part.name not in parts:
-            continue
-        total += len(part.families)
-    if "messages" in parts and "messages_qos" in parts:
-        total += 4  # two families of three qos lines instead of one line each
-    if "dropped" in parts and "dropped_reasons" in parts:
-        total += 4  # received: 2 reasons, sent: 4 reasons, instead of one line each
+    for col in c.CLIENT_COLUMNS:
+        if col.part in parts:
+            total += 1
+            if col.split is not None and col.split.switch in parts:
+                total += col.split.extra_series
     return max(1, total)
 
 

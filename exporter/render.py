@@ -163,57 +163,20 @@ def _heap_bytes(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]
     return [None if v is None else v * ERLANG_WORD_BYTES for v in values]
 
 
-#: Per-client families that are one value per client: (part, family, field, conversion).
-_COLUMNS: tuple[tuple[str, Family, str, Convert | None], ...] = (
-    ("online", c.CLIENT_ONLINE, "connected", _online),
-    ("online", c.CLIENT_CONNECTED_TS, "connected_at", _times),
-    ("online", c.CLIENT_DISCONNECTED_TS, "disconnected_at", _disconnected),
-    ("bytes", c.CLIENT_RECEIVED_BYTES, "received_bytes", None),
-    ("bytes", c.CLIENT_SENT_BYTES, "sent_bytes", None),
-    ("messages", c.CLIENT_RECEIVED_MESSAGES, "received_messages", None),
-    ("messages", c.CLIENT_SENT_MESSAGES, "sent_messages", None),
-    ("dropped", c.CLIENT_RECEIVED_DROPPED, "received_dropped", None),
-    ("dropped", c.CLIENT_SENT_DROPPED, "sent_dropped", None),
-    ("mqueue", c.CLIENT_MQUEUE, "mqueue_len", None),
-    ("mqueue", c.CLIENT_MQUEUE_CAPACITY, "mqueue_max", _capacity),
-    ("mqueue", c.CLIENT_MQUEUE_DROPPED, "mqueue_dropped", None),
-    ("inflight", c.CLIENT_INFLIGHT, "inflight", None),
-    ("inflight", c.CLIENT_INFLIGHT_CAPACITY, "inflight_max", _capacity),
-    ("subscriptions", c.CLIENT_SUBSCRIPTIONS, "subscriptions", None),
-    ("subscriptions", c.CLIENT_SUBSCRIPTIONS_CAPACITY, "subscriptions_max", _capacity),
-    ("packets", c.CLIENT_RECEIVED_PACKETS, "received_packets", None),
-    ("packets", c.CLIENT_SENT_PACKETS, "sent_packets", None),
-    ("awaiting_rel", c.CLIENT_AWAITING_REL, "awaiting_rel", None),
-    ("awaiting_rel", c.CLIENT_AWAITING_REL_CAPACITY, "awaiting_rel_max", _capacity),
-    ("session", c.CLIENT_KEEPALIVE, "keepalive", None),
-    ("session", c.CLIENT_SESSION_EXPIRY, "expiry_interval", None),
-    ("session", c.CLIENT_CREATED_TS, "created_at", _times),
-    ("process", c.CLIENT_MAILBOX, "mailbox_len", None),
-    ("process", c.CLIENT_HEAP, "heap_size", _heap_bytes),
-    ("process", c.CLIENT_REDUCTIONS, "reductions", None),
-)
-
-Split = tuple[Family, str, str, tuple[tuple[str, str], ...], str | None]
-
-#: Families that an opt-in part splits by a label: part → (switch part, splits).
-_SPLITS: dict[str, tuple[str, tuple[Split, ...]]] = {
-    "messages": ("messages_qos", (
-        (c.CLIENT_RECEIVED_MESSAGES, "received_messages", "qos",
-         (("0", "received_qos0"), ("1", "received_qos1"), ("2", "received_qos2")), None),
-        (c.CLIENT_SENT_MESSAGES, "sent_messages", "qos",
-         (("0", "sent_qos0"), ("1", "sent_qos1"), ("2", "sent_qos2")), None),
-    )),
-    "dropped": ("dropped_reasons", (
-        (c.CLIENT_RECEIVED_DROPPED, "received_dropped", "reason",
-         (("await_pubrel_timeout", "received_dropped_await_pubrel_timeout"),), "other"),
-        (c.CLIENT_SENT_DROPPED, "sent_dropped", "reason",
-         (("expired", "sent_dropped_expired"), ("queue_full", "sent_dropped_queue_full"),
-          ("too_large", "sent_dropped_too_large")), "other"),
-    )),
+_CONVERSIONS: dict[c.Conversion, Convert] = {
+    "time": _times, "offline_time": _disconnected, "online_flag": _online,
+    "capacity": _capacity, "heap_bytes": _heap_bytes,
 }
+#: Per-client families that are one value per client: (part, family, field, conversion).
+_COLUMNS: tuple[tuple[str, Family, str, Convert | None], ...] = tuple(
+    (col.part, col.family, col.field, None if col.convert is None else _CONVERSIONS[col.convert])
+    for col in c.CLIENT_COLUMNS if col.field is not None)
+#: Families that an opt-in part splits by a label: (part, family, total field, split).
+_SPLITS: tuple[tuple[str, Family, str, c.Split], ...] = tuple(
+    (col.part, col.family, col.field, col.split)
+    for col in c.CLIENT_COLUMNS if col.split is not None and col.field is not None)
 #: Families whose column rendering is replaced by a split when its switch is on.
-_SPLIT_FAMILIES = {family: switch for switch, splits in _SPLITS.values()
-                   for family, *_ in splits}
+_SPLIT_FAMILIES = {family: split.switch for _, family, _, split in _SPLITS}
 
 
 class ClientRenderer:
@@ -242,10 +205,9 @@ class ClientRenderer:
                 out[family] = text
         if "info" in parts:
             out[c.CLIENT_INFO] = self._info(records, labels)
-        for part, (switch, splits) in _SPLITS.items():
-            if part in parts and switch in parts:
-                for family, total, label, pieces, remainder in splits:
-                    self._split(out, family, records, labels, total, label, pieces, remainder)
+        for part, family, total, split in _SPLITS:
+            if part in parts and split.switch in parts:
+                self._split(out, family, records, labels, total, split)
         return out
 
     def _info(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> bytes:
@@ -262,16 +224,15 @@ class ClientRenderer:
 
     @staticmethod
     def _split(out: RenderedBatch, family: Family, records: Sequence[ClientRecord],
-               labels: Sequence[str], total_attr: str, label: str,
-               parts: tuple[tuple[str, str], ...], remainder: str | None) -> None:
+               labels: Sequence[str], total_attr: str, split: c.Split) -> None:
         """One line per labelled part where the version reports the split, else the total.
 
-        With `remainder`, the total minus the named parts is its own line, so the lines of a
+        With a remainder, the total minus the named pieces is its own line, so the lines of a
         client always sum to its total.
         """
-        name = family.name
+        name, label, remainder = family.name, split.label, split.remainder
         total_of = attrgetter(total_attr)
-        getters = [(value, attrgetter(attr)) for value, attr in parts]
+        getters = [(value, attrgetter(attr)) for value, attr in split.pieces]
         chunks: list[str] = []
         for r, ls in zip(records, labels, strict=True):
             total = total_of(r)
