@@ -49,10 +49,6 @@ class Health:
         self._failing: dict[str, _Failing] = {}
         self._traceback_logged = False
 
-    def failing(self) -> dict[str, ExporterError]:
-        """Targets failing now and their last error (for the status page and `check`)."""
-        return {target: state.error for target, state in self._failing.items()}
-
     def waiting(self, target: str, now: float) -> BackingOffError | None:
         """The reason not to ask `target` now, or None when it may be asked."""
         state = self._failing.get(target)

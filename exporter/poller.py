@@ -196,8 +196,7 @@ class ClusterPoller:
         self.rendered = served.rendered if served is not None else {}
         self.stats.record(report, known_nodes=self.known_nodes,
                           api=self.dialect.name if self.dialect is not None else None,
-                          emqx_version=self.version, failing=self.health.failing(),
-                          now=self.clock())
+                          emqx_version=self.version, now=self.clock())
         return report
 
     def _count(self, error: ExporterError) -> None:

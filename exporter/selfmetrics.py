@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,8 +27,6 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.contract import SELF_PREFIX
-from exporter.errors import ExporterError
-from exporter.health import CLUSTER
 
 if TYPE_CHECKING:
     from exporter.poller import PollReport
@@ -70,8 +68,6 @@ class ClusterStats:
     api: str = ""
     #: When the data served for this cluster was rendered (by its last complete poll).
     rendered_at: float | None = None
-    #: What is failing now: target (`cluster`, a node) → the error, for the status page.
-    failing: dict[str, str] = field(default_factory=dict)
     #: EMQX nodes this replica owns (`--shard`); None until /nodes answered.
     shard_nodes: int | None = None
 
@@ -83,13 +79,12 @@ class ClusterStats:
         self.api_errors[reason] += amount
 
     def record(self, report: PollReport, *, known_nodes: Sequence[str], api: str | None,
-               emqx_version: str | None, failing: Mapping[str, ExporterError],
-               now: float) -> None:
+               emqx_version: str | None, now: float) -> None:
         """Describe the poll `report` tells of; a failed poll leaves no series served.
 
         `known_nodes` are the nodes of this replica's share seen by the last discovery: their
         `node_up` goes to 0, not away, when this poll could not even list them. `api` is the
-        dialect in use (None: none yet, keep the last), `failing` what health says is failing.
+        dialect in use (None: none yet, keep the last).
         """
         self.polled = True
         self.poll_duration = report.duration
@@ -104,7 +99,6 @@ class ClusterStats:
         if api is not None:
             self.api = api
         self.emqx_version = emqx_version or ""
-        self.failing = {target: str(error) for target, error in failing.items()}
         if report.ok and report.result is not None:
             self.last_success = now
             self.rendered_at = now
@@ -115,8 +109,6 @@ class ClusterStats:
             # Nothing of this poll is served; the self-metrics describe this poll, not the last.
             self.series = {"per_client": 0, "aggregate": 0}
             self.series_dropped = 0
-        if report.error is not None:
-            self.failing.setdefault(CLUSTER, str(report.error))
 
 
 @dataclass(slots=True)

@@ -31,14 +31,13 @@ def test_a_poll_that_cannot_list_the_nodes_marks_every_known_node_down() -> None
     error = ApiConnectionError("nodes", "connection refused")
     report = PollReport(started=130.0, duration=0.5, error=error)
     stats.record(report, known_nodes=NODES, api=None, emqx_version="5.8.9",
-                 failing={"cluster": error}, now=131.0)
+                 now=131.0)
     assert stats.polled and not stats.up and stats.poll_duration == 0.5
     assert stats.node_up == dict.fromkeys(NODES, False)  # 0, not absent
     assert stats.clients_listed == {}
     assert stats.series == {"per_client": 0, "aggregate": 0} and stats.series_dropped == 0
     # What was true of the last good poll stays: when it was, and the API it used.
     assert (stats.last_success, stats.rendered_at, stats.api) == (100.0, 100.0, "v5")
-    assert stats.failing == {"cluster": str(error)}
     metrics = SelfMetrics()
     metrics.add_cluster(stats)
     text = metrics.text().decode()
@@ -55,11 +54,10 @@ def test_a_poll_whose_every_node_failed_names_the_first_cause() -> None:
                         outcomes=[NodeOutcome(name, error=failed) for name in NODES],
                         error=failed, duplicates=2)
     stats.record(report, known_nodes=NODES, api="v5-cursor", emqx_version=None,
-                 failing=dict.fromkeys(NODES, failed), now=5.0)
+                 now=5.0)
     assert not stats.up and stats.node_up == dict.fromkeys(NODES, False)
     assert stats.shard_nodes == 2 and stats.api == "v5-cursor" and stats.emqx_version == ""
     assert stats.last_success is None and stats.duplicates == 2
-    assert stats.failing == {**{name: str(failed) for name in NODES}, "cluster": str(failed)}
 
 
 def test_a_partly_failed_poll_reports_each_node() -> None:
@@ -68,8 +66,7 @@ def test_a_partly_failed_poll_reports_each_node() -> None:
     report = PollReport(started=0.0, nodes=nodes, shard=assign(nodes), outcomes=[
         NodeOutcome(NODES[0], clients=12),
         NodeOutcome(NODES[1], error=ApiError("clients", 503))])
-    stats.record(report, known_nodes=NODES, api="v5", emqx_version="5.8.9", failing={},
-                 now=5.0)
+    stats.record(report, known_nodes=NODES, api="v5", emqx_version="5.8.9", now=5.0)
     assert stats.up  # one node walked: the cluster is up, the other node is not
     assert stats.node_up == {NODES[0]: True, NODES[1]: False}
     assert stats.clients_listed == {NODES[0]: 12}
