@@ -259,23 +259,15 @@ def _both(router: web.UrlDispatcher, method: str, path: str, handler: Any) -> No
 def add_routes(app: web.Application, f: Features) -> None:
     """Register the routes of the simulated v3 or v4 version."""
     r = app.router
-    if f.api == "v3":
-        p = "/api/v3"
-        _both(r, "GET", f"{p}/nodes", nodes)
-        _both(r, "GET", f"{p}/nodes/{{node}}", node)
-        _both(r, "GET", f"{p}/connections", v3_connections)
-        _both(r, "GET", f"{p}/nodes/{{node}}/connections", node_clients)
-        _both(r, "GET", f"{p}/connections/{{clientid}}", client)
-        _both(r, "GET", f"{p}/nodes/{{node}}/connections/{{clientid}}", node_client)
-        _both(r, "DELETE", f"{p}/connections/{{clientid}}", kick)
-        _both(r, "GET", f"{p}/sessions", v3_sessions)
-        _both(r, "GET", f"{p}/nodes/{{node}}/sessions", v3_node_sessions)
-        return
-    p = "/api/v4"
+    p = f"/api/{f.api}"
+    listing = "connections" if f.api == "v3" else "clients"  # v3 names its clients connections
     _both(r, "GET", f"{p}/nodes", nodes)
     _both(r, "GET", f"{p}/nodes/{{node}}", node)
-    _both(r, "GET", f"{p}/clients", v4_clients)
-    _both(r, "GET", f"{p}/nodes/{{node}}/clients", node_clients)
-    _both(r, "GET", f"{p}/clients/{{clientid}}", client)
-    _both(r, "GET", f"{p}/nodes/{{node}}/clients/{{clientid}}", node_client)
-    _both(r, "DELETE", f"{p}/clients/{{clientid}}", kick)
+    _both(r, "GET", f"{p}/{listing}", v3_connections if f.api == "v3" else v4_clients)
+    _both(r, "GET", f"{p}/nodes/{{node}}/{listing}", node_clients)
+    _both(r, "GET", f"{p}/{listing}/{{clientid}}", client)
+    _both(r, "GET", f"{p}/nodes/{{node}}/{listing}/{{clientid}}", node_client)
+    _both(r, "DELETE", f"{p}/{listing}/{{clientid}}", kick)
+    if f.api == "v3":
+        _both(r, "GET", f"{p}/sessions", v3_sessions)
+        _both(r, "GET", f"{p}/nodes/{{node}}/sessions", v3_node_sessions)

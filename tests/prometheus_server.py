@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import yaml
@@ -112,6 +112,24 @@ class _RunningServer:
         self.proc = proc
 
 
+ServerT = TypeVar("ServerT", bound=_RunningServer)
+
+
+@contextlib.asynccontextmanager
+async def _serving(kind: type[ServerT], argv: list[str], url: str, log: Path, workdir: Path,
+                   deadline: float) -> AsyncIterator[ServerT]:
+    """Run `argv`, yield the server once `/-/ready` answers 200, stop it on the way out."""
+    async with (
+        running(argv, log, cwd=workdir) as proc,
+        aiohttp.ClientSession() as session,
+    ):
+        await wait_http_ok(session, f"{url}/-/ready", deadline, proc, log)
+        yield kind(url, session, log, proc)
+        if proc.returncode is not None:
+            raise AssertionError(f"{Path(argv[0]).name} exited with {proc.returncode}:\n"
+                                 f"{tail(log)}")
+
+
 class Prometheus(_RunningServer):
     """The HTTP API of a running Prometheus server."""
 
@@ -186,14 +204,8 @@ async def prometheus_server(
         "--log.level=info",
         *extra_args,
     ]
-    async with (
-        running(argv, log, cwd=workdir) as proc,
-        aiohttp.ClientSession() as session,
-    ):
-        await wait_http_ok(session, f"{url}/-/ready", deadline, proc, log)
-        yield Prometheus(url, session, log, proc)
-        if proc.returncode is not None:
-            raise AssertionError(f"prometheus exited with {proc.returncode}:\n{tail(log)}")
+    async with _serving(Prometheus, argv, url, log, workdir, deadline) as server:
+        yield server
 
 
 class Alertmanager(_RunningServer):
@@ -228,11 +240,5 @@ async def alertmanager_server(
         "--cluster.listen-address=",  # no gossip port: a single instance
         "--log.level=info",
     ]
-    async with (
-        running(argv, log, cwd=workdir) as proc,
-        aiohttp.ClientSession() as session,
-    ):
-        await wait_http_ok(session, f"{url}/-/ready", deadline, proc, log)
-        yield Alertmanager(url, session, log, proc)
-        if proc.returncode is not None:
-            raise AssertionError(f"alertmanager exited with {proc.returncode}:\n{tail(log)}")
+    async with _serving(Alertmanager, argv, url, log, workdir, deadline) as server:
+        yield server
