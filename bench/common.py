@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from exporter.api import Request, Response
+from exporter.pipeline import Footprint
 from exporter.poller import ClusterPoller
 from tests.ports import free_port
 
@@ -113,8 +114,11 @@ def save_result(name: str, result: dict[str, object]) -> None:
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mib(footprint: Footprint | None = None) -> float:
+    """Peak resident memory of the exporter: this process plus its pipeline worker's."""
+    worker = footprint.worker_peak_rss_bytes if footprint is not None else None
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (own + (worker or 0)) / 2**20
 
 
 def cpu_count() -> int:

@@ -45,7 +45,7 @@ async def measure(url: str, version: str) -> dict[str, object]:
     compose([poller.rendered], time.time())
     poll_s = time.perf_counter() - began
     assert report.ok, report.error
-    state = poller.pipeline.state
+    footprint = poller.pipeline.footprint()
     result = {
         "version": version, "dialect": report.dialect, "clients": report.clients, "rows": rows,
         "pages": len(pages), "floor_s": round(floor_s, 2), "first_poll_s": round(first_s, 2),
@@ -53,8 +53,8 @@ async def measure(url: str, version: str) -> dict[str, object]:
         "series_per_client": poller.stats.series.get("per_client"),
         "series_aggregate": poller.stats.series.get("aggregate"),
         "series_dropped": poller.stats.series_dropped,
-        "state_bytes_per_client": round(state.nbytes() / max(1, len(state))),
-        "peak_rss_mib": round(peak_rss_mib()),
+        "state_bytes_per_client": round(footprint.state_bytes / max(1, footprint.clients)),
+        "peak_rss_mib": round(peak_rss_mib(footprint)),
     }
     await exporter.stop()
     return result

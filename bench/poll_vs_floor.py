@@ -47,13 +47,14 @@ async def measure(url: str, rounds: int, version: str) -> dict[str, object]:
     began = time.perf_counter()
     snapshot.gzipped("openmetrics")
     gzip_seconds = time.perf_counter() - began
+    footprint = poller.pipeline.footprint()
     await exporter.stop()
     floor_s, poll_s = statistics.median(floors), statistics.median(polls)
     return {
         "version": version, "dialect": report.dialect, "pages": len(pages), "rows": rows,
         "clients": report.clients, "series": series, "floor_s": round(floor_s, 3),
         "poll_render_s": round(poll_s, 3), "ratio": round(poll_s / floor_s, 2),
-        "gzip_once_s": round(gzip_seconds, 3), "peak_rss_mib": round(peak_rss_mib()),
+        "gzip_once_s": round(gzip_seconds, 3), "peak_rss_mib": round(peak_rss_mib(footprint)),
     }
 
 

@@ -8,7 +8,7 @@ of `PollRun` runs on the cluster's single worker thread, never on the event loop
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
@@ -112,6 +112,16 @@ class SelectionSummary:
         return self.left_out > 0
 
 
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """Memory a pipeline holds: its lasting counter state and, when it runs in a worker
+    process (`exporter.worker`), that process's peak resident memory."""
+
+    state_bytes: int
+    clients: int
+    worker_peak_rss_bytes: int | None = None
+
+
 @dataclass(slots=True)
 class PipelineResult:
     rendered: Rendered
@@ -175,6 +185,20 @@ class Pipeline:
             top.start()
         elapsed = None if self.last_poll_at is None else max(1e-3, now - self.last_poll_at)
         return PollRun(self, now, elapsed)
+
+    def remember_seen(self, seen: Mapping[str, float]) -> None:
+        """Last-seen times of watched clients from before (the state file, a reload)."""
+        self.last_seen.update(seen)
+
+    def rankings(self) -> dict[str, list[RankedClient]]:
+        """Each configured top-K's members as of the last poll, worst first."""
+        return {top.name: list(top.last) for top in self.selector.top}
+
+    def footprint(self) -> Footprint:
+        return Footprint(self.state.nbytes(), len(self.state))
+
+    def close(self) -> None:
+        """Nothing to release in-process (`ProcessPipeline.close` stops its worker)."""
 
 
 @dataclass(slots=True)

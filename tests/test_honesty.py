@@ -63,7 +63,8 @@ def test_counter_state_takes_the_largest_value_in_range() -> None:
 
 
 async def test_a_crashing_poll_is_down_and_its_data_ages(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with rig(SimSettings(version="5.6.2", clients=60)) as r:
+    # In-process pipeline, to plant the bug (tests/test_worker.py plants one in the worker).
+    async with rig(SimSettings(version="5.6.2", clients=60), pipeline_worker="thread") as r:
         await r.poll()
         assert value(await r.scrape(), "emqx_client_exporter_snapshot_age_seconds") == 0
         state = r.exporter.pollers[0].pipeline.state
@@ -318,7 +319,7 @@ def test_check_reports_a_crash_in_one_line(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(CounterState, "observe", overflow)
     with threaded_sim(SimSettings(clients=30)) as (_, url):
-        code = main(["check", "--emqx-url", url, *KEY])
+        code = main(["check", "--emqx-url", url, *KEY, "--pipeline-worker", "thread"])
     captured = capsys.readouterr()
     assert code == 1 and captured.out.count("\n") == 1, captured.out
     assert captured.out.startswith(f"cluster {url}: FAILED: internal error at ")
