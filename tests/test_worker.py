@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from functools import partial
@@ -19,7 +20,7 @@ from exporter.pipeline import Pipeline, PipelineResult
 from exporter.records import ClientRecord, record_type
 from exporter.selection import Pattern, SelectionSettings
 from exporter.timeparse import TimeParser
-from exporter.worker import ProcessPipeline, PipelineHost, WorkerFailedError, WorkerLostError
+from exporter.worker import PipelineHost, ProcessPipeline, WorkerFailedError, WorkerLostError
 from tests.harness import rig, value
 
 V5 = record_type("v5")
@@ -30,15 +31,13 @@ WATCH = frozenset({"client-003", "client-gone"})
 
 def records(poll: int) -> list[ClientRecord]:
     """Two nodes' clients whose counters, queues and connections change from poll to poll."""
-    out: list[ClientRecord] = []
-    for i in range(40):
-        out.append(V5(
-            clientid=f"client-{i:03d}", node=NODES[i % 2], connected=i % 7 != 0,
-            connected_at=f"2026-12-01T00:00:{i if i % 5 else poll:02d}Z",
-            received_bytes=1000 * i * poll, sent_bytes=10 * i, received_messages=poll * i,
-            sent_messages=i, sent_dropped=poll * (i % 3), mqueue_len=(i * poll) % 50,
-            mqueue_max=100, inflight=i % 4, inflight_max=32, subscriptions=i % 3,
-            username=f"user-{i % 4}", listener="tcp:default", proto_ver=5))
+    out: list[ClientRecord] = [V5(
+        clientid=f"client-{i:03d}", node=NODES[i % 2], connected=i % 7 != 0,
+        connected_at=f"2026-12-01T00:00:{i if i % 5 else poll:02d}Z",
+        received_bytes=1000 * i * poll, sent_bytes=10 * i, received_messages=poll * i,
+        sent_messages=i, sent_dropped=poll * (i % 3), mqueue_len=(i * poll) % 50,
+        mqueue_max=100, inflight=i % 4, inflight_max=32, subscriptions=i % 3,
+        username=f"user-{i % 4}", listener="tcp:default", proto_ver=5) for i in range(40)]
     # A record of another class on the same page (held v3 rows can be), and a duplicate.
     out.append(LEAN(clientid="lean-1", node=NODES[0], connected=True, mqueue_len=3,
                     received_bytes=poll))
@@ -55,9 +54,7 @@ def factory(cap_clients: int = 12) -> partial[Pipeline]:
                    classes, TimeParser(ZoneInfo("UTC")), (("cluster", "c1"),), selection)
 
 
-def _compiled(pattern: str) -> Any:
-    import re
-
+def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
