@@ -119,7 +119,10 @@ class ProcessPipeline:
         self._process: BaseProcess | None = None
         self._connection: Connection | None = None
         self._encoder = msgspec.msgpack.Encoder()
+        #: Workers started again after one was lost.
         self.restarts = 0
+        #: A call already failed because the worker was lost (so `start` does not fail again).
+        self._lost_reported = False
 
     @property
     def pid(self) -> int | None:
@@ -145,8 +148,15 @@ class ProcessPipeline:
 
     def start(self, now: float) -> ProcessRun:
         """Begin a poll in the worker, starting (or restarting) the worker first if needed."""
-        if self._process is None or not self._process.is_alive():
+        if self._process is None:
             self._spawn()
+        elif not self._process.is_alive():
+            # Found dead between polls: this poll fails (once per death), the next one gets
+            # the new worker started here.
+            reported, message = self._lost_reported, self._lost()
+            self._spawn()
+            if not reported:
+                raise WorkerLostError(message)
         if self._seen_pending:
             self.call("remember_seen", self._seen_pending)
             self._seen_pending = {}
@@ -163,6 +173,7 @@ class ProcessPipeline:
             # Pickle only between this process and its own child, over a private pipe.
             status, value = pickle.loads(connection.recv_bytes())  # noqa: S301
         except (EOFError, OSError) as exc:
+            self._lost_reported = True
             raise WorkerLostError(self._lost()) from exc
         if status == "error":
             raise WorkerFailedError(value)
@@ -203,6 +214,7 @@ class ProcessPipeline:
             # What the lost child knew of watched clients goes to the new one.
             self._seen_pending = {**self._echo.last_seen, **self._seen_pending}
             self.close()
+        self._lost_reported = False
         ours, theirs = _CONTEXT.Pipe(duplex=True)
         process = _CONTEXT.Process(target=_serve, name=f"pipeline {self._label}",
                                    args=(theirs, self._factory, *self._logging), daemon=True)

@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from emqx_simulator import SimSettings
+from exporter.pipeline import Pipeline
 from exporter.state import CounterState
 from tests.harness import per_client, rig, value
 from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
@@ -67,7 +68,9 @@ async def test_a_crashing_poll_is_down_and_its_data_ages(monkeypatch: pytest.Mon
     async with rig(SimSettings(version="5.6.2", clients=60), pipeline_worker="thread") as r:
         await r.poll()
         assert value(await r.scrape(), "emqx_client_exporter_snapshot_age_seconds") == 0
-        state = r.exporter.pollers[0].pipeline.state
+        pipeline = r.exporter.pollers[0].pipeline
+        assert isinstance(pipeline, Pipeline)
+        state = pipeline.state
 
         def overflow(*args: Any) -> Any:
             raise OverflowError("int too big to convert")

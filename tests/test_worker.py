@@ -128,7 +128,7 @@ def exploding() -> Pipeline:
     def observe(*_: object) -> Any:
         raise OverflowError("int too big to convert")
 
-    pipeline.state.observe = observe  # type: ignore[method-assign]
+    pipeline.state.observe = observe  # type: ignore[method-assign,assignment]
     return pipeline
 
 
