@@ -150,7 +150,7 @@ class Pipeline:
         #: by the default ranking instead of streaming (no selection configured).
         self.cap_binds = False
         #: The rankings some top-K ranks by.
-        self.ranked = frozenset(name for name, _ in self.selection.top_k)
+        self.ranked_by = frozenset(name for name, _ in self.selection.top_k)
 
     def needed_fields(self) -> frozenset[str]:
         """Every record field some configured stage reads."""
@@ -229,7 +229,7 @@ class PollRun:
         #: No selection configured and the cap bound last time: rank everyone, stream nobody.
         self.ranked = pipeline.selector.default is not None and pipeline.cap_binds
         self.budget = pipeline.selector.budget()
-        self.scorer = Scorer(pipeline.ranked, pipeline.state, self.per_second)
+        self.scorer = Scorer(pipeline.ranked_by, pipeline.state, self.per_second)
         #: Each configured top-K with the function of its score.
         self.rankings = [(top, RANKING_TABLE[top.index].score) for top in pipeline.selector.top]
         self.seen: set[str] = set()
@@ -257,8 +257,8 @@ class PollRun:
         ranked = self.ranked
         lookup = self.lookup
         poll = p.polls
-        # Scores are needed for a top-K, or for the default ranking once the cap binds (a
-        # client admitted after that within this page is scored the long way: same scores).
+        # Scores are needed for a top-K, or for the default ranking once the cap binds. (When
+        # it starts binding within this page, the rest of the page skips the idle shortcut.)
         scoring = ranking or ranked or (default is not None and self.budget.full)
         idle_is_zero = self.scorer.idle_is_zero
         admit = self.budget.admit

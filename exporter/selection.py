@@ -40,7 +40,7 @@ class Pattern:
 #: A client's score in one ranking, larger is worse: from the record, the counter increases
 #: that make a rate (None while the client has no rate yet), 1 / seconds since the previous
 #: poll (None on the first poll) and the counter state.
-ScoreFunction = Callable[[ClientRecord, "list[int] | None", "float | None", CounterState], float]
+ScoreFunction = Callable[[ClientRecord, list[int] | None, float | None, CounterState], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,8 @@ class Ranking:
     score: ScoreFunction
     #: The score comes from the counter state, a lookup per client: computed for every client
     #: only when a top-K ranks by it, otherwise only for the members shown. Every other score
-    #: is 0 for an idle client (empty queue and window, no traffic), which is never scored.
+    #: is 0 for an idle client (empty queue and window, no traffic), so the pipeline skips
+    #: scoring idle clients, most of a large fleet, unless such a score is ranked by.
     from_state: bool = False
 
 
