@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, ge, gt
 
 import structlog
 
@@ -29,10 +30,10 @@ from exporter.render import (
 )
 from exporter.selection import (
     DEFAULT_RANKING,
-    IDLE,
-    RANKING_TABLE,
+    RANKINGS,
     RankedClient,
     Scorer,
+    Scores,
     SelectionSettings,
     Selector,
     default_key,
@@ -230,8 +231,6 @@ class PollRun:
         self.ranked = pipeline.selector.default is not None and pipeline.cap_binds
         self.budget = pipeline.selector.budget()
         self.scorer = Scorer(pipeline.ranked_by, pipeline.state, self.per_second)
-        #: Each configured top-K with the function of its score.
-        self.rankings = [(top, RANKING_TABLE[top.index].score) for top in pipeline.selector.top]
         self.seen: set[str] = set()
         self.duplicates = 0
         self.nodes: dict[str, _NodePart] = {}
@@ -253,16 +252,16 @@ class PollRun:
         export_all = selector.settings.export_all
         allow = bool(selector.settings.allow)
         default = selector.default
-        ranking = bool(self.rankings)
+        ranking = bool(selector.top)
         ranked = self.ranked
         lookup = self.lookup
         poll = p.polls
-        # Scores are needed for a top-K, or for the default ranking once the cap binds. (When
-        # it starts binding within this page, the rest of the page skips the idle shortcut.)
-        scoring = ranking or ranked or (default is not None and self.budget.full)
         idle_is_zero = self.scorer.idle_is_zero
         admit = self.budget.admit
         batch: dict[str, list[ClientRecord]] = {}
+        # Clients to score, with their rate increases: a page's worth at once is C work.
+        to_rank: tuple[list[ClientRecord], list[list[int] | None]] = ([], [])
+        to_default: tuple[list[ClientRecord], list[list[int] | None]] = ([], [])
         # Records of one page nearly always share a node: look its part up once per change.
         current_node: str | None = None
         part = _NodePart()
@@ -295,16 +294,17 @@ class PollRun:
             histograms.deltas.append(rate_deltas)
             if since == since and record.connected is not False:  # NaN (unknown) != NaN
                 histograms.since.append(since)
-            # Most of a fleet is idle, scoring 0 everywhere: no top-K takes it.
-            idle = scoring and idle_is_zero and not (record.mqueue_len or record.inflight
-                                                     or (rate_deltas and any(rate_deltas)))
-            if ranking and not idle:
-                self._rank(record, rate_deltas)
+            if ranking and (not idle_is_zero or record.mqueue_len or record.inflight
+                            or (rate_deltas and any(rate_deltas))):
+                # (Most of a fleet is idle, scoring 0 everywhere: no top-K takes it.)
+                to_rank[0].append(record)
+                to_rank[1].append(rate_deltas)
             if clientid in watch:
                 self._watch(record)
             elif export_all or (allow and selector.allowed(record)):
                 if ranked:
-                    self._offer_default(record, rate_deltas, idle)
+                    to_default[0].append(record)
+                    to_default[1].append(rate_deltas)
                     continue
                 admission = admit()
                 if admission == "stream":
@@ -314,9 +314,14 @@ class PollRun:
                 elif admission == "overflow":
                     part.overflow.append(record)
                 elif default is not None:
-                    self._offer_default(record, rate_deltas, idle)
+                    to_default[0].append(record)
+                    to_default[1].append(rate_deltas)
                 else:
                     self.budget.leave_out()
+        if to_rank[0]:
+            self._rank(*to_rank)
+        if to_default[0]:
+            self._offer_default(*to_default)
         for node, chosen in batch.items():
             self._render(self.nodes[node], chosen)
         for part in self.nodes.values():
@@ -330,27 +335,36 @@ class PollRun:
         if record.connected is not False:
             self.p.last_seen[record.clientid] = self.now
 
-    def _rank(self, record: ClientRecord, rate_deltas: list[int] | None) -> None:
-        """Offer the client to each configured top-K its score there may enter.
+    def _rank(self, records: list[ClientRecord], rate_deltas: list[list[int] | None]) -> None:
+        """Offer each configured top-K the clients whose score may enter it (a page at once:
+        each ranking's scores are computed for the whole page, mostly in C)."""
+        scorer = self.scorer
+        columns: dict[int, list[float]] = {}  # by ranking, computed when first needed
 
-        Each ranking computes its own score; every score (for the status page and `top`) is
-        only computed for a client some ranking takes in, a few of a large fleet.
-        """
-        per_second = self.per_second
-        state = self.p.state
-        scores = None
-        for top, score_of in self.rankings:
-            score = score_of(record, rate_deltas, per_second, state)
-            if score > 0 and score >= top.floor:
-                if scores is None:
-                    scores = self.scorer.scores(record, rate_deltas)
-                top.offer(score, scores, record)
+        def column(index: int) -> list[float]:
+            if index not in columns:
+                columns[index] = scorer.column(index, records, rate_deltas)
+            return columns[index]
 
-    def _offer_default(self, record: ClientRecord, rate_deltas: list[int] | None,
-                       idle: bool = False) -> None:
-        scores = IDLE if idle else self.scorer.scores(record, rate_deltas)
-        assert self.p.selector.default is not None
-        self.p.selector.default.offer(default_key(scores), scores, record)
+        for top in self.p.selector.top:
+            scores = column(top.index)
+            floor = top.floor
+            # Above 0 and not below the lowest candidate (the floor only rises while offering):
+            # a few clients of a large fleet, found in C.
+            passing = map(ge, scores, repeat(floor)) if floor > 0 else map(gt, scores, repeat(0))
+            for i in compress(range(len(scores)), passing):
+                score = scores[i]
+                if score >= top.floor:
+                    every = tuple(column(j)[i] for j in range(len(RANKINGS)))
+                    top.offer(score, every, records[i])
+
+    def _offer_default(self, records: list[ClientRecord],
+                       rate_deltas: list[list[int] | None]) -> None:
+        default = self.p.selector.default
+        assert default is not None
+        rows: list[Scores] = list(zip(*self.scorer.columns(records, rate_deltas), strict=True))
+        for key, scores, record in zip(map(default_key, rows), rows, records, strict=True):
+            default.offer(key, scores, record)
 
     def _render(self, part: _NodePart, records: Sequence[ClientRecord]) -> None:
         rendered = self.p.renderer.render(records, identity_labels(records,
@@ -393,8 +407,9 @@ class PollRun:
                 # The cap started binding mid-poll: what streamed first came by listing order,
                 # so it is ranked with the rest and its rendering thrown away.
                 for part in ok_parts.values():
-                    for record, rate_deltas in part.scored:
-                        self._offer_default(record, rate_deltas)
+                    if part.scored:
+                        self._offer_default([r for r, _ in part.scored],
+                                            [d for _, d in part.scored])
             late = default.finish(complete) if walked else []
             if walked:
                 budget.leave_out(max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))

@@ -15,9 +15,10 @@ import heapq
 import math
 import re
 import zlib
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter, mul, truediv
 from typing import Literal
 
 from exporter.distribution import dropped, fill
@@ -37,10 +38,12 @@ class Pattern:
         return self.pattern.fullmatch(value) is not None
 
 
-#: A client's score in one ranking, larger is worse: from the record, the counter increases
-#: that make a rate (None while the client has no rate yet), 1 / seconds since the previous
-#: poll (None on the first poll) and the counter state.
-ScoreFunction = Callable[[ClientRecord, list[int] | None, float | None, CounterState], float]
+#: The scores of a page of clients in one ranking, larger is worse, one per record: from the
+#: records, each one's counter increases when they make a rate (None while the client has no
+#: rate yet), 1 / seconds since the previous poll (None on the first poll) and the counter
+#: state. A page at a time, so the work per client stays in C where it can.
+ScoreFunction = Callable[[Sequence[ClientRecord], Sequence[list[int] | None], float | None,
+                          CounterState], list[float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,37 +60,54 @@ class Ranking:
     from_state: bool = False
 
 
-def _mqueue_fill(record: ClientRecord, rate_deltas: list[int] | None, per_second: float | None,
-                 state: CounterState) -> float:
-    return fill(record.mqueue_len, record.mqueue_max) or 0.0
+def _fills(records: Sequence[ClientRecord], length: str, capacity: str) -> list[float]:
+    """Fill ratios, 0 where the capacity is unlimited or a figure unknown."""
+    lengths = list(map(attrgetter(length), records))
+    capacities = list(map(attrgetter(capacity), records))
+    if (records and None not in lengths and set(map(type, capacities)) == {int}
+            and min(capacities) > 0):
+        return list(map(truediv, lengths, capacities))  # the common case, in C
+    return [fill(n, m) or 0.0 for n, m in zip(lengths, capacities, strict=True)]
 
 
-def _inflight_fill(record: ClientRecord, rate_deltas: list[int] | None,
-                   per_second: float | None, state: CounterState) -> float:
-    return fill(record.inflight, record.inflight_max) or 0.0
+def _rated(rate_deltas: Sequence[list[int] | None]) -> Sequence[list[int]]:
+    """The counter increases, zeros for a client without a rate."""
+    if None not in rate_deltas:
+        return rate_deltas  # type: ignore[return-value]
+    return [deltas or _NO_RATE for deltas in rate_deltas]
 
 
-def _drop_rate(record: ClientRecord, rate_deltas: list[int] | None, per_second: float | None,
-               state: CounterState) -> float:
-    if rate_deltas is None or per_second is None:
-        return 0.0
-    return dropped(rate_deltas) * per_second
+_NO_RATE = [0] * len(COUNTER_FIELDS)
+_BYTES = itemgetter(COUNTER_FIELDS.index("received_bytes"), COUNTER_FIELDS.index("sent_bytes"))
 
 
-_RECEIVED_BYTES = COUNTER_FIELDS.index("received_bytes")
-_SENT_BYTES = COUNTER_FIELDS.index("sent_bytes")
+def _mqueue_fill(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
+                 per_second: float | None, state: CounterState) -> list[float]:
+    return _fills(records, "mqueue_len", "mqueue_max")
 
 
-def _byte_rate(record: ClientRecord, rate_deltas: list[int] | None, per_second: float | None,
-               state: CounterState) -> float:
-    if rate_deltas is None or per_second is None:
-        return 0.0
-    return (rate_deltas[_RECEIVED_BYTES] + rate_deltas[_SENT_BYTES]) * per_second
+def _inflight_fill(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
+                   per_second: float | None, state: CounterState) -> list[float]:
+    return _fills(records, "inflight", "inflight_max")
 
 
-def _reconnects(record: ClientRecord, rate_deltas: list[int] | None, per_second: float | None,
-                state: CounterState) -> float:
-    return state.reconnect_score(record.clientid)
+def _drop_rate(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
+               per_second: float | None, state: CounterState) -> list[float]:
+    if per_second is None:
+        return [0.0] * len(records)
+    return list(map(mul, map(dropped, _rated(rate_deltas)), repeat(per_second)))
+
+
+def _byte_rate(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
+               per_second: float | None, state: CounterState) -> list[float]:
+    if per_second is None:
+        return [0.0] * len(records)
+    return list(map(mul, map(sum, map(_BYTES, _rated(rate_deltas))), repeat(per_second)))
+
+
+def _reconnects(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
+                per_second: float | None, state: CounterState) -> list[float]:
+    return list(map(state.reconnect_score, map(attrgetter("clientid"), records)))
 
 
 #: The rankings for top-K: a client's `Scores` hold one value per ranking, in this order.
@@ -103,9 +123,6 @@ RANKINGS = tuple(r.name for r in RANKING_TABLE)
 RANKING_HELP = {r.name: r.help for r in RANKING_TABLE}
 #: One score per ranking of `RANKINGS`, in its order.
 Scores = tuple[float, ...]
-#: The scores of an idle client (empty queue and window, no traffic) where no ranking reads
-#: the counter state.
-IDLE: Scores = (0.0,) * len(RANKING_TABLE)
 #: The default ranking under the cap: queue fill first, then drop rate, inflight fill, traffic.
 DEFAULT_RANKING = ("mqueue_fill", "drop_rate", "inflight_fill", "byte_rate")
 DEFAULT_RANKING_NAME = "default"
@@ -114,38 +131,36 @@ default_key: Callable[[Scores], tuple[float, ...]] = itemgetter(
     *(RANKINGS.index(name) for name in DEFAULT_RANKING))
 
 
-def _not_scored(record: ClientRecord, rate_deltas: list[int] | None, per_second: float | None,
-                state: CounterState) -> float:
-    return 0.0
-
-
 class Scorer:
-    """Every ranking's score of a client, for one poll."""
+    """Every ranking's scores of a page of clients, for one poll."""
 
-    def __init__(self, ranked: Collection[str], state: CounterState,
+    def __init__(self, ranked_by: Collection[str], state: CounterState,
                  per_second: float | None) -> None:
         self.state = state
         self.per_second = per_second
         #: Indexes of the rankings read from the counter state that no top-K ranks by: left
         #: at 0 while ranking, filled in by `complete` for the members shown.
         self.deferred = tuple(i for i, r in enumerate(RANKING_TABLE)
-                              if r.from_state and r.name not in ranked)
-        self._functions = tuple(_not_scored if i in self.deferred else r.score
-                                for i, r in enumerate(RANKING_TABLE))
-        #: An idle client scores 0 everywhere (see `Ranking.from_state`): `IDLE` stands in.
+                              if r.from_state and r.name not in ranked_by)
+        #: An idle client scores 0 everywhere (see `Ranking.from_state`): it need not be scored.
         self.idle_is_zero = all(not r.from_state or i in self.deferred
                                 for i, r in enumerate(RANKING_TABLE))
 
-    def scores(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
-        per_second, state = self.per_second, self.state
-        return tuple([score(record, rate_deltas, per_second, state)
-                      for score in self._functions])
+    def column(self, index: int, records: Sequence[ClientRecord],
+               rate_deltas: Sequence[list[int] | None]) -> list[float]:
+        """The scores of one ranking (by its index in `RANKINGS`), aligned with the records."""
+        if index in self.deferred:
+            return [0.0] * len(records)
+        return RANKING_TABLE[index].score(records, rate_deltas, self.per_second, self.state)
+
+    def columns(self, records: Sequence[ClientRecord],
+                rate_deltas: Sequence[list[int] | None]) -> list[list[float]]:
+        """Every ranking's `column` (`zip(*columns)` gives each client's `Scores`)."""
+        return [self.column(i, records, rate_deltas) for i in range(len(RANKING_TABLE))]
 
     def complete(self, record: ClientRecord, scores: Scores) -> Scores:
         """The scores with the deferred ones computed (for the members of a ranking)."""
-        if not self.deferred:
-            return scores
-        return tuple(RANKING_TABLE[i].score(record, None, self.per_second, self.state)
+        return tuple(RANKING_TABLE[i].score([record], [None], self.per_second, self.state)[0]
                      if i in self.deferred else value for i, value in enumerate(scores))
 
 

@@ -6,17 +6,17 @@ from typing import Any
 
 from exporter.records import ClientRecord, record_type
 from exporter.selection import (
-    IDLE,
     RANKING_HELP,
     RANKINGS,
     CapBudget,
     Scorer,
+    Scores,
     TopK,
     default_key,
 )
 from exporter.state import COUNTER_FIELDS, CounterState
 
-ZERO = IDLE
+ZERO = (0.0,) * len(RANKINGS)
 V5 = record_type("v5")
 
 
@@ -30,6 +30,11 @@ def _recs(*clientids: str) -> list[ClientRecord]:
 
 def _ids(records: list[ClientRecord]) -> list[str]:
     return [r.clientid for r in records]
+
+
+def _scores(scorer: Scorer, records: list[ClientRecord],
+            rate_deltas: list[list[int] | None]) -> list[Scores]:
+    return list(zip(*scorer.columns(records, rate_deltas), strict=True))
 
 
 def _increases(**named: int) -> list[int]:
@@ -57,18 +62,25 @@ def test_each_score_reads_its_own_figures() -> None:
     record = _rec("a", mqueue_len=25, mqueue_max=100, inflight=8, inflight_max=32)
     deltas = _increases(received_bytes=300, sent_bytes=100, sent_dropped=6, mqueue_dropped=2,
                         received_messages=1000)
-    scores = dict(zip(RANKINGS, scorer.scores(record, deltas), strict=True))
-    assert scores == {"mqueue_fill": 0.25, "inflight_fill": 0.25, "drop_rate": 4.0,
-                      "byte_rate": 200.0, "reconnects": 0.0}
+    idle = _rec("b", mqueue_len=0, mqueue_max=100, inflight=0, inflight_max=32)
+    busy, calm = _scores(scorer, [record, idle], [deltas, _increases()])
+    assert dict(zip(RANKINGS, busy, strict=True)) == {
+        "mqueue_fill": 0.25, "inflight_fill": 0.25, "drop_rate": 4.0, "byte_rate": 200.0,
+        "reconnects": 0.0}
+    assert calm == ZERO
 
 
 def test_without_a_rate_or_a_bounded_capacity_the_score_is_zero() -> None:
     first_poll = Scorer(RANKINGS, CounterState(), per_second=None)
     busy = _increases(received_bytes=300, sent_dropped=6)
     unlimited = _rec("a", mqueue_len=5, mqueue_max="infinity", inflight=3, inflight_max=0)
-    assert first_poll.scores(unlimited, busy) == IDLE
+    bounded = _rec("b", mqueue_len=5, mqueue_max=10, inflight=None, inflight_max=32)
+    fills = [s[:2] for s in _scores(first_poll, [unlimited, bounded], [busy, busy])]
+    assert fills == [(0.0, 0.0), (0.5, 0.0)]
+    assert all(s == ZERO for s in _scores(first_poll, [unlimited], [busy]))
     no_rate_yet = Scorer(RANKINGS, CounterState(), per_second=1.0)
-    assert no_rate_yet.scores(_rec("b"), None) == IDLE
+    without, with_rate = _scores(no_rate_yet, [_rec("c"), _rec("d")], [None, busy])
+    assert without == ZERO and with_rate[2:4] == (6.0, 300.0)
 
 
 def _reconnected(times: int) -> CounterState:
@@ -84,13 +96,14 @@ def test_a_score_from_the_counter_state_is_deferred_unless_a_top_k_ranks_by_it()
     flappy = _rec("flappy")
     shown_only = Scorer(("mqueue_fill",), state, per_second=1.0)
     assert shown_only.deferred == (index,) and shown_only.idle_is_zero
-    assert shown_only.scores(flappy, None)[index] == 0.0
-    completed = shown_only.complete(flappy, shown_only.scores(flappy, None))
+    (deferred,) = _scores(shown_only, [flappy], [None])
+    assert deferred[index] == 0.0
+    completed = shown_only.complete(flappy, deferred)
     assert completed[index] == state.reconnect_score("flappy") > 0
     ranked = Scorer(("reconnects",), state, per_second=1.0)
     # An idle client may have reconnected: it cannot be skipped as scoring 0.
     assert ranked.deferred == () and not ranked.idle_is_zero
-    assert ranked.scores(flappy, None) == completed
+    assert _scores(ranked, [flappy], [None]) == [completed]
 
 
 # --- top-K ------------------------------------------------------------------------------------
