@@ -113,3 +113,36 @@ def test_a_failed_node_takes_its_watched_clients_and_top_k_candidates_with_it() 
     assert set(per_client(samples, "emqx_client_online")) == {"next"}
     assert result.selection is not None
     assert [m.clientid for m in result.selection.top["mqueue_fill"]] == ["next"]
+
+
+def test_each_top_k_holds_the_worst_of_many_pages_ties_included() -> None:
+    p = pipeline(top_k=(("mqueue_fill", 10), ("inflight_fill", 3)), hysteresis=0.0)
+    queues = [(i * 7919) % 500 for i in range(600)]  # 0..499, most values twice
+    fleet = [client(f"c{i:03d}", mqueue_len=q, mqueue_max=1000, inflight=i % 4, inflight_max=40)
+             for i, q in enumerate(queues)]
+    fleet += [client(f"full{i}", mqueue_len=1000, mqueue_max=1000) for i in range(3)]
+    fleet.append(client("unlimited", mqueue_len=10**6, mqueue_max=0))  # no fill: not ranked
+    run = p.start_walk(1000.0)
+    for start in range(0, len(fleet), 37):
+        run.add_page(A, fleet[start:start + 37])
+    summary = run.finish([A]).selection
+    assert summary is not None
+    ranked = sorted(fleet[:600], key=lambda r: r.mqueue_len or 0, reverse=True)
+    worst = {"full0", "full1", "full2"} | {r.clientid for r in ranked[:7]}
+    assert (ranked[6].mqueue_len or 0) > (ranked[7].mqueue_len or 0)  # no tie at the edge
+    assert {m.clientid for m in summary.top["mqueue_fill"]} == worst
+    assert [m.score("inflight_fill") for m in summary.top["inflight_fill"]] == [3 / 40] * 3
+
+
+def test_a_client_new_in_this_poll_has_no_rate_beside_those_that_do() -> None:
+    p = pipeline(top_k=(("drop_rate", 2),), hysteresis=0.0)
+    first = p.start_walk(1000.0)
+    first.add_page(A, [client("a", sent_dropped=0), client("b", sent_dropped=0)])
+    first.finish([A])
+    second = p.start_walk(1010.0)
+    second.add_page(A, [client("a", sent_dropped=50), client("fresh", sent_dropped=10**6),
+                        client("b", sent_dropped=20)])
+    summary = second.finish([A]).selection
+    assert summary is not None
+    assert [(m.clientid, m.score("drop_rate")) for m in summary.top["drop_rate"]] == [
+        ("a", 5.0), ("b", 2.0)]
