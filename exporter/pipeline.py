@@ -9,13 +9,13 @@ of `PollRun` runs on the cluster's single worker thread, never on the event loop
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from operator import attrgetter
+from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import attrgetter, ge, gt
 
 import structlog
 
 from exporter import contract as c
-from exporter import distribution as d
 from exporter.aggregate import AggregateSettings, Aggregator, Classifier, Gauges, GroupKey
 from exporter.config import PerClientSettings
 from exporter.distribution import Histograms
@@ -30,11 +30,12 @@ from exporter.render import (
 )
 from exporter.selection import (
     DEFAULT_RANKING,
+    RANKINGS,
     RankedClient,
+    Scorer,
     Scores,
     SelectionSettings,
     Selector,
-    TopK,
     default_key,
 )
 from exporter.state import COUNTER_FIELDS, CounterState
@@ -66,8 +67,6 @@ CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_clien
             "raise per_client.max_series, or turn per-client parts off")
 
 _COUNTERS = attrgetter(*COUNTER_FIELDS)
-#: The scores of a client with an empty queue and window and no traffic.
-_IDLE: Scores = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -161,8 +160,8 @@ class Pipeline:
         #: The cap left clients out in the last poll that walked: the next poll ranks everyone
         #: by the default ranking instead of streaming (no selection configured).
         self.cap_binds = False
-        #: A top-K ranks by reconnects: the score is needed for every client, not only shown.
-        self.ranks_reconnects = any(name == "reconnects" for name, _ in self.selection.top_k)
+        #: The rankings some top-K ranks by.
+        self.ranked_by = frozenset(name for name, _ in self.selection.top_k)
 
     def needed_fields(self) -> frozenset[str]:
         """Every record field some configured stage reads."""
@@ -178,13 +177,25 @@ class Pipeline:
     def node_index(self, node: str) -> int:
         return self._node_index.setdefault(node, len(self._node_index))
 
-    def start(self, now: float) -> PollRun:
-        """Begin a poll; the first successful poll of the process sets the counters' baseline."""
+    def start_walk(self, now: float) -> PollRun:
+        """Begin a poll that walks the nodes' client lists."""
+        return PollRun(self, now, self._begin(now))
+
+    def start_lookup(self, now: float,
+                     node_totals: dict[str, tuple[int | None, int | None]]) -> PollRun:
+        """Begin a watch-only poll: the watched clients are looked up, nothing is walked.
+
+        `node_totals` holds each running node's (live connections, sessions) from /nodes, None
+        where the version does not report the figure: the only aggregates such a poll has.
+        """
+        return PollRun(self, now, self._begin(now), node_totals=node_totals)
+
+    def _begin(self, now: float) -> float | None:
+        """Count a poll in; the seconds since the previous one (None for the first)."""
         self.polls += 1
         for top in self.selector.trackers:
             top.start()
-        elapsed = None if self.last_poll_at is None else max(1e-3, now - self.last_poll_at)
-        return PollRun(self, now, elapsed)
+        return None if self.last_poll_at is None else max(1e-3, now - self.last_poll_at)
 
     def remember_seen(self, seen: Mapping[str, float]) -> None:
         """Last-seen times of watched clients from before (the state file, a reload)."""
@@ -219,34 +230,35 @@ class _NodePart:
 
 
 class PollRun:
-    """One poll's accumulation, fed a page at a time."""
+    """One poll's accumulation, fed a page at a time.
 
-    def __init__(self, pipeline: Pipeline, now: float, elapsed: float | None) -> None:
+    Made by `Pipeline.start_walk` or `Pipeline.start_lookup`; every method takes and returns
+    plain data.
+    """
+
+    def __init__(self, pipeline: Pipeline, now: float, elapsed: float | None, *,
+                 node_totals: dict[str, tuple[int | None, int | None]] | None = None) -> None:
         self.p = pipeline
         self.now = now
         self.elapsed = elapsed
         #: 1 / seconds since the previous poll: counter increases times this are rates.
         self.per_second = None if elapsed is None else 1.0 / elapsed
+        #: Watch-only polls look clients up instead of walking: no aggregates from records.
+        self.lookup = node_totals is not None
+        #: Per-node (live connections, sessions) from /nodes, for watch-only aggregates;
+        #: None where the version does not report the figure.
+        self.node_totals = node_totals or {}
         #: No selection configured and the cap bound last time: rank everyone, stream nobody.
         self.ranked = pipeline.selector.default is not None and pipeline.cap_binds
-        #: No selection configured and the cap started binding during this poll.
-        self.cap_hit = False
+        self.budget = pipeline.selector.budget()
+        self.scorer = Scorer(pipeline.ranked_by, pipeline.state, self.per_second)
         self.seen: set[str] = set()
         self.duplicates = 0
         self.nodes: dict[str, _NodePart] = {}
         self.failed: set[str] = set()
         self.watched: dict[str, ClientRecord] = {}
-        self.allow_left = pipeline.selector.allow_budget
-        # Room reserved for the watch list and top-K that they may not use.
-        self.overflow_left = pipeline.selector.max_clients - pipeline.selector.allow_budget
-        self.dropped_clients = 0
-        #: Watch-only polls look clients up instead of walking: no aggregates from records.
-        self.lookup = False
         #: Watched ids whose lookup failed: unknown, so not reported offline.
         self.unknown: set[str] = set()
-        #: Per-node (live connections, sessions) from /nodes, for watch-only aggregates;
-        #: None where the version does not report the figure.
-        self.node_totals: dict[str, tuple[int | None, int | None]] = {}
 
     def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
         """Take one page of one walk (records may name their node; cursor walks span nodes)."""
@@ -265,8 +277,12 @@ class PollRun:
         ranked = self.ranked
         lookup = self.lookup
         poll = p.polls
-        ranks_reconnects = p.ranks_reconnects
+        idle_is_zero = self.scorer.idle_is_zero
+        admit = self.budget.admit
         batch: dict[str, list[ClientRecord]] = {}
+        # Clients to score, with their rate increases: a page's worth at once is C work.
+        to_rank: tuple[list[ClientRecord], list[list[int] | None]] = ([], [])
+        to_default: tuple[list[ClientRecord], list[list[int] | None]] = ([], [])
         # Records of one page nearly always share a node: look its part up once per change.
         current_node: str | None = None
         part = _NodePart()
@@ -299,31 +315,34 @@ class PollRun:
             histograms.deltas.append(rate_deltas)
             if since == since and record.connected is not False:  # NaN (unknown) != NaN
                 histograms.since.append(since)
-            if not ranking:
-                scores = None
-            elif (record.mqueue_len or record.inflight or ranks_reconnects
-                  or (rate_deltas and any(rate_deltas))):
-                scores = self._rank(record, rate_deltas)
-            else:
-                scores = _IDLE  # every score 0, most of a fleet: no ranking takes it
+            if ranking and (not idle_is_zero or record.mqueue_len or record.inflight
+                            or (rate_deltas and any(rate_deltas))):
+                # (Most of a fleet is idle, scoring 0 everywhere: no top-K takes it.)
+                to_rank[0].append(record)
+                to_rank[1].append(rate_deltas)
             if clientid in watch:
                 self._watch(record)
             elif export_all or (allow and selector.allowed(record)):
                 if ranked:
-                    self._offer_default(record, rate_deltas, scores)
-                elif self.allow_left > 0:
-                    self.allow_left -= 1
+                    to_default[0].append(record)
+                    to_default[1].append(rate_deltas)
+                    continue
+                admission = admit()
+                if admission == "stream":
                     batch.setdefault(node, []).append(record)
                     if default is not None:
                         part.scored.append((record, rate_deltas))
-                elif self.overflow_left > 0:
-                    self.overflow_left -= 1
+                elif admission == "overflow":
                     part.overflow.append(record)
                 elif default is not None:
-                    self.cap_hit = True
-                    self._offer_default(record, rate_deltas, scores)
+                    to_default[0].append(record)
+                    to_default[1].append(rate_deltas)
                 else:
-                    self.dropped_clients += 1
+                    self.budget.leave_out()
+        if to_rank[0]:
+            self._rank(*to_rank)
+        if to_default[0]:
+            self._offer_default(*to_default)
         for node, chosen in batch.items():
             self._render(self.nodes[node], chosen)
         for part in self.nodes.values():
@@ -337,53 +356,36 @@ class PollRun:
         if record.connected is not False:
             self.p.last_seen[record.clientid] = self.now
 
-    def _rank(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
-        """The client's scores, offered to each configured top-K.
+    def _rank(self, records: list[ClientRecord], rate_deltas: list[list[int] | None]) -> None:
+        """Offer each configured top-K the clients whose score may enter it (a page at once:
+        each ranking's scores are computed for the whole page, mostly in C)."""
+        scorer = self.scorer
+        columns: dict[int, list[float]] = {}  # by ranking, computed when first needed
 
-        The reconnect score is a lookup per client, so it is left at 0 here unless a top-K
-        ranks by it; `_reconnects_shown` fills it in for the members shown.
-        """
-        scores = self._scores(record, rate_deltas)
+        def column(index: int) -> list[float]:
+            if index not in columns:
+                columns[index] = scorer.column(index, records, rate_deltas)
+            return columns[index]
+
         for top in self.p.selector.top:
-            score = scores[top.index]
-            if score > 0 and score >= top.floor:
-                top.offer(score, scores, record)
-        return scores
+            scores = column(top.index)
+            floor = top.floor
+            # Above 0 and not below the lowest candidate (the floor only rises while offering):
+            # a few clients of a large fleet, found in C.
+            passing = map(ge, scores, repeat(floor)) if floor > 0 else map(gt, scores, repeat(0))
+            for i in compress(range(len(scores)), passing):
+                score = scores[i]
+                if score >= top.floor:
+                    every = tuple(column(j)[i] for j in range(len(RANKINGS)))
+                    top.offer(score, every, records[i])
 
-    def _offer_default(self, record: ClientRecord, rate_deltas: list[int] | None,
-                       scores: Scores | None = None) -> None:
-        if scores is None:
-            scores = self._scores(record, rate_deltas)
-        assert self.p.selector.default is not None
-        self.p.selector.default.offer(default_key(scores), scores, record)
-
-    def _scores(self, record: ClientRecord, rate_deltas: list[int] | None) -> Scores:
-        """The client's score in every ranking (see `selection.RANKINGS`).
-
-        `rate_deltas` are the counter increases when they make a rate (as the distributions
-        count them): a client without a rate yet scores 0 on rates.
-        """
-        per_second = self.per_second
-        drop_rate = byte_rate = 0.0
-        if rate_deltas is not None and per_second is not None:
-            drop_rate = d.dropped(rate_deltas) * per_second
-            byte_rate = (rate_deltas[0] + rate_deltas[1]) * per_second
-        scores: Scores = (
-            d.fill(record.mqueue_len, record.mqueue_max) or 0.0,
-            d.fill(record.inflight, record.inflight_max) or 0.0,
-            drop_rate,
-            byte_rate,
-            self.p.state.reconnect_score(record.clientid) if self.p.ranks_reconnects else 0.0,
-        )
-        return scores
-
-    def _reconnects_shown(self, top: TopK) -> None:
-        """Put the reconnect score into the scores of the members a ranking chose."""
-        if self.p.ranks_reconnects:
-            return  # already scored while ranking
-        state = self.p.state
-        top.last = [replace(m, scores=(*m.scores[:4], state.reconnect_score(m.clientid)))
-                    for m in top.last]
+    def _offer_default(self, records: list[ClientRecord],
+                       rate_deltas: list[list[int] | None]) -> None:
+        default = self.p.selector.default
+        assert default is not None
+        rows: list[Scores] = list(zip(*self.scorer.columns(records, rate_deltas), strict=True))
+        for key, scores, record in zip(map(default_key, rows), rows, records, strict=True):
+            default.offer(key, scores, record)
 
     def _render(self, part: _NodePart, records: Sequence[ClientRecord]) -> None:
         rendered = self.p.renderer.render(records, identity_labels(records,
@@ -399,48 +401,51 @@ class PollRun:
             part = self.nodes.pop(node, None)
             if part is None:
                 continue
-            self.allow_left += len(part.streamed)
-            self.overflow_left += len(part.overflow)
+            self.budget.refund(len(part.streamed), len(part.overflow))
             for top in self.p.selector.trackers:
                 top.discard(part.clientids)
             for clientid in part.clientids:
                 self.watched.pop(clientid, None)
 
+    def mark_unknown(self, clientids: Iterable[str]) -> None:
+        """Watched clients whose lookup failed: unknown, so not reported offline."""
+        self.unknown.update(clientids)
+
     def finish(self, walked: Sequence[str]) -> PipelineResult:
         """Render the watch list, top-K and aggregates; forget clients that are gone."""
         p = self.p
+        budget = self.budget
         ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
         listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         rendered: Rendered = {}
         streamed: set[str] = set()
-        overflow: list[ClientRecord] = []
+        complete = self.scorer.complete if self.scorer.deferred else None
         default = p.selector.default
-        by_default = default is not None and (self.ranked or self.cap_hit)
-        if by_default and not self.ranked:
-            # The cap started binding mid-poll: what streamed first came by listing order, so
-            # it is ranked with the rest and its rendering thrown away.
+        by_default = default is not None and (self.ranked or budget.full)
+        if by_default:
             assert default is not None
+            if not self.ranked:
+                # The cap started binding mid-poll: what streamed first came by listing order,
+                # so it is ranked with the rest and its rendering thrown away.
+                for part in ok_parts.values():
+                    if part.scored:
+                        self._offer_default([r for r, _ in part.scored],
+                                            [d for _, d in part.scored])
+            late = default.finish(complete) if walked else []
+            if walked:
+                budget.leave_out(max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))
+                                     - len(late)))
+        else:
+            overflow: list[ClientRecord] = []
             for part in ok_parts.values():
-                for record, rate_deltas in part.scored:
-                    self._offer_default(record, rate_deltas)
-        for part in ok_parts.values():
-            if by_default:
-                continue
-            for family, texts in part.chunks.items():
-                rendered.setdefault(family, []).extend(texts)
-            streamed.update(part.streamed)
-            overflow.extend(part.overflow)
-        late = self._late_selection(streamed, keep_members=not walked)
-        if by_default and default is not None and walked:
-            late = default.finish()
-            self._reconnects_shown(default)
-            self.dropped_clients = max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))
-                                       - len(late))
-        chosen = {r.clientid for r in late}
-        overflow = [r for r in overflow if r.clientid not in chosen]  # top-K took some
-        room = max(0, p.selector.max_clients - len(streamed) - len(late))
-        late += overflow[:room]
-        self.dropped_clients += max(0, len(overflow) - room)
+                for family, texts in part.chunks.items():
+                    rendered.setdefault(family, []).extend(texts)
+                streamed.update(part.streamed)
+                overflow.extend(part.overflow)
+            # A failed poll saw too little to change who is in the top-K.
+            members = [top.finish(complete) for top in p.selector.top] if walked else []
+            late = budget.choose(streamed, [r for _, r in sorted(self.watched.items())],
+                                 members, overflow)
         if late:
             batch = p.renderer.render(late, identity_labels(late, p.render_settings))
             for family, text in batch.items():
@@ -476,7 +481,7 @@ class PollRun:
             rendered=rendered, per_client_series=per_client,
             aggregate_series=sum(t.count(b"\n") for f, t in aggregates.items()
                                  if f.only != "openmetrics"),
-            series_dropped=self.dropped_clients * p.selector.per_client_series,
+            series_dropped=budget.dropped * p.selector.per_client_series,
             clients=clients, duplicates=self.duplicates, listed=listed, selection=summary)
 
     def _summary(self, clients: int, *, per_client_clients: int, offline: int,
@@ -488,14 +493,14 @@ class PollRun:
         elif not settings.export_all:
             mode = "configured"
         else:
-            by_default = by_default and self.dropped_clients > 0
+            by_default = by_default and self.budget.dropped > 0
             mode = "default ranking" if by_default else "all"
         rankings = list(p.selector.top)
         if by_default and p.selector.default is not None:
             rankings.append(p.selector.default)
         return SelectionSummary(
             mode=mode, listed=clients if not self.lookup else len(self.watched),
-            exported=per_client_clients, left_out=self.dropped_clients,
+            exported=per_client_clients, left_out=self.budget.dropped,
             max_series=settings.max_series, series_per_client=p.selector.per_client_series,
             watched=len(settings.watch), watched_offline=offline,
             top={t.name: t.last[:SUMMARY_TOP] for t in rankings})
@@ -518,35 +523,6 @@ class PollRun:
         else:
             log.info("per_client_cap_released", cluster=cluster, listed=summary.listed,
                      exported=summary.exported)
-
-    def _late_selection(self, streamed: set[str], *, keep_members: bool = False) -> list[
-            ClientRecord]:
-        """Watched clients, then top-K members, in the room the allow list left under the cap.
-
-        The allow list streamed within a budget that reserved room for the full watch list and
-        every K, so these fit unless the watch list and K alone exceed the cap.
-        """
-        selector = self.p.selector
-        room = max(0, selector.max_clients - len(streamed))
-        chosen: dict[str, ClientRecord] = {}
-        for clientid, record in sorted(self.watched.items()):
-            if len(chosen) < room:
-                chosen[clientid] = record
-            else:
-                self.dropped_clients += 1
-        for top in selector.top:
-            if keep_members:
-                continue  # a failed poll saw too little to change who is in the top-K
-            members = top.finish()
-            self._reconnects_shown(top)
-            for record in members:
-                if record.clientid in chosen or record.clientid in streamed:
-                    continue
-                if len(chosen) < room:
-                    chosen[record.clientid] = record
-                else:
-                    self.dropped_clients += 1
-        return list(chosen.values())
 
     def _render_watch_extras(self, rendered: Rendered) -> int:
         """Watched clients not found are offline (unless their node failed to be walked);

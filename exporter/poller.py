@@ -171,10 +171,12 @@ class ClusterPoller:
         report.shard = assign(nodes, self.settings.shard)
         mine = report.shard.mine(nodes)
         self.known_nodes = [n.name for n in mine]
-        run = await self._on_worker(self.pipeline.start, report.started)
         if self.pipeline.selection.watch_only:
+            totals = {n.name: (n.online, n.sessions) for n in mine if n.running}
+            run = await self._on_worker(self.pipeline.start_lookup, report.started, totals)
             await self._look_up(dialect, mine, report.shard, report, run)
         else:
+            run = await self._on_worker(self.pipeline.start_walk, report.started)
             await self._walk_all(dialect, mine, report.shard, report, run)
         self._log_bad_rows(report)
         if not report.ok:
@@ -255,8 +257,6 @@ class ClusterPoller:
                        report: PollReport, run: Run) -> None:
         """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
         began = time.perf_counter()
-        run.lookup = True
-        run.node_totals = {n.name: (n.online, n.sessions) for n in mine if n.running}
         if not shard.owned:
             return
 
@@ -265,7 +265,7 @@ class ClusterPoller:
 
         result = await look_up(self.client, dialect, sorted(self.pipeline.selection.watch),
                                deliver)
-        run.unknown = result.unknown
+        await self._on_worker(run.mark_unknown, result.unknown)
         for error in result.errors:
             self._count(error)
             self.health.failed("lookup", error, self.clock())

@@ -56,13 +56,11 @@ class WorkerFailedError(RuntimeError):
 class Run(Protocol):
     """One poll's accumulation: what the poller feeds, page by page."""
 
-    lookup: bool
-    unknown: set[str]
-    node_totals: dict[str, tuple[int | None, int | None]]
-
     def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None: ...
 
     def fail(self, nodes: Iterable[str]) -> None: ...
+
+    def mark_unknown(self, clientids: Iterable[str]) -> None: ...
 
     def finish(self, walked: Sequence[str]) -> PipelineResult: ...
 
@@ -77,7 +75,10 @@ class PipelineHost(Protocol):
 
     def needed_fields(self) -> frozenset[str]: ...
 
-    def start(self, now: float) -> Run: ...
+    def start_walk(self, now: float) -> Run: ...
+
+    def start_lookup(self, now: float,
+                     node_totals: dict[str, tuple[int | None, int | None]]) -> Run: ...
 
     def remember_seen(self, seen: Mapping[str, float]) -> None: ...
 
@@ -146,8 +147,16 @@ class ProcessPipeline:
     def footprint(self) -> Footprint:
         return self._echo.footprint
 
-    def start(self, now: float) -> ProcessRun:
-        """Begin a poll in the worker, starting (or restarting) the worker first if needed."""
+    def start_walk(self, now: float) -> ProcessRun:
+        """Begin a walking poll in the worker (started, or started again, first if needed)."""
+        return self._start("start_walk", now)
+
+    def start_lookup(self, now: float,
+                     node_totals: dict[str, tuple[int | None, int | None]]) -> ProcessRun:
+        """Begin a watch-only poll in the worker."""
+        return self._start("start_lookup", now, node_totals)
+
+    def _start(self, op: str, *args: Any) -> ProcessRun:
         if self._process is None:
             self._spawn()
         elif not self._process.is_alive():
@@ -160,7 +169,7 @@ class ProcessPipeline:
         if self._seen_pending:
             self.call("remember_seen", self._seen_pending)
             self._seen_pending = {}
-        self.call("start", now)
+        self.call(op, *args)
         return ProcessRun(self)
 
     def call(self, op: str, *args: Any) -> Any:
@@ -235,36 +244,6 @@ class ProcessRun:
 
     def __init__(self, host: ProcessPipeline) -> None:
         self._host = host
-        self._lookup = False
-        self._unknown: set[str] = set()
-        self._node_totals: dict[str, tuple[int | None, int | None]] = {}
-
-    @property
-    def lookup(self) -> bool:
-        return self._lookup
-
-    @lookup.setter
-    def lookup(self, value: bool) -> None:
-        self._host.call("set", "lookup", value)
-        self._lookup = value
-
-    @property
-    def unknown(self) -> set[str]:
-        return self._unknown
-
-    @unknown.setter
-    def unknown(self, value: set[str]) -> None:
-        self._host.call("set", "unknown", value)
-        self._unknown = value
-
-    @property
-    def node_totals(self) -> dict[str, tuple[int | None, int | None]]:
-        return self._node_totals
-
-    @node_totals.setter
-    def node_totals(self, value: dict[str, tuple[int | None, int | None]]) -> None:
-        self._host.call("set", "node_totals", value)
-        self._node_totals = value
 
     def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
         self._host.call("add_page", walk_node, list(self._host.encode(records)))
@@ -272,16 +251,15 @@ class ProcessRun:
     def fail(self, nodes: Iterable[str]) -> None:
         self._host.call("fail", list(nodes))
 
+    def mark_unknown(self, clientids: Iterable[str]) -> None:
+        self._host.call("mark_unknown", set(clientids))
+
     def finish(self, walked: Sequence[str]) -> PipelineResult:
         result, echo = self._host.call("finish", list(walked))
         return self._host.finished(result, echo)
 
 
 # --- the child's side ----------------------------------------------------------------------
-
-#: Attributes of a run the parent may set (watch-only lookups).
-_SETTABLE = frozenset({"lookup", "unknown", "node_totals"})
-
 
 class _Worker:
     """Carries out the parent's calls on the pipeline it owns."""
@@ -292,8 +270,11 @@ class _Worker:
         self._decoders: dict[RecordSpec | None, msgspec.msgpack.Decoder[Any]] = {}
 
     def handle(self, op: str, args: tuple[Any, ...]) -> Any:
-        if op == "start":
-            self.run = self.pipeline.start(*args)
+        if op == "start_walk":
+            self.run = self.pipeline.start_walk(*args)
+            return None
+        if op == "start_lookup":
+            self.run = self.pipeline.start_lookup(*args)
             return None
         if op == "remember_seen":
             self.pipeline.remember_seen(*args)
@@ -311,8 +292,8 @@ class _Worker:
         if op == "fail":
             run.fail(*args)
             return None
-        if op == "set" and args[0] in _SETTABLE:
-            setattr(run, args[0], args[1])
+        if op == "mark_unknown":
+            run.mark_unknown(*args)
             return None
         if op == "finish":
             result = run.finish(*args)

@@ -1,9 +1,7 @@
-"""Counter state and top-K selection as pure units."""
+"""Counter state as a pure unit."""
 
 from __future__ import annotations
 
-from exporter.records import record_type
-from exporter.selection import TopK
 from exporter.state import COUNTER_FIELDS, CounterState
 
 WIDTH = len(COUNTER_FIELDS)
@@ -70,40 +68,6 @@ def test_state_is_compact() -> None:
     assert state.nbytes() / len(state) < 400
 
 
-ZERO = (0.0, 0.0, 0.0, 0.0, 0.0)
-
-
-def _rec(clientid: str):
-    return record_type("v5")(clientid=clientid)
-
-
-def test_top_k_keeps_the_worst_with_hysteresis() -> None:
-    top = TopK("mqueue_fill", k=2, hysteresis=0.5)  # members stay within rank 3
-    top.start()
-    for name, score in (("a", 0.9), ("b", 0.8), ("c", 0.7), ("d", 0.0)):
-        top.offer(score, ZERO, _rec(name))
-    assert [r.clientid for r in top.finish()] == ["a", "b"]
-    # c overtakes b, but b is still within the wider band: membership does not flap
-    top.start()
-    for name, score in (("a", 0.9), ("c", 0.85), ("b", 0.8)):
-        top.offer(score, ZERO, _rec(name))
-    assert {r.clientid for r in top.finish()} == {"a", "b"}
-    # b falls out of the band: c takes the place
-    top.start()
-    for name, score in (("a", 0.9), ("c", 0.85), ("e", 0.84), ("f", 0.83), ("b", 0.1)):
-        top.offer(score, ZERO, _rec(name))
-    assert {r.clientid for r in top.finish()} == {"a", "c"}
-
-
-def test_top_k_ignores_zero_scores_and_discards_failed_nodes() -> None:
-    top = TopK("drop_rate", k=3, hysteresis=0.0)
-    top.start()
-    for name, score in (("a", 0.0), ("b", 2.0), ("c", 1.0)):
-        top.offer(score, ZERO, _rec(name))
-    top.discard(["b"])
-    assert [r.clientid for r in top.finish()] == ["c"]
-
-
 def test_a_connection_start_is_read_once_per_connection() -> None:
     read: list[str | None] = []
 
@@ -118,14 +82,3 @@ def test_a_connection_start_is_read_once_per_connection() -> None:
     assert since == 100.0 and read == ["t1"]  # the same connection: not parsed again
     *_, since = state.observe("a", 2, values(0), node=0, poll=3, started="garbage")
     assert since != since and read == ["t1", "garbage"]  # unknown start: NaN
-
-
-def test_top_k_takes_lower_scores_again_after_a_discard() -> None:
-    top = TopK("byte_rate", k=1, hysteresis=0.0)
-    top.start()
-    top.offer(9.0, ZERO, _rec("gone"))
-    assert top.floor == 9.0  # full: lower scores need not be offered
-    top.discard(["gone"])
-    assert top.floor == 0.0
-    top.offer(2.0, ZERO, _rec("stays"))
-    assert [r.clientid for r in top.finish()] == ["stays"]

@@ -59,10 +59,16 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 def drive(host: PipelineHost, polls: int = 4) -> list[PipelineResult]:
-    """Polls with pages of 9, one of them losing node b mid-walk."""
+    """Polls with pages of 9, one losing node b mid-walk, and a watch-only lookup."""
     results = []
     for poll in range(1, polls + 1):
-        run = host.start(1000.0 + 30 * poll)
+        if poll == 2:
+            lookup = host.start_lookup(1000.0 + 30 * poll - 15, {NODES[0]: (20, 25),
+                                                                   NODES[1]: (None, 18)})
+            lookup.add_page(None, [r for r in records(poll) if r.clientid in WATCH])
+            lookup.mark_unknown({"client-gone"})
+            results.append(lookup.finish([]))
+        run = host.start_walk(1000.0 + 30 * poll)
         page = records(poll)
         for start in range(0, len(page), 9):
             run.add_page(None, page[start:start + 9])
@@ -113,7 +119,7 @@ def test_a_lost_worker_fails_the_call_and_the_next_poll_starts_a_new_one(
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(WorkerLostError, match="exit code -9"):
-        process_host.start(5000.0).add_page(None, records(1))
+        process_host.start_walk(5000.0).add_page(None, records(1))
     with capture_logs() as logs:
         (result,) = drive(process_host, polls=1)
     assert process_host.pid not in (None, pid) and process_host.restarts == 1
@@ -135,7 +141,7 @@ def exploding() -> Pipeline:
 def test_a_bug_in_the_worker_is_reported_with_where_it_happened() -> None:
     host = ProcessPipeline(exploding, log_level="warning")
     try:
-        run = host.start(1.0)
+        run = host.start_walk(1.0)
         with pytest.raises(WorkerFailedError, match=r"OverflowError: int too big .* at test_w"):
             run.add_page(None, records(1))
         assert host.pid is not None  # the worker survives its pipeline's exception
