@@ -67,6 +67,11 @@ CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_clien
             "raise per_client.max_series, or turn per-client parts off")
 
 _COUNTERS = attrgetter(*COUNTER_FIELDS)
+#: What a row's fingerprint covers (`CounterState.quiet`): its connection and its counters.
+_ROW = attrgetter("connected_at", "created_at", *COUNTER_FIELDS)
+_CLIENTID = attrgetter("clientid")
+#: The increases of a client whose counters did not move (shared: never written to).
+_NO_INCREASE = [0] * len(COUNTER_FIELDS)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -287,7 +292,11 @@ class PollRun:
         current_node: str | None = None
         part = _NodePart()
         node_index = 0
-        for record, key in zip(records, keys, strict=True):
+        prints = list(map(hash, map(_ROW, records)))
+        quiet = state.quiet(list(map(_CLIENTID, records)), prints)
+        touch = state.touch
+        group_totals = aggregator.counters
+        for record, key, slot, fingerprint in zip(records, keys, quiet, prints, strict=True):
             clientid = record.clientid
             if clientid in seen:
                 self.duplicates += 1  # the first row listed wins; the rest are drift
@@ -306,17 +315,25 @@ class PollRun:
             if histograms is None:
                 part.gauges[key] = Gauges()
                 histograms = part.histograms[key] = Histograms()
-            connection = hash(record.connected_at or record.created_at or "")
-            deltas, new, rated, since = state.observe(clientid, connection, _COUNTERS(record),
-                                                      node_index, poll, record.connected_at)
-            aggregator.count(key, deltas, new and not baseline)
-            rate_deltas = deltas if rated else None
+            if slot >= 0:  # the row the last poll saw: nothing to add
+                rated, since = touch(slot, node_index, poll)
+                rate_deltas = _NO_INCREASE if rated else None
+                moved = False
+                if key not in group_totals:
+                    aggregator.count(key, _NO_INCREASE, False)  # the group's series exist
+            else:
+                connection = hash(record.connected_at or record.created_at or "")
+                deltas, new, rated, since = state.observe(
+                    clientid, connection, _COUNTERS(record), node_index, poll,
+                    record.connected_at, fingerprint)
+                aggregator.count(key, deltas, new and not baseline)
+                rate_deltas = deltas if rated else None
+                moved = rate_deltas is not None and any(rate_deltas)
             histograms.records.append(record)
             histograms.deltas.append(rate_deltas)
             if since == since and record.connected is not False:  # NaN (unknown) != NaN
                 histograms.since.append(since)
-            if ranking and (not idle_is_zero or record.mqueue_len or record.inflight
-                            or (rate_deltas and any(rate_deltas))):
+            if ranking and (not idle_is_zero or record.mqueue_len or record.inflight or moved):
                 # (Most of a fleet is idle, scoring 0 everywhere: no top-K takes it.)
                 to_rank[0].append(record)
                 to_rank[1].append(rate_deltas)
