@@ -13,7 +13,7 @@ from exporter.aggregate import AggregateSettings, Classifier
 from exporter.config import PerClientSettings
 from exporter.dialects.v4 import V4Dialect
 from exporter.dialects.v5 import V5PageDialect
-from exporter.labels import escape
+from exporter.exposition import escape
 from exporter.pipeline import Pipeline, PipelineResult
 from exporter.records import ClientRecord, record_type
 from exporter.snapshot import compose
