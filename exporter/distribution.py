@@ -162,7 +162,6 @@ def render(rows: Sequence[tuple[str, Histograms]]) -> RenderedBatch:
         return out
     for i, dist in enumerate(c.DISTRIBUTIONS):
         name = dist.name
-        bucket_family, gcount_family, gsum_family = dist.text_families
         buckets: list[str] = []
         gcounts: list[str] = []
         gsums: list[str] = []
@@ -178,6 +177,7 @@ def render(rows: Sequence[tuple[str, Histograms]]) -> RenderedBatch:
             gcounts.append(gcount)
             gsums.append(gsum)
             grouped.extend((*group_buckets, gcount, gsum))
+        bucket_family, gcount_family, gsum_family = dist.text_families
         out[dist.family] = encode_text(grouped)
         out[bucket_family] = encode_text(buckets)
         out[gcount_family] = encode_text(gcounts)

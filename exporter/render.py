@@ -63,7 +63,8 @@ def record_label_column(records: Sequence[ClientRecord], name: str) -> list[str]
 
 
 def as_label(name: str, value: object) -> str:
-    """A raw field value as label text: absent is "", booleans are "true"/"false"."""
+    """A raw field value as label text (`exposition.label_text`); EMQX's `undefined` username
+    is absent."""
     if name == "username" and value in _NO_USERNAME:
         return ""
     return label_text(value)
