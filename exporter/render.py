@@ -6,7 +6,7 @@ and conversion (`contract.CLIENT_COLUMNS`); `exposition` writes the lines, fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
@@ -36,7 +36,6 @@ Rendered = dict[Family, list[bytes]]
 
 # EMQX 3.x/4.x print a missing username as the atom `undefined`.
 _NO_USERNAME = frozenset({"undefined", ""})
-_CLIENTID = attrgetter("clientid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +53,7 @@ def identity_labels(records: Sequence[ClientRecord], settings: ClientRenderSetti
     """Each record's closed label set (see `exposition`): constant labels, clientid, then the
     configured identity labels."""
     columns = [record_label_column(records, name) for name in settings.identity_labels]
-    return client_label_sets(settings.const_labels, list(map(_CLIENTID, records)), columns)
+    return client_label_sets(settings.const_labels, records, columns)
 
 
 def record_label_column(records: Sequence[ClientRecord], name: str) -> list[str]:
@@ -174,22 +173,24 @@ class ClientRenderer:
         With a remainder, the total minus the named pieces is its own line, so the lines of a
         client always sum to its total.
         """
-        total_of = attrgetter(total_attr)
-        getters = [attrgetter(attr) for _, attr in split.pieces]
         remainder = split.remainder
+        totals = map(attrgetter(total_attr), records)
+        # Each client's piece values as a tuple, built in C from one column per piece.
+        pieces = zip(*[list(map(attrgetter(attr), records)) for _, attr in split.pieces],
+                     strict=True)
 
-        def row(record: ClientRecord) -> SplitRow:
-            total: int | None = total_of(record)
-            values = [g(record) for g in getters]
-            if None in values:
-                return total  # the version does not split it: the total alone, if known
-            if remainder is not None and total is not None:
-                values.append(max(0, total - sum(values)))
-            return values
+        def rows() -> Iterator[SplitRow]:
+            for total, values in zip(totals, pieces, strict=True):
+                if None in values:
+                    yield total  # the version does not split it: the total alone, if known
+                elif remainder is None or total is None:
+                    yield values
+                else:
+                    yield (*values, max(0, total - sum(values)))
 
         names = [v for v, _ in split.pieces]
         if remainder is not None:
             names.append(remainder)
-        text = split_lines(family, labels, split.label, names, map(row, records))
+        text = split_lines(family, labels, split.label, names, rows())
         if text:
             out[family] = text

@@ -7,6 +7,7 @@ import pytest
 from exporter import contract as c
 from exporter.contract import Family
 from exporter.exposition import (
+    NamedClient,
     SplitRow,
     client_label_sets,
     client_lines,
@@ -27,6 +28,11 @@ from exporter.exposition import (
     text_header,
 )
 from tests.exposition import by_name, samples_openmetrics, samples_text
+
+
+def clients(ids: list[str]) -> list[NamedClient]:
+    return [NamedClient(cid) for cid in ids]
+
 
 GAUGE = Family("demo_gauge", "gauge", "A gauge.")
 #: Label values that need each escape, and a `%` that a %-template must not read as a format.
@@ -75,11 +81,11 @@ def test_group_lines_parse_back_with_awkward_values() -> None:
 
 def test_client_label_sets_const_first_then_clientid_then_columns() -> None:
     const = (("cluster", "prod"),)
-    assert client_label_sets(const, ["a", 'b"']) == [
+    assert client_label_sets(const, clients(["a", 'b"'])) == [
         '{cluster="prod",clientid="a"} ', '{cluster="prod",clientid="b\\""} ']
-    assert client_label_sets((), ["a"]) == ['{clientid="a"} ']
+    assert client_label_sets((), clients(["a"])) == ['{clientid="a"} ']
     nodes = label_column("node", ["n1", "n2"])
-    assert client_label_sets(const, ["a", "b"], [nodes]) == [
+    assert client_label_sets(const, clients(["a", "b"]), [nodes]) == [
         '{cluster="prod",clientid="a",node="n1"} ', '{cluster="prod",clientid="b",node="n2"} ']
 
 
@@ -103,7 +109,7 @@ def test_label_column_default_text_of_none_and_booleans() -> None:
 
 @pytest.mark.parametrize("with_template", [True, False], ids=["template", "interleaved"])
 def test_family_lines_with_percent_in_label_values(with_template: bool) -> None:
-    labels = encode_labels(client_label_sets((), AWKWARD))
+    labels = encode_labels(client_label_sets((), clients(AWKWARD)))
     values = list(range(len(AWKWARD)))
     template = line_template(labels) if with_template else None
     text = family_lines(b"demo_gauge", labels, values, template).decode()
@@ -113,7 +119,7 @@ def test_family_lines_with_percent_in_label_values(with_template: bool) -> None:
 
 
 def test_a_none_value_leaves_its_line_out() -> None:
-    labels = encode_labels(client_label_sets((), ["a", "b", "c"]))
+    labels = encode_labels(client_label_sets((), clients(["a", "b", "c"])))
     template = line_template(labels)
     assert family_lines(b"g", labels, [1, None, 2.5], template) == (
         b'g{clientid="a"} 1\ng{clientid="c"} 2.5\n')
@@ -127,7 +133,7 @@ def test_client_lines_for_named_clients() -> None:
 
 
 def test_info_lines_append_the_columns_inside_the_braces() -> None:
-    labels = client_label_sets((), ["a", "b"])
+    labels = client_label_sets((), clients(["a", "b"]))
     columns = [label_column("node", ["n1", "n2"]), label_column("zone", ["z", 'q"'])]
     assert info_lines(c.CLIENT_INFO, labels, columns) == (
         b'emqx_client_info{clientid="a",node="n1",zone="z"} 1\n'
@@ -137,7 +143,7 @@ def test_info_lines_append_the_columns_inside_the_braces() -> None:
 
 
 def test_split_lines_rows_of_pieces_a_single_value_or_nothing() -> None:
-    labels = client_label_sets((), ["full", "short", "total", "none"])
+    labels = client_label_sets((), clients(["full", "short", "total", "none"]))
     rows: list[SplitRow] = [[1, 2, 3], [4, 5], 9, None]
     text = split_lines(GAUGE, labels, "reason", ["a", "b", "rest"], rows)
     assert text == (b'demo_gauge{clientid="full",reason="a"} 1\n'
@@ -164,7 +170,7 @@ def test_openmetrics_header_uses_the_family_name_without_suffix() -> None:
 
 def test_both_formats_parse_a_written_family() -> None:
     counter = Family("demo_sent_total", "counter", "Sent \\ in\nbytes.")
-    labels = encode_labels(client_label_sets((("cluster", "c"),), ["a", "b"]))
+    labels = encode_labels(client_label_sets((("cluster", "c"),), clients(["a", "b"])))
     lines = family_lines(counter.name.encode(), labels, [1, 2]).decode()
     expected = {(("clientid", "a"), ("cluster", "c")): 1, (("clientid", "b"), ("cluster", "c")): 2}
     assert by_name(samples_text(text_header(counter) + lines), "demo_sent_total") == expected
