@@ -10,14 +10,14 @@ import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from exporter import contract as c
-from exporter.contract import Family
+from exporter.contract import Family, FormatName
 from exporter.exposition import header
 from exporter.render import Rendered
 
-Format = Literal["text", "openmetrics"]
+#: The exposition formats served (the contract defines them once).
+Format = FormatName
 
 #: Families appear in this order; a family rendered by several clusters is emitted once.
 FAMILY_ORDER: tuple[Family, ...] = (c.CLIENT_FAMILIES + c.AGGREGATE_FAMILIES
