@@ -20,9 +20,9 @@ from exporter import contract as c
 from exporter.contract import Family
 from exporter.distribution import Histograms
 from exporter.distribution import render as render_distributions
-from exporter.labels import escape
+from exporter.exposition import ConstLabels, extend, group_lines, label_set
 from exporter.records import ClientRecord
-from exporter.render import RenderedBatch, as_label, render_groups
+from exporter.render import RenderedBatch, as_label
 from exporter.selection import Pattern
 
 
@@ -62,7 +62,7 @@ class Classifier:
 class AggregateSettings:
     labels: tuple[str, ...] = ("node",)
     saturation: float = 0.8
-    const_labels: tuple[tuple[str, str], ...] = ()
+    const_labels: ConstLabels = ()
 
 
 @dataclass(slots=True)
@@ -198,7 +198,7 @@ class Aggregator:
                     for node, figures in sorted(totals.items())]
             known = [(labels, v) for labels, v in rows if v is not None]
             if known:
-                out[family] = render_groups(family, known)
+                out[family] = group_lines(family, known)
         return out
 
     def render(self, gauges: dict[GroupKey, Gauges],
@@ -211,18 +211,18 @@ class Aggregator:
         gauge_rows = sorted((self._labels(k), g) for k, g in gauges.items())
         for family, attr in _GAUGE_FAMILIES:
             if gauge_rows:
-                out[family] = render_groups(family, [(ls, getattr(g, attr))
-                                                     for ls, g in gauge_rows])
+                out[family] = group_lines(family, [(ls, getattr(g, attr))
+                                                   for ls, g in gauge_rows])
         counter_rows = sorted((self._labels(k), totals) for k, totals in self.counters.items())
         if counter_rows:
             for family, index in _COUNTER_FAMILIES:
-                out[family] = render_groups(family, [(ls, t[index]) for ls, t in counter_rows])
-            out[c.CLIENTS_DROPPED] = render_groups(c.CLIENTS_DROPPED, [
-                (f'{ls}{"," if ls else ""}direction="{direction}",reason="{reason}"', t[index])
+                out[family] = group_lines(family, [(ls, t[index]) for ls, t in counter_rows])
+            out[c.CLIENTS_DROPPED] = group_lines(c.CLIENTS_DROPPED, [
+                (extend(ls, ("direction", direction), ("reason", reason)), t[index])
                 for ls, t in counter_rows for direction, reason, index in _DROP_SERIES])
         return out
 
     def _labels(self, key: GroupKey) -> str:
-        pairs = [*self.settings.const_labels,
-                 *((n, as_label(n, v)) for n, v in zip(self.settings.labels, key, strict=True))]
-        return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
+        """A group's label set: the constant labels, then its values of the aggregate labels."""
+        return label_set(self.settings.const_labels, (
+            (n, as_label(n, v)) for n, v in zip(self.settings.labels, key, strict=True)))

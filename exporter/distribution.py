@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client.utils import floatToGoString
 
 from exporter import contract as c
+from exporter.exposition import encode_text, extend, sample_line
 from exporter.records import ClientRecord
 from exporter.render import RenderedBatch
 
@@ -151,7 +152,7 @@ class Histograms:
 
 
 def render(rows: Sequence[tuple[str, Histograms]]) -> RenderedBatch:
-    """Each distribution in both formats' shapes, from (label string, histograms) rows.
+    """Each distribution in both formats' shapes, from (label set, histograms) rows.
 
     OpenMetrics wants each group's buckets, count and sum together; text format wants each of
     the three gauge families together. The samples are the same.
@@ -168,19 +169,17 @@ def render(rows: Sequence[tuple[str, Histograms]]) -> RenderedBatch:
         offset, width = _OFFSETS[i], _WIDTHS[i]
         for labels, h in rows:
             cumulative = list(accumulate(h.counts[offset:offset + width]))
-            lead = f"{labels}," if labels else ""
-            group_buckets = [f'{name}_bucket{{{lead}le="{le}"}} {n}\n'
+            group_buckets = [sample_line(f"{name}_bucket", extend(labels, ("le", le)), n)
                              for le, n in zip(_LE[i], cumulative, strict=True)]
-            braces = f"{{{labels}}}" if labels else ""
-            gcount = f"{name}_gcount{braces} {cumulative[-1]}\n"
-            gsum = f"{name}_gsum{braces} {h.sums[i]!r}\n"
+            gcount = sample_line(f"{name}_gcount", labels, cumulative[-1])
+            gsum = sample_line(f"{name}_gsum", labels, h.sums[i])
             buckets.extend(group_buckets)
             gcounts.append(gcount)
             gsums.append(gsum)
             grouped.extend((*group_buckets, gcount, gsum))
         bucket_family, gcount_family, gsum_family = dist.text_families
-        out[dist.family] = "".join(grouped).encode("utf-8", "replace")
-        out[bucket_family] = "".join(buckets).encode("utf-8", "replace")
-        out[gcount_family] = "".join(gcounts).encode("utf-8", "replace")
-        out[gsum_family] = "".join(gsums).encode("utf-8", "replace")
+        out[dist.family] = encode_text(grouped)
+        out[bucket_family] = encode_text(buckets)
+        out[gcount_family] = encode_text(gcounts)
+        out[gsum_family] = encode_text(gsums)
     return out

@@ -19,13 +19,12 @@ from exporter import contract as c
 from exporter.aggregate import AggregateSettings, Aggregator, Classifier, Gauges, GroupKey
 from exporter.config import PerClientSettings
 from exporter.distribution import Histograms
-from exporter.labels import escape
+from exporter.exposition import client_lines
 from exporter.records import ClientRecord
 from exporter.render import (
     ClientRenderer,
     ClientRenderSettings,
     Rendered,
-    family_lines,
     identity_labels,
 )
 from exporter.selection import (
@@ -548,18 +547,16 @@ class PollRun:
         watch = p.selector.settings.watch
         if not watch:
             return 0
-        const = "".join(f'{k}="{escape(v)}",' for k, v in p.render_settings.const_labels)
+        const = p.render_settings.const_labels
         failed = {p.node_index(n) for n in self.failed}
         missing = [cid for cid in sorted(watch - self.watched.keys() - self.unknown)
                    if p.state.node_of(cid) not in failed]
         if missing and "online" in p.render_settings.parts:
-            labels = [f'{{{const}clientid="{escape(cid)}"}} '.encode() for cid in missing]
             rendered.setdefault(c.CLIENT_ONLINE, []).append(
-                family_lines(c.CLIENT_ONLINE.name.encode(), labels, [0] * len(missing)))
+                client_lines(const, missing, [0] * len(missing), c.CLIENT_ONLINE))
         ids = sorted(watch)
-        labels = [f'{{{const}clientid="{escape(cid)}"}} '.encode() for cid in ids]
-        text = family_lines(c.CLIENT_LAST_SEEN_TS.name.encode(), labels,
-                            [p.last_seen.get(cid) for cid in ids])
+        text = client_lines(const, ids, [p.last_seen.get(cid) for cid in ids],
+                            c.CLIENT_LAST_SEEN_TS)
         if text:
             rendered.setdefault(c.CLIENT_LAST_SEEN_TS, []).append(text)
         return len(missing) + sum(r.connected is False for r in self.watched.values())

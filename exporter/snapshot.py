@@ -10,14 +10,14 @@ import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from exporter import contract as c
-from exporter.contract import Family
-from exporter.labels import escape_help
+from exporter.contract import Family, FormatName
+from exporter.exposition import header
 from exporter.render import Rendered
 
-Format = Literal["text", "openmetrics"]
+#: The exposition formats served (the contract defines them once).
+Format = FormatName
 
 #: Families appear in this order; a family rendered by several clusters is emitted once.
 FAMILY_ORDER: tuple[Family, ...] = (c.CLIENT_FAMILIES + c.AGGREGATE_FAMILIES
@@ -25,16 +25,6 @@ FAMILY_ORDER: tuple[Family, ...] = (c.CLIENT_FAMILIES + c.AGGREGATE_FAMILIES
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-def text_header(family: Family) -> str:
-    kind = "gauge" if family.type == "info" else family.type
-    return f"# HELP {family.name} {escape_help(family.help)}\n# TYPE {family.name} {kind}\n"
-
-
-def openmetrics_header(family: Family) -> str:
-    name = family.om_name
-    return f"# TYPE {name} {family.type}\n# HELP {name} {escape_help(family.help)}\n"
 
 
 def gzip_bytes(pieces: Iterable[bytes]) -> bytes:
@@ -64,12 +54,11 @@ class Snapshot:
 
     def pieces(self, fmt: Format) -> Body:
         """The uncompressed body as pieces (cheap: headers are built, samples referenced)."""
-        header = text_header if fmt == "text" else openmetrics_header
         out: list[bytes] = []
         for family, samples in self.chunks:
             if family.only not in (None, fmt):
                 continue  # the other format's shape of the same samples
-            out.append(header(family).encode())
+            out.append(header(family, fmt))
             out.extend(samples)
         return tuple(out)
 

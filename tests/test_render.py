@@ -13,7 +13,6 @@ from exporter.aggregate import AggregateSettings, Classifier
 from exporter.config import PerClientSettings
 from exporter.dialects.v4 import V4Dialect
 from exporter.dialects.v5 import V5PageDialect
-from exporter.labels import escape
 from exporter.pipeline import Pipeline, PipelineResult
 from exporter.records import ClientRecord, record_type
 from exporter.snapshot import compose
@@ -110,11 +109,6 @@ def test_awkward_client_ids_round_trip() -> None:
         assert received == {(("clientid", cid),): i for i, cid in enumerate(AWKWARD_IDS)}
         info = by_name(samples, "emqx_client_info")
         assert {dict(k)["username"] for k in info} == set(AWKWARD_IDS)
-
-
-def test_escape() -> None:
-    assert escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-    assert escape("plain") == "plain"
 
 
 @pytest.mark.promtool
