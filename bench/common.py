@@ -123,3 +123,17 @@ def peak_rss_mib(footprint: Footprint | None = None) -> float:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def ratios(floors: list[float], polls: list[float]) -> dict[str, object]:
+    """Each round's poll / floor, in order, and their spread (largest - smallest)."""
+    each = [round(p / f, 2) for f, p in zip(floors, polls, strict=True)]
+    return {"ratios": each, "ratio_spread": round(max(each) - min(each), 2),
+            "floors_s": [round(f, 2) for f in floors], "polls_s": [round(p, 2) for p in polls]}
+
+
+def ratio_line(result: dict[str, object], target: float) -> str:
+    each = result["ratios"]
+    assert isinstance(each, list)
+    return (f"ratios {' / '.join(map(str, each))} (target <= {target} each), spread "
+            f"{result['ratio_spread']}; floors {result['floors_s']} s, polls {result['polls_s']} s")

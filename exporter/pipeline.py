@@ -212,6 +212,10 @@ class Pipeline:
     def footprint(self) -> Footprint:
         return Footprint(self.state.nbytes(), len(self.state))
 
+    def describe(self) -> str:
+        """Where this pipeline runs, for the status page."""
+        return "in the exporter's process (pipeline_worker: thread)"
+
     def close(self) -> None:
         """Nothing to release in-process (`ProcessPipeline.close` stops its worker)."""
 

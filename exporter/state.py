@@ -57,7 +57,7 @@ class CounterState:
         A fingerprint is a 64-bit hash of the row's connection fields and counters; two
         different rows share one with a chance of about 2**-64 per client and poll.
         """
-        if not self._slots:
+        if not self._slots or not clientids:
             return [-1] * len(clientids)
         slots = list(map(self._slots.get, clientids, repeat(-1)))
         if len(slots) == 1:

@@ -86,6 +86,8 @@ class PipelineHost(Protocol):
 
     def footprint(self) -> Footprint: ...
 
+    def describe(self) -> str: ...
+
     def close(self) -> None: ...
 
 
@@ -146,6 +148,14 @@ class ProcessPipeline:
 
     def footprint(self) -> Footprint:
         return self._echo.footprint
+
+    def describe(self) -> str:
+        if self._process is None:
+            return "worker process, not started yet"
+        peak = self._echo.footprint.worker_peak_rss_bytes
+        memory = f", peak {peak / 2**20:.0f} MiB" if peak else ""
+        return (f"worker process {self._process.pid} (started again {self.restarts} times"
+                f"{memory})")
 
     def start_walk(self, now: float) -> ProcessRun:
         """Begin a walking poll in the worker (started, or started again, first if needed)."""

@@ -94,6 +94,7 @@ def test_a_quiet_row_is_found_only_when_it_is_the_row_observed_last() -> None:
     # changed row, unknown client, the other client's fingerprint
     assert state.quiet(["a", "c", "b"], [99, 11, 11]) == [-1, -1, -1]
     assert state.quiet(["b", "a"], [12, 11])[1] == slot_a
+    assert state.quiet([], []) == []  # a page a shard kept nothing of
 
 
 def test_touching_a_quiet_client_is_observing_an_unchanged_row() -> None:

@@ -168,3 +168,5 @@ async def test_a_killed_worker_shows_as_down_and_internal_then_recovers() -> Non
         again = await r.scrape()
         assert value(again, "emqx_client_exporter_up") == 1
         assert value(again, "emqx_clients_online", node="emqx@10.0.0.1") is not None
+        status = await r.client.get("/status.json")
+        assert "started again 1 times" in (await status.json())["clusters"][0]["pipeline"]
