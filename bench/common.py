@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -103,11 +104,11 @@ async def floor(fetches: list[Fetch], concurrency: int) -> tuple[float, int]:
 
 
 async def _floor_here(fetches: list[Fetch], concurrency: int) -> tuple[float, int]:
-    auth = aiohttp.BasicAuth("exporter", "secret")
+    credentials = base64.b64encode(b"exporter:secret").decode()
     limit = asyncio.Semaphore(concurrency)
     rows = 0
 
-    async with aiohttp.ClientSession(auth=auth) as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Basic {credentials}"}) as session:
         async def one(fetch: Fetch) -> None:
             nonlocal rows
             async with limit, session.request(fetch.method, fetch.url) as answer:

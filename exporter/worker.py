@@ -103,8 +103,9 @@ class _Echo:
 class ProcessPipeline:
     """The parent's handle on a pipeline running in a worker process.
 
-    Only the poller's pipeline thread calls `start` and the run's methods; the rest reads or
-    queues what the parent keeps, so the event loop can use it without waiting on the child.
+    Only the poller's pipeline thread calls `start_walk`, `start_lookup` and the run's methods;
+    the rest reads or queues what the parent keeps, so the event loop can use it without
+    waiting on the child.
     """
 
     def __init__(self, factory: Callable[[], Pipeline], *, log_level: str = "info",
@@ -201,11 +202,8 @@ class ProcessPipeline:
     def encode(self, records: Sequence[ClientRecord]) -> Iterator[tuple[RecordSpec | None, bytes]]:
         """Records as msgpack, one piece per run of records of one class (the worker joins
         them back into one page: a page is the unit its sums are added in)."""
-        if len(set(map(type, records))) <= 1:
-            runs: Iterable[tuple[type[ClientRecord], Iterable[ClientRecord]]] = (
-                [(type(records[0]), records)] if records else [])
-        else:
-            runs = groupby(records, key=type)
+        runs: Iterator[tuple[type[ClientRecord], Iterator[ClientRecord]]] = groupby(
+            records, key=type)
         for cls, members in runs:
             yield cls.spec, self._encoder.encode(list(members))
 
