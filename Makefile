@@ -33,6 +33,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m bench.poll_vs_floor
 	$(BIN)/python -m bench.million
 	$(BIN)/python -m bench.scrape_latency
+	$(BIN)/python -m bench.scrape_latency --case series --seconds 40
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

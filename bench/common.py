@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import aiohttp
 import orjson
 
 from exporter.api import Request, Response
+from exporter.pipeline import Footprint
 from exporter.poller import ClusterPoller
 from tests.ports import free_port
 
@@ -88,12 +90,25 @@ def floor_concurrency(poller: ClusterPoller) -> int:
 
 
 async def floor(fetches: list[Fetch], concurrency: int) -> tuple[float, int]:
-    """Download the same pages with aiohttp and decode each with orjson, nothing else."""
-    auth = aiohttp.BasicAuth("exporter", "secret")
+    """Download the same pages with aiohttp and decode each with orjson, nothing else, in a
+    fresh process: the exporter's heap (its garbage collector walks) does not slow the floor."""
+    order = json.dumps({"fetches": [[f.method, f.url] for f in fetches],
+                        "concurrency": concurrency})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.common", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, _ = await process.communicate(order.encode())
+    if process.returncode != 0:
+        raise RuntimeError(f"the floor process failed with exit code {process.returncode}")
+    seconds, rows = json.loads(out)
+    return seconds, rows
+
+
+async def _floor_here(fetches: list[Fetch], concurrency: int) -> tuple[float, int]:
+    credentials = base64.b64encode(b"exporter:secret").decode()
     limit = asyncio.Semaphore(concurrency)
     rows = 0
 
-    async with aiohttp.ClientSession(auth=auth) as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Basic {credentials}"}) as session:
         async def one(fetch: Fetch) -> None:
             nonlocal rows
             async with limit, session.request(fetch.method, fetch.url) as answer:
@@ -113,9 +128,33 @@ def save_result(name: str, result: dict[str, object]) -> None:
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mib(footprint: Footprint | None = None) -> float:
+    """Peak resident memory of the exporter: this process plus its pipeline worker's."""
+    worker = footprint.worker_peak_rss_bytes if footprint is not None else None
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (own + (worker or 0)) / 2**20
 
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def ratios(floors: list[float], polls: list[float]) -> dict[str, object]:
+    """Each round's poll / floor, in order, and their spread (largest - smallest)."""
+    each = [round(p / f, 2) for f, p in zip(floors, polls, strict=True)]
+    return {"ratios": each, "ratio_spread": round(max(each) - min(each), 2),
+            "floors_s": [round(f, 2) for f in floors], "polls_s": [round(p, 2) for p in polls]}
+
+
+def ratio_line(result: dict[str, object], target: float) -> str:
+    each = result["ratios"]
+    assert isinstance(each, list)
+    return (f"ratios {' / '.join(map(str, each))} (target <= {target} each), spread "
+            f"{result['ratio_spread']}; floors {result['floors_s']} s, polls {result['polls_s']} s")
+
+
+if __name__ == "__main__":
+    # The floor's own process (see `floor`): the order on stdin, (seconds, rows) on stdout.
+    request = json.load(sys.stdin)
+    fetched = [Fetch(method, url) for method, url in request["fetches"]]
+    print(json.dumps(asyncio.run(_floor_here(fetched, request["concurrency"]))))

@@ -1,8 +1,9 @@
 """DESIGN.md §4, second case: 1M clients on 3 nodes (v5), aggregates by node and class plus
-top-K 1000, no per-client export of everyone. Prints the floor beside a steady-state poll, the
-ratio, the exporter's peak RSS, and the lasting counter state per client.
+top-K 1000, no per-client export of everyone. Prints the floor beside a steady-state poll and
+their ratio for each of `--rounds` rounds in a row, with the spread; the peak RSS of the exporter
+and its pipeline worker together; and the lasting counter state per client.
 
-    python -m bench.million [--clients 1000000] [--version 5.8.9]
+    python -m bench.million [--clients 1000000] [--version 5.8.9] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ import argparse
 import asyncio
 import time
 
-from bench.common import floor, floor_concurrency, peak_rss_mib, recording, save_result, simulator
+from bench.common import (
+    floor,
+    floor_concurrency,
+    peak_rss_mib,
+    ratio_line,
+    ratios,
+    recording,
+    save_result,
+    simulator,
+)
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.service import Exporter
@@ -28,9 +38,9 @@ CONFIG = {
 }
 
 
-async def measure(url: str, version: str) -> dict[str, object]:
+async def measure(url: str, version: str, rounds: int, worker: str) -> dict[str, object]:
     settings = load_settings({"emqx_url": url, "api_key": "exporter", "api_secret": "secret",
-                              **CONFIG}, {}, None)
+                              "pipeline_worker": worker, **CONFIG}, {}, None)
     exporter = Exporter(settings)
     poller = exporter.pollers[0]
     with recording(poller) as fetches:
@@ -39,22 +49,26 @@ async def measure(url: str, version: str) -> dict[str, object]:
         first_s = time.perf_counter() - began
     assert first.ok, first.error
     pages = [f for f in fetches if "/clients" in f.url]
-    floor_s, rows = await floor(pages, floor_concurrency(poller))
-    began = time.perf_counter()
-    report = await poller.poll_once()
-    compose([poller.rendered], time.time())
-    poll_s = time.perf_counter() - began
-    assert report.ok, report.error
-    state = poller.pipeline.state
+    floors: list[float] = []
+    polls: list[float] = []
+    for _ in range(rounds):
+        floor_s, rows = await floor(pages, floor_concurrency(poller))
+        floors.append(floor_s)
+        began = time.perf_counter()
+        report = await poller.poll_once()
+        compose([poller.rendered], time.time())
+        polls.append(time.perf_counter() - began)
+        assert report.ok, report.error
+    footprint = poller.pipeline.footprint()
     result = {
-        "version": version, "dialect": report.dialect, "clients": report.clients, "rows": rows,
-        "pages": len(pages), "floor_s": round(floor_s, 2), "first_poll_s": round(first_s, 2),
-        "poll_s": round(poll_s, 2), "ratio": round(poll_s / floor_s, 2),
+        "version": version, "pipeline_worker": worker,
+        "dialect": report.dialect, "clients": report.clients, "rows": rows,
+        "pages": len(pages), "first_poll_s": round(first_s, 2), **ratios(floors, polls),
         "series_per_client": poller.stats.series.get("per_client"),
         "series_aggregate": poller.stats.series.get("aggregate"),
         "series_dropped": poller.stats.series_dropped,
-        "state_bytes_per_client": round(state.nbytes() / max(1, len(state))),
-        "peak_rss_mib": round(peak_rss_mib()),
+        "state_bytes_per_client": round(footprint.state_bytes / max(1, footprint.clients)),
+        "peak_rss_mib": round(peak_rss_mib(footprint)),
     }
     await exporter.stop()
     return result
@@ -65,18 +79,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1_000_000)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--version", default="5.8.9")
+    parser.add_argument("--rounds", type=int, default=3, help="floor and poll pairs in a row")
+    parser.add_argument("--pipeline-worker", choices=("process", "thread"), default="process",
+                        help="where the pipeline runs (thread: the one-core design, to compare)")
     args = parser.parse_args()
     configure_logging("warning")
     with simulator(args.clients, args.nodes, args.version, cache_mb=4096) as url:
-        result = asyncio.run(measure(url, args.version))
-    print(f"{'case':<48}{'seconds':>10}")
-    print(f"{'floor: aiohttp download + orjson decode':<48}{result['floor_s']:>10}")
-    print(f"{'exporter: steady-state poll (aggregates + top-K)':<48}{result['poll_s']:>10}")
-    print(f"ratio {result['ratio']} (target <= 1.3); {result['clients']} clients in "
-          f"{result['pages']} pages; peak RSS {result['peak_rss_mib']} MiB (target <= 1024); "
-          f"counter state {result['state_bytes_per_client']} B/client (target <= 400); "
-          f"per-client series {result['series_per_client']} (cap 20000), "
-          f"aggregate series {result['series_aggregate']}")
+        result = asyncio.run(measure(url, args.version, args.rounds, args.pipeline_worker))
+    print("floor: aiohttp download + orjson decode; poll: a steady-state poll (aggregates "
+          "+ top-K)")
+    print(ratio_line(result, 1.3))
+    print(f"{result['clients']} clients in {result['pages']} pages; peak RSS "
+          f"{result['peak_rss_mib']} MiB, exporter and worker (target <= 1024); counter state "
+          f"{result['state_bytes_per_client']} B/client (target <= 400); per-client series "
+          f"{result['series_per_client']} (cap 20000), aggregate series "
+          f"{result['series_aggregate']}")
     save_result("million", result)
 
 

@@ -1,6 +1,7 @@
 """DESIGN.md §4, first case: 100k clients on 3 nodes (v5), every client exported with the
 default per-client parts. Prints the floor (the same pages downloaded with aiohttp and decoded
-with orjson) beside one full exporter poll + render, and their ratio, in one run.
+with orjson) beside one full exporter poll + render, and their ratio, for each of `--rounds`
+rounds in a row in one run, with the spread.
 
     python -m bench.poll_vs_floor [--clients 100000] [--version 5.8.9] [--rounds 3]
 """
@@ -12,16 +13,26 @@ import asyncio
 import statistics
 import time
 
-from bench.common import floor, floor_concurrency, peak_rss_mib, recording, save_result, simulator
+from bench.common import (
+    floor,
+    floor_concurrency,
+    peak_rss_mib,
+    ratio_line,
+    ratios,
+    recording,
+    save_result,
+    simulator,
+)
 from exporter.config import load_settings
 from exporter.logs import configure_logging
 from exporter.service import Exporter
 from exporter.snapshot import compose
 
 
-async def measure(url: str, rounds: int, version: str) -> dict[str, object]:
+async def measure(url: str, rounds: int, version: str, worker: str) -> dict[str, object]:
     # Every client exported: the cap is lifted for this case.
     settings = load_settings({"emqx_url": url, "api_key": "exporter", "api_secret": "secret",
+                              "pipeline_worker": worker,
                               "timeout": 120, "per_client": {"max_series": 100_000_000}},
                              {}, None)
     exporter = Exporter(settings)
@@ -47,13 +58,16 @@ async def measure(url: str, rounds: int, version: str) -> dict[str, object]:
     began = time.perf_counter()
     snapshot.gzipped("openmetrics")
     gzip_seconds = time.perf_counter() - began
+    footprint = poller.pipeline.footprint()
     await exporter.stop()
     floor_s, poll_s = statistics.median(floors), statistics.median(polls)
     return {
-        "version": version, "dialect": report.dialect, "pages": len(pages), "rows": rows,
+        "version": version, "pipeline_worker": worker,
+        "dialect": report.dialect, "pages": len(pages), "rows": rows,
         "clients": report.clients, "series": series, "floor_s": round(floor_s, 3),
         "poll_render_s": round(poll_s, 3), "ratio": round(poll_s / floor_s, 2),
-        "gzip_once_s": round(gzip_seconds, 3), "peak_rss_mib": round(peak_rss_mib()),
+        "gzip_once_s": round(gzip_seconds, 3), "peak_rss_mib": round(peak_rss_mib(footprint)),
+        **ratios(floors, polls),
     }
 
 
@@ -63,14 +77,17 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--version", default="5.8.9")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pipeline-worker", choices=("process", "thread"), default="process",
+                        help="where the pipeline runs (thread: the one-core design, to compare)")
     args = parser.parse_args()
     configure_logging("warning")
     with simulator(args.clients, args.nodes, args.version) as url:
-        result = asyncio.run(measure(url, args.rounds, args.version))
+        result = asyncio.run(measure(url, args.rounds, args.version, args.pipeline_worker))
     print(f"{'case':<44}{'seconds':>10}")
     print(f"{'floor: aiohttp download + orjson decode':<44}{result['floor_s']:>10}")
     print(f"{'exporter: one poll + render':<44}{result['poll_render_s']:>10}")
-    print(f"ratio {result['ratio']} (target <= 1.5); {result['clients']} clients, "
+    print(ratio_line(result, 1.5))
+    print(f"median ratio {result['ratio']}; {result['clients']} clients, "
           f"{result['series']} series, {result['pages']} pages, dialect {result['dialect']}; "
           f"gzip of the snapshot once {result['gzip_once_s']} s; peak RSS "
           f"{result['peak_rss_mib']} MiB")

@@ -23,7 +23,7 @@ from exporter.distribution import render as render_distributions
 from exporter.exposition import ConstLabels, extend, group_lines, label_set
 from exporter.records import ClientRecord
 from exporter.render import RenderedBatch, as_label
-from exporter.selection import Pattern
+from exporter.selection import Pattern, fullmatches
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ class Classifier:
                 break
             values = [records[i].clientid for i in pending] if rule.field == "clientid" else [
                 records[i].username or "" for i in pending]
-            hits = list(map(rule.pattern.fullmatch, values))
+            hits = fullmatches(rule.pattern, values)
             for i in compress(pending, hits):
                 names[i] = rule.name
             pending = list(compress(pending, map(not_, hits)))

@@ -35,6 +35,7 @@ from exporter.schema import (
     Names,
     PerClientConfig,
     TlsConfig,
+    WorkerKind,
     decode,
     setting,
     variables,
@@ -100,6 +101,8 @@ class Settings:
     status_page: bool
     #: Linked from the status page, e.g. the Grafana dashboards of this exporter.
     dashboard_url: str | None
+    #: Where each cluster's pipeline runs: "process" (a worker process) or "thread".
+    pipeline_worker: WorkerKind = "process"
 
 
 # --- validators for what a type cannot say -------------------------------------------------
@@ -407,4 +410,5 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         reload_endpoint=config.reload_endpoint,
         status_page=config.status_page,
         dashboard_url=_dashboard_url(config.dashboard_url),
+        pipeline_worker=config.pipeline_worker,
     )

@@ -8,7 +8,7 @@ of `PollRun` runs on the cluster's single worker thread, never on the event loop
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import attrgetter, ge, gt
@@ -66,6 +66,11 @@ CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_clien
             "raise per_client.max_series, or turn per-client parts off")
 
 _COUNTERS = attrgetter(*COUNTER_FIELDS)
+#: What a row's fingerprint covers (`CounterState.quiet`): its connection and its counters.
+_ROW = attrgetter("connected_at", "created_at", *COUNTER_FIELDS)
+_CLIENTID = attrgetter("clientid")
+#: The increases of a client whose counters did not move (shared: never written to).
+_NO_INCREASE = [0] * len(COUNTER_FIELDS)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -108,6 +113,16 @@ class SelectionSummary:
     @property
     def cap_binds(self) -> bool:
         return self.left_out > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """Memory a pipeline holds: its lasting counter state and, when it runs in a worker
+    process (`exporter.worker`), that process's peak resident memory."""
+
+    state_bytes: int
+    clients: int
+    worker_peak_rss_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -170,9 +185,6 @@ class Pipeline:
         """Begin a poll that walks the nodes' client lists."""
         return PollRun(self, now, self._begin(now))
 
-    #: The usual poll.
-    start = start_walk
-
     def start_lookup(self, now: float,
                      node_totals: dict[str, tuple[int | None, int | None]]) -> PollRun:
         """Begin a watch-only poll: the watched clients are looked up, nothing is walked.
@@ -188,6 +200,24 @@ class Pipeline:
         for top in self.selector.trackers:
             top.start()
         return None if self.last_poll_at is None else max(1e-3, now - self.last_poll_at)
+
+    def remember_seen(self, seen: Mapping[str, float]) -> None:
+        """Last-seen times of watched clients from before (the state file, a reload)."""
+        self.last_seen.update(seen)
+
+    def rankings(self) -> dict[str, list[RankedClient]]:
+        """Each configured top-K's members as of the last poll, worst first."""
+        return {top.name: list(top.last) for top in self.selector.top}
+
+    def footprint(self) -> Footprint:
+        return Footprint(self.state.nbytes(), len(self.state))
+
+    def describe(self) -> str:
+        """Where this pipeline runs, for the status page."""
+        return "in the exporter's process (pipeline_worker: thread)"
+
+    def close(self) -> None:
+        """Nothing to release in-process (`ProcessPipeline.close` stops its worker)."""
 
 
 @dataclass(slots=True)
@@ -265,7 +295,11 @@ class PollRun:
         current_node: str | None = None
         part = _NodePart()
         node_index = 0
-        for record, key in zip(records, keys, strict=True):
+        prints = list(map(hash, map(_ROW, records)))
+        quiet = state.quiet(list(map(_CLIENTID, records)), prints)
+        touch = state.touch
+        group_totals = aggregator.counters
+        for record, key, slot, fingerprint in zip(records, keys, quiet, prints, strict=True):
             clientid = record.clientid
             if clientid in seen:
                 self.duplicates += 1  # the first row listed wins; the rest are drift
@@ -284,17 +318,25 @@ class PollRun:
             if histograms is None:
                 part.gauges[key] = Gauges()
                 histograms = part.histograms[key] = Histograms()
-            connection = hash(record.connected_at or record.created_at or "")
-            deltas, new, rated, since = state.observe(clientid, connection, _COUNTERS(record),
-                                                      node_index, poll, record.connected_at)
-            aggregator.count(key, deltas, new and not baseline)
-            rate_deltas = deltas if rated else None
+            if slot >= 0:  # the row the last poll saw: nothing to add
+                rated, since = touch(slot, node_index, poll)
+                rate_deltas = _NO_INCREASE if rated else None
+                moved = False
+                if key not in group_totals:
+                    aggregator.count(key, _NO_INCREASE, False)  # the group's series exist
+            else:
+                connection = hash(record.connected_at or record.created_at or "")
+                deltas, new, rated, since = state.observe(
+                    clientid, connection, _COUNTERS(record), node_index, poll,
+                    record.connected_at, fingerprint)
+                aggregator.count(key, deltas, new and not baseline)
+                rate_deltas = deltas if rated else None
+                moved = rate_deltas is not None and any(rate_deltas)
             histograms.records.append(record)
             histograms.deltas.append(rate_deltas)
             if since == since and record.connected is not False:  # NaN (unknown) != NaN
                 histograms.since.append(since)
-            if ranking and (not idle_is_zero or record.mqueue_len or record.inflight
-                            or (rate_deltas and any(rate_deltas))):
+            if ranking and (not idle_is_zero or record.mqueue_len or record.inflight or moved):
                 # (Most of a fleet is idle, scoring 0 everywhere: no top-K takes it.)
                 to_rank[0].append(record)
                 to_rank[1].append(rate_deltas)

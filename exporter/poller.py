@@ -19,12 +19,13 @@ from exporter.dialects.discovery import DialectOptions, Discovery
 from exporter.errors import ExporterError, InternalError
 from exporter.health import CLUSTER, Health
 from exporter.lookup import look_up
-from exporter.pipeline import Pipeline, PipelineResult, PollRun
+from exporter.pipeline import PipelineResult
 from exporter.records import ClientRecord, take_bad_example
 from exporter.render import Rendered
 from exporter.selfmetrics import ClusterStats
 from exporter.sharding import ShardPlan, assign
 from exporter.walker import NodeWalk, walk
+from exporter.worker import PipelineHost, Run
 
 T = TypeVar("T")
 
@@ -84,7 +85,7 @@ class PollReport:
 class ClusterPoller:
     """Polls one cluster on its interval; keeps the last rendering of its families."""
 
-    def __init__(self, settings: ClusterSettings, pipeline: Pipeline, stats: ClusterStats,
+    def __init__(self, settings: ClusterSettings, pipeline: PipelineHost, stats: ClusterStats,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -108,8 +109,9 @@ class ClusterPoller:
         #: The last poll's report and each node's last failure ("" for the whole poll).
         self.last_report: PollReport | None = None
         self.last_failures: dict[str, ErrorNote] = {}
-        # One worker thread per cluster runs the pipeline: pages are processed in arrival
-        # order while the event loop downloads the next ones, and scrapes stay responsive.
+        # One thread per cluster calls the pipeline (`exporter.worker`: in a worker process,
+        # or in this thread): pages are processed in arrival order while the event loop
+        # downloads the next ones, and scrapes stay responsive.
         self._worker = ThreadPoolExecutor(max_workers=1,
                                           thread_name_prefix=f"pipeline-{settings.name or 0}")
 
@@ -130,6 +132,7 @@ class ClusterPoller:
     async def close(self) -> None:
         await self.client.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self.pipeline.close()
 
     async def _on_worker(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
@@ -222,7 +225,7 @@ class ClusterPoller:
                              "in api_errors_total{reason=\"bad_value\"}")
 
     async def _walk_all(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
-                        report: PollReport, run: PollRun) -> None:
+                        report: PollReport, run: Run) -> None:
         """Walk this replica's nodes (`mine`); a stopped node is a failed outcome."""
         running = [n.name for n in mine if n.running]
         for n in mine:
@@ -251,7 +254,7 @@ class ClusterPoller:
         report.outcomes.extend(task.result() for task in tasks)
 
     async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
-                       report: PollReport, run: PollRun) -> None:
+                       report: PollReport, run: Run) -> None:
         """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
         began = time.perf_counter()
         if not shard.owned:
@@ -274,7 +277,7 @@ class ClusterPoller:
                         None if n.running else ExporterError("node stopped"), seconds)
             for n in mine)
 
-    async def _walk_one(self, dialect: Dialect, node: str | None, run: PollRun,
+    async def _walk_one(self, dialect: Dialect, node: str | None, run: Run,
                         covers: list[str], shard: ShardPlan) -> NodeOutcome:
         began = time.perf_counter()
         name = node or "cluster"

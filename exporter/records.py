@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, cast
+from functools import cache
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import msgspec
 
@@ -102,8 +103,16 @@ FIELDS: tuple[Field, ...] = (
 )
 
 
-class ClientRecord(msgspec.Struct, gc=False):
-    """One client as listed by EMQX, with normalized names. None means "not reported"."""
+class ClientRecord(msgspec.Struct, gc=False, omit_defaults=True):
+    """One client as listed by EMQX, with normalized names. None means "not reported".
+
+    Records cross to the pipeline's worker process as msgpack (`exporter.worker`); fields left
+    at their default are not sent.
+    """
+
+    #: The arguments `record_type` built this class from (None: this base class), so that
+    #: another process can build the same class to decode records sent to it.
+    spec: ClassVar[RecordSpec | None] = None
 
     clientid: str
     username: str | None = None
@@ -154,15 +163,27 @@ class ClientRecord(msgspec.Struct, gc=False):
 
 
 Generation = Literal["v3", "v4", "v5"]
+#: `record_type`'s arguments: generation, connected_default, only.
+RecordSpec = tuple[Generation, bool | None, frozenset[str] | None]
 
 
 def record_type(generation: Generation, *, connected_default: bool | None = None,
                 only: frozenset[str] | None = None) -> type[ClientRecord]:
-    """Build the ClientRecord subclass that decodes `generation`'s wire names.
+    """The ClientRecord subclass that decodes `generation`'s wire names; the same arguments
+    give the same class.
 
     With `only`, every other field is left unread: msgspec skips its JSON value without
     creating a Python object, which makes decoding a full v5 row about a third cheaper.
     """
+    return type_of_spec((generation, connected_default, only))
+
+
+@cache
+def type_of_spec(spec: RecordSpec | None) -> type[ClientRecord]:
+    """The record class `ClientRecord.spec` describes, built once per spec."""
+    if spec is None:
+        return ClientRecord
+    generation, connected_default, only = spec
     fields: list[tuple[str, Any, Any]] = []
     for f in FIELDS:
         wire = getattr(f, generation)
@@ -178,6 +199,7 @@ def record_type(generation: Generation, *, connected_default: bool | None = None
                        msgspec.field(default=default, name=wire or f"~absent~{f.attr}")))
     cls = msgspec.defstruct(
         f"ClientRecord{generation.upper()}", fields, bases=(ClientRecord,), gc=False,
+        namespace={"spec": spec},
     )
     return cast(type[ClientRecord], cls)
 

@@ -17,13 +17,33 @@ import re
 import zlib
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import repeat
-from operator import attrgetter, itemgetter, mul, truediv
+from operator import and_, attrgetter, contains, itemgetter, mul, not_, truediv
 from typing import Literal
 
 from exporter.distribution import dropped, fill
 from exporter.records import ClientRecord
 from exporter.state import COUNTER_FIELDS, CounterState
+
+#: A regex that is only a plain prefix and `.*`, as class rules usually are (`sensor-.*`).
+_PREFIX_ONLY = re.compile(r"([A-Za-z0-9_/:@ -]*)\.\*")
+
+
+@cache
+def _plain_prefix(pattern: re.Pattern[str]) -> str | None:
+    found = _PREFIX_ONLY.fullmatch(pattern.pattern)
+    return found.group(1) if found is not None and not pattern.flags & ~re.UNICODE else None
+
+
+def fullmatches(pattern: re.Pattern[str], values: Sequence[str]) -> list[bool]:
+    """`pattern.fullmatch` of each value, as booleans. A `prefix.*` pattern is a prefix test
+    (`.` takes anything but a newline), several times faster than the regex engine."""
+    prefix = _plain_prefix(pattern)
+    if prefix is None:
+        return [m is not None for m in map(pattern.fullmatch, values)]
+    starts = map(str.startswith, values, repeat(prefix))
+    return list(map(and_, starts, map(not_, map(contains, values, repeat("\n")))))
 
 
 @dataclass(frozen=True, slots=True)

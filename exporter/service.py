@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 
@@ -17,6 +18,7 @@ from exporter.poller import ClusterPoller, PollReport
 from exporter.selfmetrics import ClusterStats, SelfMetrics
 from exporter.snapshot import Format, Snapshot, compose, empty_snapshot, warm
 from exporter.timeparse import TimeParser
+from exporter.worker import host
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +48,7 @@ class Exporter:
             watch = settings.per_client.selection.watch
             for poller in self.pollers:
                 saved = self._saved.get(poller.label, {})
-                poller.pipeline.last_seen.update(
+                poller.pipeline.remember_seen(
                     {cid: ts for cid, ts in saved.items() if cid in watch})
 
     async def poll_all_once(self) -> list[PollReport]:
@@ -101,8 +103,10 @@ class Exporter:
     def _new_poller(self, cluster: ClusterSettings, settings: Settings, classifier: Classifier,
                     stats: ClusterStats | None = None) -> ClusterPoller:
         const = (("cluster", cluster.name),) if cluster.name else ()
-        pipeline = Pipeline(settings.per_client, settings.aggregate, classifier,
-                            TimeParser(cluster.timezone), const, settings.per_client.selection)
+        factory = partial(Pipeline, settings.per_client, settings.aggregate, classifier,
+                          TimeParser(cluster.timezone), const, settings.per_client.selection)
+        pipeline = host(settings.pipeline_worker, factory, log_level=settings.log_level,
+                        log_format=settings.log_format, label=cluster.name or cluster.url)
         if stats is None:
             stats = ClusterStats(cluster.name, cluster.interval)
         stats.interval = cluster.interval
@@ -133,9 +137,9 @@ class Exporter:
             if previous is not None:
                 poller.rendered = previous.rendered
                 watch = settings.per_client.selection.watch
-                poller.pipeline.last_seen.update({cid: ts for cid, ts in
-                                                  previous.pipeline.last_seen.items()
-                                                  if cid in watch})
+                poller.pipeline.remember_seen({cid: ts for cid, ts in
+                                               previous.pipeline.last_seen.items()
+                                               if cid in watch})
             pollers.append(poller)
         retired = [p for p in self.pollers if p not in pollers]
         running = bool(self._tasks)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from operator import sub
+from itertools import repeat
+from operator import itemgetter, sub
 
 #: Counter fields tracked per client, in this order in every delta list.
 COUNTER_FIELDS: tuple[str, ...] = (
@@ -39,6 +40,7 @@ class CounterState:
         self._node = array("l")             # index of the node that last listed it
         self._reconnects = array("f")       # decayed count of new connections
         self._since = array("d")            # when the connection started, Unix time (NaN: unknown)
+        self._print = array("q")            # fingerprint of the row last observed (`quiet`)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -46,8 +48,37 @@ class CounterState:
     def __contains__(self, clientid: str) -> bool:
         return clientid in self._slots
 
+    def quiet(self, clientids: Sequence[str], fingerprints: Sequence[int]) -> list[int]:
+        """Each client's slot when its row is the one `observe` saw last (same fingerprint:
+        same connection, same counters), else -1. Such a client has nothing to add, and
+        `touch` records the sighting instead of `observe`: most of a fleet, found a page
+        at a time with C passes.
+
+        A fingerprint is a 64-bit hash of the row's connection fields and counters; two
+        different rows share one with a chance of about 2**-64 per client and poll.
+        """
+        if not self._slots or not clientids:
+            return [-1] * len(clientids)
+        slots = list(map(self._slots.get, clientids, repeat(-1)))
+        if len(slots) == 1:
+            stored: Sequence[int] = (self._print[slots[0]],)
+        else:
+            stored = itemgetter(*slots)(self._print)  # -1 reads the last slot: masked below
+        return [slot if slot >= 0 and seen == now else -1
+                for slot, seen, now in zip(slots, stored, fingerprints, strict=True)]
+
+    def touch(self, slot: int, node: int, poll: int) -> tuple[bool, float]:
+        """Record the sighting of a `quiet` client; returns (rated, since) as `observe` does
+        (its increases are all 0, and its connection is not new)."""
+        seen = self._seen
+        rated = seen[slot] == poll - 1
+        seen[slot] = poll
+        self._node[slot] = node
+        return rated, self._since[slot]
+
     def observe(self, clientid: str, connection: int, values: Sequence[int | None], node: int,
-                poll: int, started: str | None = None) -> tuple[list[int], bool, bool, float]:
+                poll: int, started: str | None = None,
+                fingerprint: int = 0) -> tuple[list[int], bool, bool, float]:
         """Record a sighting; return (increase per counter, new connection, rated, since).
 
         A new connection adds its full value; so does a counter that went down without a new
@@ -57,6 +88,8 @@ class CounterState:
         started (from `started`, read when the connection is new; NaN: unknown).
         """
         slot = self._slots.get(clientid)
+        if slot is not None:
+            self._print[slot] = fingerprint
         if slot is not None and self._connection[slot] == connection and None not in values:
             # The common case, in C: the same connection and every counter present.
             present: list[int] = list(values)  # type: ignore[arg-type]
@@ -79,6 +112,7 @@ class CounterState:
                 return deltas, False, rated, self._since[slot]
         if slot is None:
             slot = self._allocate(clientid)
+            self._print[slot] = fingerprint
             new = True
             rated = False
         else:
@@ -147,6 +181,7 @@ class CounterState:
             self._node.append(0)
             self._reconnects.append(0.0)
             self._since.append(math.nan)
+            self._print.append(0)
         self._slots[clientid] = slot
         return slot
 
@@ -156,6 +191,6 @@ class CounterState:
 
         arrays = sum(a.itemsize * len(a) for a in (
             self._connection, self._values, self._seen, self._node, self._reconnects,
-            self._since))
+            self._since, self._print))
         keys = sum(sys.getsizeof(k) for k in self._slots)
         return arrays + sys.getsizeof(self._slots) + keys + 28 * len(self._slots)

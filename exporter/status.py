@@ -64,6 +64,8 @@ class ClusterStatus:
     selection_text: list[str]
     #: Ranking name → its worst clients with their score in that ranking.
     top: dict[str, list[TopEntry]] = field(default_factory=dict)
+    #: Where the cluster's pipeline runs, e.g. "worker process 4242 (restarted 0 times)".
+    pipeline: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,7 @@ def cluster_status(poller: ClusterPoller, now: float) -> ClusterStatus:
         nodes=_nodes(poller),
         selection=_selection(summary),
         selection_text=explain(summary) if summary is not None else [],
-        top=_top(summary))
+        top=_top(summary), pipeline=poller.pipeline.describe())
 
 
 def build_status(exporter: Exporter, now: float | None = None) -> Status:
@@ -250,6 +252,7 @@ def _cluster_html(c: ClusterStatus) -> str:
            f"<dt>dialect</dt><dd>{_e(c.dialect or 'unknown')}</dd>",
            f"<dt>listing</dt><dd>{_e(c.listing)}</dd>",
            f"<dt>auth</dt><dd>{_e(c.auth)}</dd>",
+           f"<dt>pipeline</dt><dd>{_e(c.pipeline)}</dd>",
            f"<dt>last poll</dt><dd>{_e(_when(c.last_poll_at))} "
            f"({_e(_seconds(c.last_poll_age_seconds))} ago, took "
            f"{_e(_seconds(c.last_poll_duration_seconds))})</dd>",

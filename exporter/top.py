@@ -46,8 +46,7 @@ def worst(exporter: Exporter, ranking: str) -> list[tuple[str, RankedClient]]:
     """(cluster, client) of the ranking's members across clusters, worst first."""
     index = RANKINGS.index(ranking)
     rows = [(poller.label, member) for poller in exporter.pollers
-            for top in poller.pipeline.selector.top if top.name == ranking
-            for member in top.last]
+            for member in poller.pipeline.rankings().get(ranking, [])]
     return sorted(rows, key=lambda row: row[1].scores[index], reverse=True)
 
 

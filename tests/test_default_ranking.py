@@ -44,7 +44,7 @@ def pipeline(cap_clients: int, **selection: Any) -> Pipeline:
 
 def poll(p: Pipeline, now: float, records: list[ClientRecord],
          page: int = 7) -> tuple[PipelineResult, set[str]]:
-    run = p.start(now)
+    run = p.start_walk(now)
     for start in range(0, len(records), page):
         run.add_page(None, records[start:start + page])
     result = run.finish([NODE])

@@ -42,7 +42,7 @@ def pipeline(**aggregate: Any) -> Pipeline:
 
 def poll(p: Pipeline, now: float, records: list[ClientRecord],
          failed: tuple[str, ...] = ()) -> tuple[str, str]:
-    run = p.start(now)
+    run = p.start_walk(now)
     run.add_page(None, records)
     run.fail(failed)
     nodes = sorted({r.node or "" for r in records} - set(failed))

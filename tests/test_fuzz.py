@@ -92,7 +92,7 @@ def test_any_rows_decode_render_and_parse(name: str) -> None:
         assert len(page.records) + page.bad_rows == len(rows)
         pipeline = Pipeline(PerClientSettings(parts=ALL_PARTS, labels=("node", "username")),
                             AggregateSettings(), Classifier([]), TimeParser(ZoneInfo("UTC")))
-        run = pipeline.start(0.0)
+        run = pipeline.start_walk(0.0)
         run.add_page(NODE, page.records)
         snapshot = compose([run.finish([NODE]).rendered], 0.0)
         expected: dict[str, tuple[str, str]] = {}

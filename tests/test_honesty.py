@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from emqx_simulator import SimSettings
+from exporter.pipeline import Pipeline
 from exporter.state import CounterState
 from tests.harness import per_client, rig, value
 from tests.test_cli import _restore_logging as _restore_logging  # autouse: main() reconfigures logs
@@ -63,10 +64,13 @@ def test_counter_state_takes_the_largest_value_in_range() -> None:
 
 
 async def test_a_crashing_poll_is_down_and_its_data_ages(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with rig(SimSettings(version="5.6.2", clients=60)) as r:
+    # In-process pipeline, to plant the bug (tests/test_worker.py plants one in the worker).
+    async with rig(SimSettings(version="5.6.2", clients=60), pipeline_worker="thread") as r:
         await r.poll()
         assert value(await r.scrape(), "emqx_client_exporter_snapshot_age_seconds") == 0
-        state = r.exporter.pollers[0].pipeline.state
+        pipeline = r.exporter.pollers[0].pipeline
+        assert isinstance(pipeline, Pipeline)
+        state = pipeline.state
 
         def overflow(*args: Any) -> Any:
             raise OverflowError("int too big to convert")
@@ -318,7 +322,7 @@ def test_check_reports_a_crash_in_one_line(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(CounterState, "observe", overflow)
     with threaded_sim(SimSettings(clients=30)) as (_, url):
-        code = main(["check", "--emqx-url", url, *KEY])
+        code = main(["check", "--emqx-url", url, *KEY, "--pipeline-worker", "thread"])
     captured = capsys.readouterr()
     assert code == 1 and captured.out.count("\n") == 1, captured.out
     assert captured.out.startswith(f"cluster {url}: FAILED: internal error at ")

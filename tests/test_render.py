@@ -31,7 +31,7 @@ ALL_PARTS = frozenset(p.name for p in contract.PARTS)
 
 def one_poll(pipeline: Pipeline, records: list[ClientRecord],
              nodes: tuple[str, ...] = ("emqx@127.0.0.1",)) -> PipelineResult:
-    run = pipeline.start(0.0)
+    run = pipeline.start_walk(0.0)
     run.add_page(None, records)
     return run.finish(list(nodes))
 

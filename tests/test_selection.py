@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import pytest
 
 from exporter.records import ClientRecord, record_type
 from exporter.selection import (
@@ -13,6 +16,7 @@ from exporter.selection import (
     Scores,
     TopK,
     default_key,
+    fullmatches,
 )
 from exporter.state import COUNTER_FIELDS, CounterState
 
@@ -232,3 +236,14 @@ def test_the_streamed_and_the_chosen_never_exceed_the_cap() -> None:
     assert len(streamed) + len(late) == max_clients
     assert _ids(late) == _ids(watched + members)  # the reserve was theirs, none for overflow
     assert budget.dropped == 30 + 5 - max_clients  # everyone who qualified, minus the rendered
+
+
+@pytest.mark.parametrize("pattern", [
+    re.compile("sensor-.*"), re.compile(".*"), re.compile("a/b:c@d e_f-.*"),
+    re.compile("sensor-.*", re.IGNORECASE), re.compile("sensor-.+"), re.compile("s.nsor-.*"),
+    re.compile("sensor-[0-9]*"), re.compile("sensor"),
+])
+def test_fullmatches_is_the_regex_full_match(pattern: re.Pattern[str]) -> None:
+    values = ["sensor-1", "sensor-", "sensor", "Sensor-1", "xsensor-1", "sensor-1\n",
+              "sensor-\nx", "", "\n", "a/b:c@d e_f-", "a/b:c@d e_f-x", "sensör-1"]
+    assert fullmatches(pattern, values) == [pattern.fullmatch(v) is not None for v in values]

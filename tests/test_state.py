@@ -82,3 +82,43 @@ def test_a_connection_start_is_read_once_per_connection() -> None:
     assert since == 100.0 and read == ["t1"]  # the same connection: not parsed again
     *_, since = state.observe("a", 2, values(0), node=0, poll=3, started="garbage")
     assert since != since and read == ["t1", "garbage"]  # unknown start: NaN
+
+
+def test_a_quiet_row_is_found_only_when_it_is_the_row_observed_last() -> None:
+    state = CounterState()
+    assert state.quiet(["a", "b"], [11, 12]) == [-1, -1]  # nothing tracked yet
+    state.observe("a", 1, values(5), node=0, poll=1, fingerprint=11)
+    state.observe("b", 1, values(5), node=0, poll=1, fingerprint=12)
+    slot_a = state.quiet(["a"], [11])[0]
+    assert slot_a >= 0
+    # changed row, unknown client, the other client's fingerprint
+    assert state.quiet(["a", "c", "b"], [99, 11, 11]) == [-1, -1, -1]
+    assert state.quiet(["b", "a"], [12, 11])[1] == slot_a
+    assert state.quiet([], []) == []  # a page a shard kept nothing of
+
+
+def test_touching_a_quiet_client_is_observing_an_unchanged_row() -> None:
+    """Replaying one history through `observe` only, and through `quiet` + `touch` where the
+    row did not change, gives the same results and the same state."""
+    history = [  # (poll, client, connection, counters, node)
+        (1, "a", 1, values(5), 0), (1, "b", 1, values(None, 3), 1),
+        (2, "a", 1, values(5), 0), (2, "b", 1, values(None, 3), 1),
+        (3, "a", 1, values(5), 1), (3, "b", 2, values(None, 3), 1),
+        (5, "a", 1, values(5), 1), (5, "b", 2, values(None, 3), 0),
+        (6, "a", 1, values(7), 1), (6, "b", 2, values(None, 3), 0),
+    ]
+    plain, fast = CounterState(), CounterState()
+    for poll, client, connection, counters, node in history:
+        fingerprint = hash((connection, *counters))
+        expected = plain.observe(client, connection, counters, node, poll,
+                                 fingerprint=fingerprint)
+        (slot,) = fast.quiet([client], [fingerprint])
+        if slot >= 0:
+            rated, since = fast.touch(slot, node, poll)
+            got = ([0] * WIDTH, False, rated, since)
+        else:
+            got = fast.observe(client, connection, counters, node, poll, fingerprint=fingerprint)
+        assert repr(got) == repr(expected), (poll, client)  # repr: NaN == NaN
+        assert fast.node_of(client) == plain.node_of(client)
+    assert fast.sweep(7, [0]) == plain.sweep(7, [0]) == 1
+    assert fast.nbytes() == plain.nbytes()
