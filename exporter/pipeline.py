@@ -268,10 +268,16 @@ class PollRun:
         #: Watched ids whose lookup failed: unknown, so not reported offline.
         self.unknown: set[str] = set()
 
-    def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
-        """Take one page of one walk (records may name their node; cursor walks span nodes)."""
+    def add_page(self, walk_node: str | None, records: Sequence[ClientRecord],
+                 keys: Sequence[GroupKey] | None = None) -> None:
+        """Take one page of one walk (records may name their node; cursor walks span nodes).
+
+        `keys` are the records' aggregate groups when the caller has them already
+        (`Aggregator.keys`: the worker's parent computes them on its own, idler core).
+        """
         p = self.p
-        keys = p.aggregator.keys(records)
+        if keys is None:
+            keys = p.aggregator.keys(records)
         selector = p.selector
         watch = selector.settings.watch
         state = p.state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from exporter.worker import PipelineHost, Run
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
+
+#: Pages of one walk handed to the pipeline and not yet taken in, at most: enough for the
+#: download of the next page to overlap the pipeline's work, few enough to bound memory.
+PAGES_AHEAD = 2
 
 
 @dataclass(slots=True)
@@ -285,29 +290,30 @@ class ClusterPoller:
         if waiting is not None:
             await self._on_worker(run.fail, covers)
             return NodeOutcome(name, error=waiting)
-        pending: asyncio.Future[None] | None = None
+        pending: deque[asyncio.Future[None]] = deque()
         take_bad_example()  # examples from an earlier walk in this task are not this walk's
 
         async def deliver(records: list[ClientRecord]) -> None:
-            # At most one page per walk waits for the worker: bounded memory, overlapped work.
-            nonlocal pending
-            if pending is not None:
-                await pending
-            pending = asyncio.get_running_loop().run_in_executor(
-                self._worker, run.add_page, node, shard.keep(node, records))
+            # The walk downloads ahead while the pipeline works, a bounded number of pages.
+            if len(pending) >= PAGES_AHEAD:
+                await pending.popleft()
+            pending.append(asyncio.get_running_loop().run_in_executor(
+                self._worker, run.add_page, node, shard.keep(node, records)))
+
+        async def drain() -> None:
+            while pending:
+                await pending.popleft()
 
         try:
             result = await walk(self.client, dialect, node, max_pages=self.settings.max_pages,
                                 deliver=deliver)
         except ExporterError as exc:
-            if pending is not None:
-                await pending
+            await drain()
             await self._on_worker(run.fail, covers)
             self._count(exc)
             self.health.failed(name, exc, self.clock())
             return NodeOutcome(name, error=exc, seconds=time.perf_counter() - began)
-        if pending is not None:
-            await pending
+        await drain()
         self.health.recovered(name, self.clock())
         sessions = f"{name}/sessions"
         for soft in result.soft_errors:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
+from exporter.aggregate import GroupKey
 from exporter.logs import configure_logging
 from exporter.pipeline import Footprint, Pipeline, PipelineResult, PollRun
 from exporter.records import ClientRecord, RecordSpec, type_of_spec
@@ -113,10 +114,12 @@ class ProcessPipeline:
         self._factory = factory
         self._logging = (log_level, log_format)
         self._label = label
-        # Settings-only reads answer from a local, never-fed copy of the pipeline.
+        # Settings-only reads answer from a local, never-fed copy of the pipeline; its
+        # aggregator gives each page's groups here, on the core the worker leaves idle.
         local = factory()
         self.selection = local.selection
         self._needed = local.needed_fields()
+        self._group_keys = local.aggregator.keys
         self._echo = _Echo()
         #: Last-seen times to hand to the child with the next poll (restored or reloaded).
         self._seen_pending: dict[str, float] = {}
@@ -184,12 +187,12 @@ class ProcessPipeline:
         return ProcessRun(self)
 
     def call(self, op: str, *args: Any) -> Any:
-        """One round trip to the worker; raises WorkerLostError or WorkerFailedError."""
+        """One round trip to the worker; raises WorkerLostError or WorkerFailedError (also
+        for a failure of a page `send` earlier in the poll)."""
+        self.send(op, *args)
         connection = self._connection
-        if connection is None:
-            raise WorkerLostError("the pipeline worker is not running")
+        assert connection is not None  # send raised otherwise
         try:
-            connection.send_bytes(pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL))
             # Pickle only between this process and its own child, over a private pipe.
             status, value = pickle.loads(connection.recv_bytes())  # noqa: S301
         except (EOFError, OSError) as exc:
@@ -199,6 +202,18 @@ class ProcessPipeline:
             raise WorkerFailedError(value)
         return value
 
+    def send(self, op: str, *args: Any) -> None:
+        """A call the worker does not answer (`ONE_WAY`): the sender goes on to the next page
+        while the worker works on this one; the pipe holds back a sender that runs ahead."""
+        connection = self._connection
+        if connection is None:
+            raise WorkerLostError("the pipeline worker is not running")
+        try:
+            connection.send_bytes(pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:
+            self._lost_reported = True
+            raise WorkerLostError(self._lost()) from exc
+
     def encode(self, records: Sequence[ClientRecord]) -> Iterator[tuple[RecordSpec | None, bytes]]:
         """Records as msgpack, one piece per run of records of one class (the worker joins
         them back into one page: a page is the unit its sums are added in)."""
@@ -206,6 +221,17 @@ class ProcessPipeline:
             records, key=type)
         for cls, members in runs:
             yield cls.spec, self._encoder.encode(list(members))
+
+    def encode_keys(self, records: Sequence[ClientRecord]) -> tuple[list[GroupKey], bytes] | None:
+        """The records' aggregate groups as (distinct groups, one byte per record naming its
+        group); None when a page has more groups than a byte can name (the worker computes
+        them then)."""
+        keys = self._group_keys(records)
+        groups = list(dict.fromkeys(keys))
+        if len(groups) > 256:
+            return None
+        number = {group: i for i, group in enumerate(groups)}
+        return groups, bytes(map(number.__getitem__, keys))
 
     def finished(self, result: PipelineResult, echo: _Echo) -> PipelineResult:
         self._echo = echo
@@ -254,7 +280,8 @@ class ProcessRun:
         self._host = host
 
     def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
-        self._host.call("add_page", walk_node, list(self._host.encode(records)))
+        self._host.send("add_page", walk_node, list(self._host.encode(records)),
+                        self._host.encode_keys(records))
 
     def fail(self, nodes: Iterable[str]) -> None:
         self._host.call("fail", list(nodes))
@@ -268,6 +295,10 @@ class ProcessRun:
 
 
 # --- the child's side ----------------------------------------------------------------------
+
+#: Calls the worker does not answer; a failure is told with the answer to the next call.
+ONE_WAY = frozenset({"add_page"})
+
 
 class _Worker:
     """Carries out the parent's calls on the pipeline it owns."""
@@ -291,11 +322,12 @@ class _Worker:
         if run is None:
             raise RuntimeError(f"{op} without a poll started")
         if op == "add_page":
-            walk_node, pieces = args
+            walk_node, pieces, grouped = args
             records: list[ClientRecord] = []
             for spec, payload in pieces:
                 records += self._decoder(spec).decode(payload)
-            run.add_page(walk_node, records)
+            keys = None if grouped is None else list(map(grouped[0].__getitem__, grouped[1]))
+            run.add_page(walk_node, records, keys)
             return None
         if op == "fail":
             run.fail(*args)
@@ -330,13 +362,27 @@ def _serve(connection: Connection, factory: Callable[[], Pipeline], log_level: s
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the exporter's; it stops us
     configure_logging(log_level, log_format)
     worker = _Worker(factory())
+    #: The first failure of a one-way call in this poll, told with the next answer.
+    failure: str | None = None
     while True:
         try:
             op, args = pickle.loads(connection.recv_bytes())  # noqa: S301 (our parent)
         except (EOFError, OSError):
             return  # the exporter closed the pipe or is gone
+        if op in ONE_WAY:
+            if failure is None:  # after a failure the poll is lost: skip its pages
+                try:
+                    worker.handle(op, args)
+                except Exception as exc:
+                    failure = _describe(exc)
+            continue
+        if op.startswith("start_"):
+            failure = None
         try:
-            reply: tuple[str, Any] = ("ok", worker.handle(op, args))
+            if failure is not None:
+                reply: tuple[str, Any] = ("error", failure)
+            else:
+                reply = ("ok", worker.handle(op, args))
         except Exception as exc:  # reported to the parent: its poll fails as internal
             reply = ("error", _describe(exc))
         connection.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))

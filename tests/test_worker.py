@@ -142,9 +142,12 @@ def test_a_bug_in_the_worker_is_reported_with_where_it_happened() -> None:
     host = ProcessPipeline(exploding, log_level="warning")
     try:
         run = host.start_walk(1.0)
+        run.add_page(None, records(1))  # not answered: the failure comes with the next answer
+        run.add_page(None, records(1))
         with pytest.raises(WorkerFailedError, match=r"OverflowError: int too big .* at test_w"):
-            run.add_page(None, records(1))
+            run.finish(list(NODES))
         assert host.pid is not None  # the worker survives its pipeline's exception
+        host.start_walk(2.0).finish([])  # and the next poll starts clean
     finally:
         host.close()
     assert host.pid is None
