@@ -3,9 +3,10 @@
 Downloads and JSON decoding stay in the exporter's process; de-duplication, counter state,
 aggregation, distributions, selection and rendering (`exporter.pipeline`) run in one child
 process per cluster. Records cross the pipe as msgpack (one C pass each way, fields at their
-default left out); rendered chunks come back as bytes. Every call is a blocking round trip made
-from the poller's pipeline thread, so the event loop never waits on the pipe and calls keep
-their order, while the loop downloads the next page.
+default left out), with their aggregate groups computed here; rendered chunks come back
+pickled. Calls are made from the poller's pipeline thread, so the event loop never waits on
+the pipe and calls keep their order. Pages go one way (`ONE_WAY`): the thread encodes the next
+page while the worker works on this one, and the pipe holds it back when it runs ahead.
 
 When the child dies (killed, out of memory), the call in flight raises `WorkerLostError`, that poll
 fails as `internal`, and the next poll starts a new child: like a restarted exporter, it begins
