@@ -102,7 +102,7 @@ class Settings:
     #: Linked from the status page, e.g. the Grafana dashboards of this exporter.
     dashboard_url: str | None
     #: Where each cluster's pipeline runs: "process" (a worker process) or "thread".
-    pipeline_worker: WorkerKind = "process"
+    pipeline_worker: WorkerKind
 
 
 # --- validators for what a type cannot say -------------------------------------------------

@@ -3,7 +3,8 @@ distributions, selection and rendering of one cluster's poll.
 
 Pages are processed as they arrive, so a poll never holds more than a page of full records
 beside the compact counter state, the top-K candidates and the watched clients. Every method
-of `PollRun` runs on the cluster's single worker thread, never on the event loop.
+of `PollRun` runs off the event loop: in the cluster's worker process (`exporter.worker`), or
+on its pipeline thread with `pipeline_worker: thread`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from exporter.selection import (
     Selector,
     default_key,
 )
-from exporter.state import COUNTER_FIELDS, CounterState
+from exporter.state import COUNTER_FIELDS, NO_INCREASE, CounterState
 from exporter.timeparse import TimeParser
 
 log = structlog.get_logger(__name__)
@@ -69,8 +70,6 @@ _COUNTERS = attrgetter(*COUNTER_FIELDS)
 #: What a row's fingerprint covers (`CounterState.quiet`): its connection and its counters.
 _ROW = attrgetter("connected_at", "created_at", *COUNTER_FIELDS)
 _CLIENTID = attrgetter("clientid")
-#: The increases of a client whose counters did not move (shared: never written to).
-_NO_INCREASE = [0] * len(COUNTER_FIELDS)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -326,10 +325,10 @@ class PollRun:
                 histograms = part.histograms[key] = Histograms()
             if slot >= 0:  # the row the last poll saw: nothing to add
                 rated, since = touch(slot, node_index, poll)
-                rate_deltas = _NO_INCREASE if rated else None
+                rate_deltas = NO_INCREASE if rated else None
                 moved = False
                 if key not in group_totals:
-                    aggregator.count(key, _NO_INCREASE, False)  # the group's series exist
+                    aggregator.count(key, NO_INCREASE, False)  # the group's series exist
             else:
                 connection = hash(record.connected_at or record.created_at or "")
                 deltas, new, rated, since = state.observe(

@@ -24,7 +24,7 @@ from typing import Literal
 
 from exporter.distribution import dropped, fill
 from exporter.records import ClientRecord
-from exporter.state import COUNTER_FIELDS, CounterState
+from exporter.state import COUNTER_FIELDS, NO_INCREASE, CounterState
 
 #: A regex that is only a plain prefix and `.*`, as class rules usually are (`sensor-.*`).
 _PREFIX_ONLY = re.compile(r"([A-Za-z0-9_/:@ -]*)\.\*")
@@ -94,10 +94,9 @@ def _rated(rate_deltas: Sequence[list[int] | None]) -> Sequence[list[int]]:
     """The counter increases, zeros for a client without a rate."""
     if None not in rate_deltas:
         return rate_deltas  # type: ignore[return-value]
-    return [deltas or _NO_RATE for deltas in rate_deltas]
+    return [deltas or NO_INCREASE for deltas in rate_deltas]
 
 
-_NO_RATE = [0] * len(COUNTER_FIELDS)
 _BYTES = itemgetter(COUNTER_FIELDS.index("received_bytes"), COUNTER_FIELDS.index("sent_bytes"))
 
 

@@ -21,6 +21,9 @@ COUNTER_FIELDS: tuple[str, ...] = (
     "sent_dropped", "sent_dropped_expired", "sent_dropped_queue_full", "sent_dropped_too_large",
 )
 WIDTH = len(COUNTER_FIELDS)
+#: The increases of a client whose counters did not move, or that has no rate yet (shared:
+#: never written to).
+NO_INCREASE: list[int] = [0] * WIDTH
 #: Each poll multiplies a client's reconnect score by this before adding its new connections,
 #: so the score is a reconnect count over roughly the last ten polls.
 RECONNECT_DECAY = 0.9

@@ -48,14 +48,10 @@ def records(poll: int) -> list[ClientRecord]:
 def factory(cap_clients: int = 12) -> partial[Pipeline]:
     selection = SelectionSettings(
         watch=WATCH, top_k=(("mqueue_fill", 3), ("byte_rate", 2)),
-        max_series=cap_clients * 20, allow=(Pattern("clientid", _compiled("client-0[0-2].*")),))
-    classes = Classifier([ClassRule("username", _compiled("user-[01]"), "low")])
+        max_series=cap_clients * 20, allow=(Pattern("clientid", re.compile("client-0[0-2].*")),))
+    classes = Classifier([ClassRule("username", re.compile("user-[01]"), "low")])
     return partial(Pipeline, PerClientSettings(), AggregateSettings(labels=("node", "class")),
                    classes, TimeParser(ZoneInfo("UTC")), (("cluster", "c1"),), selection)
-
-
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
 
 
 def drive(host: PipelineHost, polls: int = 4) -> list[PipelineResult]:
