@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.realbroker import broker_pool, generate_tests, real_cluster, real_emqx
+
+__all__ = ["broker_pool", "real_cluster", "real_emqx"]  # fixtures of the real-broker tests
+
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -48,3 +52,7 @@ def require_tool(name: str) -> str:
 @pytest.fixture
 def promtool() -> str:
     return require_tool("promtool")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    generate_tests(metafunc)
