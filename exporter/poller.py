@@ -17,7 +17,7 @@ from exporter.auth import build_auth, follow_generation
 from exporter.config import ClusterSettings
 from exporter.dialects import Detected, Dialect, NodeInfo
 from exporter.dialects.discovery import DialectOptions, Discovery
-from exporter.errors import ExporterError, InternalError
+from exporter.errors import AuthError, BackingOffError, ExporterError, InternalError
 from exporter.health import CLUSTER, Health
 from exporter.lookup import look_up
 from exporter.pipeline import PipelineResult
@@ -114,6 +114,8 @@ class ClusterPoller:
         #: The last poll's report and each node's last failure ("" for the whole poll).
         self.last_report: PollReport | None = None
         self.last_failures: dict[str, ErrorNote] = {}
+        #: The last cluster-wide cursor walk failed and per-node page walks stand in for it.
+        self._cursor_failing = False
         # One thread per cluster calls the pipeline (`exporter.worker`: in a worker process,
         # or in this thread): pages are processed in arrival order while the event loop
         # downloads the next ones, and scrapes stay responsive.
@@ -239,13 +241,23 @@ class ClusterPoller:
         if not running:
             return
         if not dialect.per_node:
-            # Cursor listing without node=: one walk covers the cluster; records name their node
-            # and the shard keeps its own nodes' rows (README "Sharding" says why not per node).
-            outcome = await self._walk_one(dialect, None, run, running, shard)
-            report.outcomes.extend(NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds,
-                                               bad_example=outcome.bad_example)
-                                   for name in running)
-            return
+            fallback = self.discovery.per_node_fallback()
+            if not self._cursor_failing or fallback is None:
+                # Cursor listing without node=: one walk covers the cluster; records name their
+                # node and the shard keeps its own nodes' rows (README "Sharding": why).
+                outcome = await self._walk_one(dialect, None, run, running, shard,
+                                               track=False)
+                if outcome.error is None or fallback is None or not _node_scoped(outcome.error):
+                    self._cursor_walked(outcome.error)
+                    report.outcomes.extend(
+                        NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds,
+                                    bad_example=outcome.bad_example) for name in running)
+                    return
+                self._cursor_walked(outcome.error)
+            # One node's RPC failure fails the whole cursor walk (EMQX: 500 NODE_DOWN): walk
+            # each node by pages instead, so it costs that node's data only. Until every node
+            # answers again, later polls start here rather than ask the cursor in vain.
+            dialect = fallback
         limit = asyncio.Semaphore(self.settings.node_concurrency)
 
         async def bounded(name: str) -> NodeOutcome:
@@ -257,6 +269,25 @@ class ClusterPoller:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(bounded(n)) for n in running]
         report.outcomes.extend(task.result() for task in tasks)
+        if self._cursor_failing and all(t.result().error is None for t in tasks):
+            self._cursor_failing = False  # every node answers: the next poll uses the cursor
+
+    def _cursor_walked(self, error: ExporterError | None) -> None:
+        """Log once when the cluster-wide cursor walk starts failing, and once when it works
+        again; a cluster-wide failure it cannot work around is the poll's (`health`)."""
+        if error is None:
+            if self._cursor_failing:
+                log.info("cursor_walk_recovered", cluster=self.label)
+            self._cursor_failing = False
+            self.health.recovered(CLUSTER, self.clock())
+        elif not _node_scoped(error) or self.discovery.per_node_fallback() is None:
+            self.health.failed(CLUSTER, error, self.clock())
+        else:
+            if not self._cursor_failing:
+                log.warning("cursor_walk_failed", cluster=self.label, reason=error.reason,
+                            error=str(error),
+                            hint="walking each node by pages until every node answers")
+            self._cursor_failing = True
 
     async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
                        report: PollReport, run: Run) -> None:
@@ -283,9 +314,12 @@ class ClusterPoller:
             for n in mine)
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: Run,
-                        covers: list[str], shard: ShardPlan) -> NodeOutcome:
+                        covers: list[str], shard: ShardPlan, *,
+                        track: bool = True) -> NodeOutcome:
+        """Walk one node (or, `node` None, the cluster); `track` False leaves the failure
+        state (`health`) to the caller."""
         began = time.perf_counter()
-        name = node or "cluster"
+        name = node or CLUSTER
         waiting = self.health.waiting(name, self.clock())
         if waiting is not None:
             await self._on_worker(run.fail, covers)
@@ -311,10 +345,12 @@ class ClusterPoller:
             await drain()
             await self._on_worker(run.fail, covers)
             self._count(exc)
-            self.health.failed(name, exc, self.clock())
+            if track:
+                self.health.failed(name, exc, self.clock())
             return NodeOutcome(name, error=exc, seconds=time.perf_counter() - began)
         await drain()
-        self.health.recovered(name, self.clock())
+        if track:
+            self.health.recovered(name, self.clock())
         sessions = f"{name}/sessions"
         for soft in result.soft_errors:
             self._count(soft)
@@ -333,6 +369,12 @@ class ClusterPoller:
             failures.append(("", report.error))
         for node, error in failures:
             self.last_failures[node] = ErrorNote(error.reason, str(error), report.started)
+
+
+def _node_scoped(error: ExporterError) -> bool:
+    """Whether a cluster-wide walk's failure may be one node's, so that walking the nodes one
+    by one can save the others: not a rejected credential or a request to slow down."""
+    return not isinstance(error, AuthError | BackingOffError) and error.reason != "rate_limited"
 
 
 def _first_cause(exc: BaseException) -> BaseException:
