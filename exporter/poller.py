@@ -77,6 +77,9 @@ class PollReport:
     error: ExporterError | None = None
     bad_rows: int = 0
     bad_values: int = 0
+    #: Per walked node, rows EMQX reported that never arrived; a node is absent when its
+    #: listing gave nothing to compare with (see `unlisted_rows`).
+    unlisted: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +119,8 @@ class ClusterPoller:
         self.last_failures: dict[str, ErrorNote] = {}
         #: The last cluster-wide cursor walk failed and per-node page walks stand in for it.
         self._cursor_failing = False
+        #: Nodes whose last listing missed rows EMQX reported (logged on change).
+        self._incomplete: set[str] = set()
         # One thread per cluster calls the pipeline (`exporter.worker`: in a worker process,
         # or in this thread): pages are processed in arrival order while the event loop
         # downloads the next ones, and scrapes stay responsive.
@@ -199,7 +204,25 @@ class ClusterPoller:
         report.duplicates = result.duplicates
         for outcome in report.outcomes:
             outcome.clients = result.listed.get(outcome.node, 0)
+        if not self.pipeline.selection.watch_only:
+            report.unlisted = unlisted_rows(report.outcomes, report.nodes, result.listed,
+                                            filtered=bool(dialect.filters))
+            self._log_unlisted(report.unlisted)
         self.health.recovered(CLUSTER, self.clock())
+
+    def _log_unlisted(self, unlisted: dict[str, int]) -> None:
+        """One line when nodes start (or stop) missing rows EMQX reported; the gauge has the
+        figures of every poll."""
+        missing = {node: rows for node, rows in unlisted.items() if rows}
+        if set(missing) == self._incomplete:
+            return
+        if missing:
+            log.warning("listing_incomplete", cluster=self.label, unlisted=missing,
+                        hint="EMQX reported more rows than its listing gave (offset drift "
+                             "under churn, or rows lost): emqx_client_exporter_clients_unlisted")
+        else:
+            log.info("listing_complete", cluster=self.label)
+        self._incomplete = set(missing)
 
     def _finish(self, report: PollReport, began: float) -> PollReport:
         report.duration = time.perf_counter() - began
@@ -369,6 +392,30 @@ class ClusterPoller:
             failures.append(("", report.error))
         for node, error in failures:
             self.last_failures[node] = ErrorNote(error.reason, str(error), report.started)
+
+
+def unlisted_rows(outcomes: list[NodeOutcome], nodes: list[NodeInfo], listed: dict[str, int],
+                  *, filtered: bool) -> dict[str, int]:
+    """Per node walked, the rows EMQX reported minus those that arrived, at least 0.
+
+    What EMQX reports: the listing's own total where it gives one (v3/v4 per-node `count`,
+    v5 `meta.count`, which both count offline sessions, as the rows do, REFERENCE.md §2); for
+    cursor listing (no total) the node's sessions in `/nodes`, compared with the rows kept for
+    the node, unless filters make the listing a subset. Absent where neither exists.
+    """
+    info = {n.name: n for n in nodes}
+    out: dict[str, int] = {}
+    for o in outcomes:
+        if o.error is not None or o.walk is None or not o.node:
+            continue
+        gap = o.walk.unlisted
+        if gap is None and not filtered and o.node in info:
+            sessions = info[o.node].sessions
+            if sessions is not None:
+                gap = max(0, sessions - listed.get(o.node, 0))
+        if gap is not None:
+            out[o.node] = gap
+    return out
 
 
 def _node_scoped(error: ExporterError) -> bool:

@@ -26,7 +26,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.samples import Sample
 
 from exporter import __version__
-from exporter.contract import SELF_PREFIX
+from exporter.contract import CLIENTS_UNLISTED, SELF_PREFIX
 
 if TYPE_CHECKING:
     from exporter.poller import PollReport
@@ -56,6 +56,8 @@ class ClusterStats:
     polled: bool = False
     node_up: dict[str, bool] = field(default_factory=dict)
     clients_listed: dict[str, int] = field(default_factory=dict)
+    #: Rows EMQX reported but never listed, per node; absent where nothing to compare.
+    unlisted: dict[str, int] = field(default_factory=dict)
     poll_duration: float | None = None
     last_success: float | None = None
     api_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -95,6 +97,7 @@ class ClusterStats:
         self.node_up.update({o.node: o.error is None for o in report.outcomes if o.node})
         self.clients_listed = {o.node: o.clients for o in report.outcomes
                                if o.error is None and o.node}
+        self.unlisted = dict(report.unlisted) if report.ok else {}
         self.duplicates += report.duplicates
         if api is not None:
             self.api = api
@@ -163,6 +166,10 @@ class SelfMetrics:
         node_up = gauge("node_up", "1 when the last poll walked this node's clients completely.",
                         ["node"])
         listed = gauge("clients_listed", "Clients listed per node in the last poll.", ["node"])
+        unlisted = GaugeMetricFamily(
+            CLIENTS_UNLISTED, "Rows EMQX reported for a node in the last poll (its listing's "
+            "count, or /nodes sessions for cursor listing) that the listing never gave; absent "
+            "when there is no count to compare with.", labels=[*base, "node"])
         duration = gauge("poll_duration_seconds", "Duration of the last poll.", [])
         success = gauge("last_poll_success_timestamp_seconds",
                         "When the last successful poll finished, Unix time.", [])
@@ -192,6 +199,8 @@ class SelfMetrics:
                 node_up.add_metric(labels(s, node), 1.0 if ok else 0.0)
             for node, count in sorted(s.clients_listed.items()):
                 listed.add_metric(labels(s, node), count)
+            for node, count in sorted(s.unlisted.items()):
+                unlisted.add_metric(labels(s, node), count)
             if s.poll_duration is not None:
                 duration.add_metric(labels(s), s.poll_duration)
             if s.last_success is not None:
@@ -215,7 +224,7 @@ class SelfMetrics:
         for s in self.clusters:
             if s.rendered_at is not None:
                 age.add_metric(labels(s), max(0.0, now - s.rendered_at))
-        yield from (up, node_up, listed, duration, success, interval, age, series, dropped,
+        yield from (up, node_up, listed, unlisted, duration, success, interval, age, series, dropped,
                     shard_nodes, build, requests, errors, duplicates, latency)
         yield from self._reload_families()
 

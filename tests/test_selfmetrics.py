@@ -84,6 +84,7 @@ def self_metrics(named: bool) -> SelfMetrics:
     east.up = east.polled = True
     east.node_up = {"emqx@b": False, "emqx@a": True}
     east.clients_listed = {"emqx@a": 1200}
+    east.unlisted = {"emqx@a": 20}
     east.poll_duration, east.last_success, east.rendered_at = 2.5, 1_700_000_000.0, 1_700_000_090.0
     east.series = {"per_client": 3600, "aggregate": 12}
     east.emqx_version, east.api, east.shard_nodes = "5.8.9", "v5-cursor", 2
