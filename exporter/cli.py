@@ -18,15 +18,15 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
-from exporter.errors import AuthError, ConfigError
+from exporter.errors import AuthError, ConfigError, ListenError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
 from exporter.reload import ConfigReloader
 from exporter.schema import FLAGS, flag_help
-from exporter.selection import RANKINGS
+from exporter.selection import RANKINGS, RATE_RANKINGS
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.status import explain, listing_mode
+from exporter.status import explain, listing_mode, unlisted_text
 from exporter.top import run_top
 from exporter.webgate import WebGate
 
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_demo(args))
         return EXIT_OK
     except ConfigError as exc:
-        print(f"emqx-client-exporter: configuration error: {exc}", file=sys.stderr)
+        print(f"emqx-client-exporter: {exc.kind}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
@@ -165,7 +165,7 @@ async def _serve(settings: Settings, banner: str | None = None,
         except OSError as exc:
             # asyncio wraps the bind error's text; the errno alone reads better.
             cause = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError("listen", f"cannot listen on {settings.listen_host}:"
+            raise ListenError("listen", f"cannot listen on {settings.listen_host}:"
                                         f"{settings.listen_port}: {cause}; choose another "
                                         f"address with --listen HOST:PORT") from exc
         log.info("serving", listen=f"{settings.listen_host}:{settings.listen_port}",
@@ -211,10 +211,11 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     generation = report.generation or "unknown"
     lines = [f"cluster {label}:",
              f"  EMQX {version}, API {generation}, listing {listing}, auth {auth}"]
-    cluster_wide = listing.endswith("(cluster-wide)")
+    cluster_wide = listing.endswith("(cluster-wide)") and not any(
+        o.walk is not None and o.walk.node is not None for o in report.outcomes)
     for o in report.outcomes:
         if o.error is None and o.walk is not None:
-            pages = "" if cluster_wide else f", {o.walk.pages} pages"
+            pages = "" if cluster_wide else f", {_pages(o.walk.pages)}"
             lines.append(f"  node {o.node or '(no node)'}: {o.clients} clients{pages}, "
                          f"{o.seconds:.2f} s")
         else:
@@ -223,9 +224,12 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     if cluster_wide:
         walked = next((o for o in report.outcomes if o.walk is not None), None)
         if walked is not None and walked.walk is not None:
-            lines.append(f"  cluster-wide walk: {walked.walk.pages} pages, "
+            lines.append(f"  cluster-wide walk: {_pages(walked.walk.pages)}, "
                          f"{walked.seconds:.2f} s")
     lines.append(f"  clients: {report.clients} (duplicates dropped: {report.duplicates})")
+    unlisted = unlisted_text(report.unlisted)
+    if unlisted is not None:
+        lines.append(f"  unlisted rows: {unlisted}")
     if report.bad_rows or report.bad_values:
         lines.append(f"  dropped as wrong-typed or out of range: {report.bad_values} values, "
                      f"{report.bad_rows} rows (api_errors_total bad_value, bad_row)")
@@ -234,10 +238,18 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
                      f"{report.result.aggregate_series} aggregate")
         if report.result.selection is not None:
             lines.extend(f"  {line}" for line in explain(report.result.selection))
+            rates = [r for r in RATE_RANKINGS if r in report.result.selection.top]
+            if rates:
+                lines.append(f"  top by {', '.join(rates)}: empty here; a rate needs a "
+                             "second poll (the daemon ranks from its second poll)")
     lines.append(f"  poll took {report.duration:.2f} s")
     if report.error is not None:
         lines.append(f"  FAILED: {report.error}")
     return "\n".join(lines)
+
+
+def _pages(count: int) -> str:
+    return f"{count} page" if count == 1 else f"{count} pages"
 
 
 def failure_text(report: PollReport) -> str:

@@ -140,8 +140,9 @@ def test_demo_port_taken_names_the_flag() -> None:
                                 capture_output=True, timeout=60, check=False)
     assert result.returncode == 2
     assert result.stderr.decode().endswith(
-        f"configuration error: listen: cannot listen on 127.0.0.1:{port}: Address already in "
+        f"address error: listen: cannot listen on 127.0.0.1:{port}: Address already in "
         f"use; choose another address with --listen HOST:PORT\n")
+    assert "configuration error" not in result.stderr.decode()  # the configuration is fine
 
 
 @pytest.mark.parametrize(("flags", "message"), [
