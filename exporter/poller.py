@@ -119,6 +119,8 @@ class ClusterPoller:
         self.last_failures: dict[str, ErrorNote] = {}
         #: The last cluster-wide cursor walk failed and per-node page walks stand in for it.
         self._cursor_failing = False
+        #: Sharded walks: the watched clients among the rows this replica kept in this poll.
+        self._watched_seen: set[str] | None = None
         #: Nodes whose last listing missed rows EMQX reported (logged on change).
         self._incomplete: set[str] = set()
         # One thread per cluster calls the pipeline (`exporter.worker`: in a worker process,
@@ -189,7 +191,10 @@ class ClusterPoller:
             await self._look_up(dialect, mine, report.shard, report, run)
         else:
             run = await self._on_worker(self.pipeline.start_walk, report.started)
+            seen = self._watched_seen = set() if report.shard.sharded else None
             await self._walk_all(dialect, mine, report.shard, report, run)
+            if seen is not None and self.pipeline.selection.watch:
+                await self._place_unseen(dialect, report.shard, run, seen)
         self._log_bad_rows(report)
         if not report.ok:
             # Every node failed and was counted already; the poll fails with the first cause.
@@ -312,19 +317,49 @@ class ClusterPoller:
                             hint="walking each node by pages until every node answers")
             self._cursor_failing = True
 
+    async def _place_unseen(self, dialect: Dialect, shard: ShardPlan, run: Run,
+                            seen: set[str]) -> None:
+        """Sharded walks: leave out watched clients this replica's rows did not have, unless
+        it answers for clients no node has, and a lookup finds them nowhere (then 0)."""
+        unseen = set(self.pipeline.selection.watch) - seen
+        if not unseen:
+            return
+        if not shard.answers_for_unplaced:
+            await self._on_worker(run.mark_unknown, unseen)
+            return
+        found: set[str] = set()
+
+        async def collect(records: list[ClientRecord]) -> None:
+            found.update(r.clientid for r in records)
+
+        result = await look_up(self.client, dialect, sorted(unseen), collect)
+        for error in result.errors:
+            self._count(error)
+        await self._on_worker(run.mark_unknown, found | result.unknown)
+
     async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
                        report: PollReport, run: Run) -> None:
         """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
         began = time.perf_counter()
+        watch = self.pipeline.selection.watch
         if not shard.owned:
+            await self._on_worker(run.mark_unknown, watch)  # not ours to say: left out
             return
+        found: set[str] = set()
+        kept: set[str] = set()
 
         async def deliver(records: list[ClientRecord]) -> None:
-            await self._on_worker(run.add_page, None, shard.keep(None, records))
+            mine = shard.keep(None, records)
+            found.update(r.clientid for r in records)
+            kept.update(r.clientid for r in mine)
+            await self._on_worker(run.add_page, None, mine)
 
-        result = await look_up(self.client, dialect, sorted(self.pipeline.selection.watch),
-                               deliver)
-        await self._on_worker(run.mark_unknown, result.unknown)
+        result = await look_up(self.client, dialect, sorted(watch), deliver)
+        # Found on another replica's node: its owner exports it. Found nowhere: offline, said
+        # by one replica only.
+        elsewhere = found - kept
+        unplaced = set() if shard.answers_for_unplaced else set(watch) - found
+        await self._on_worker(run.mark_unknown, result.unknown | elsewhere | unplaced)
         for error in result.errors:
             self._count(error)
             self.health.failed("lookup", error, self.clock())
@@ -350,12 +385,18 @@ class ClusterPoller:
         pending: deque[asyncio.Future[None]] = deque()
         take_bad_example()  # examples from an earlier walk in this task are not this walk's
 
+        seen = self._watched_seen
+        watch = self.pipeline.selection.watch
+
         async def deliver(records: list[ClientRecord]) -> None:
             # The walk downloads ahead while the pipeline works, a bounded number of pages.
             if len(pending) >= PAGES_AHEAD:
                 await pending.popleft()
+            kept = shard.keep(node, records)
+            if seen is not None and watch:
+                seen.update(watch.intersection([r.clientid for r in kept]))
             pending.append(asyncio.get_running_loop().run_in_executor(
-                self._worker, run.add_page, node, shard.keep(node, records)))
+                self._worker, run.add_page, node, kept))
 
         async def drain() -> None:
             while pending:
