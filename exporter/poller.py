@@ -117,6 +117,8 @@ class ClusterPoller:
         #: The last poll's report and each node's last failure ("" for the whole poll).
         self.last_report: PollReport | None = None
         self.last_failures: dict[str, ErrorNote] = {}
+        #: Set to poll now rather than at the end of the interval (`retry_now`).
+        self.wakeup = asyncio.Event()
         #: The last cluster-wide cursor walk failed and per-node page walks stand in for it.
         self._cursor_failing = False
         #: Sharded walks: the watched clients among the rows this replica kept in this poll.
@@ -142,6 +144,13 @@ class ClusterPoller:
     def version(self) -> str | None:
         """The lowest EMQX version among the running nodes, as last seen."""
         return self.discovery.version
+
+    def retry_now(self) -> None:
+        """After a reload: a credential rejected earlier is tried again at once, not after
+        its pause (up to 30 minutes), as it may have been fixed."""
+        if self.health.retry_credentials():
+            log.info("credential_retry", cluster=self.label, hint="configuration reloaded")
+            self.wakeup.set()
 
     async def close(self) -> None:
         await self.client.close()

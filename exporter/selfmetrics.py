@@ -65,7 +65,8 @@ class ClusterStats:
     api_errors: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     series: dict[str, int] = field(default_factory=dict)
-    series_dropped: int = 0
+    #: None after a failed poll: no cap was applied, so how many it leaves out is unknown.
+    series_dropped: int | None = None
     emqx_version: str = ""
     api: str = ""
     #: When the data served for this cluster was rendered (by its last complete poll).
@@ -109,9 +110,11 @@ class ClusterStats:
                            "aggregate": report.result.aggregate_series}
             self.series_dropped = report.result.series_dropped
         else:
-            # Nothing of this poll is served; the self-metrics describe this poll, not the last.
+            # Nothing of this poll is served; the self-metrics describe this poll, not the last:
+            # no series served, and no cap applied, so what it would leave out is unknown
+            # (absent; 0 would say "nothing left out").
             self.series = {"per_client": 0, "aggregate": 0}
-            self.series_dropped = 0
+            self.series_dropped = None
 
 
 @dataclass(slots=True)
@@ -176,7 +179,8 @@ class SelfMetrics:
         interval = gauge("poll_interval_seconds", "Configured poll interval.", [])
         series = gauge("series", "Series in the current snapshot, by kind.", ["kind"])
         dropped = gauge("series_dropped",
-                        "Per-client series left out by the series cap in the last poll.", [])
+                        "Per-client series left out by the series cap in the last poll; "
+                        "absent after a failed poll (no cap applied).", [])
         shard_nodes = gauge("shard_nodes",
                             "EMQX nodes this replica polls (--shard); 0: idle, not failed.", [])
         build = gauge("build_info", "Exporter version, EMQX version and API dialect in use.",
@@ -207,7 +211,8 @@ class SelfMetrics:
                 success.add_metric(labels(s), s.last_success)
             for kind, count in sorted(s.series.items()):
                 series.add_metric(labels(s, kind), count)
-            dropped.add_metric(labels(s), s.series_dropped)
+            if s.series_dropped is not None:
+                dropped.add_metric(labels(s), s.series_dropped)
             if s.shard_nodes is not None:
                 shard_nodes.add_metric(labels(s), s.shard_nodes)
             build.add_metric(labels(s, __version__, s.emqx_version, s.api), 1.0)
