@@ -59,18 +59,32 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
     top.add_argument("--once", action="store_true",
                      help="print one table after the second poll and exit")
-    sim = commands.add_parser("simulate", help="serve a simulated EMQX cluster")
-    sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5")
-    sim.add_argument("--emqx-version", dest="emqx_version", help="EMQX version to imitate")
-    sim.add_argument("--nodes", type=int, default=3)
-    sim.add_argument("--clients", type=int, default=1000)
-    sim.add_argument("--listen", default="127.0.0.1:18083")
-    sim.add_argument("--api-key", default="exporter")
-    sim.add_argument("--api-secret", default="secret")
+    text = "serve a simulated EMQX cluster (API, paging, errors, faults on demand)"
+    sim = commands.add_parser(
+        "simulate", help=text, description=text,
+        epilog="Faults on demand (500s, NODE_DOWN, 401, skipped rows, ...) through its /sim "
+               "control API, one example per fault: docs/simulator.md.")
+    sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5",
+                     help="EMQX API generation: v3 (EMQX 3.x), v4 (4.x) or v5 (5.x and 6.x); "
+                          "default v5")
+    sim.add_argument("--emqx-version", dest="emqx_version", metavar="VERSION",
+                     help="EMQX version to imitate within the generation, e.g. 4.3.5 or "
+                          "6.2.1 (default 3.2.8, 4.4.19 or 5.8.9)")
+    sim.add_argument("--nodes", type=int, default=3, metavar="N",
+                     help="nodes in the cluster, named emqx@10.0.0.1, ... (default 3)")
+    sim.add_argument("--clients", type=int, default=1000, metavar="N",
+                     help="MQTT clients, spread over the nodes (default 1000)")
+    sim.add_argument("--listen", default="127.0.0.1:18083", metavar="HOST:PORT",
+                     help="address to serve the API on (default 127.0.0.1:18083)")
+    sim.add_argument("--api-key", default="exporter",
+                     help="API key (v3/v4: application id) it accepts (default exporter); "
+                          "the dashboard user is admin/public")
+    sim.add_argument("--api-secret", default="secret",
+                     help="the secret of that key or application (default secret)")
     sim.add_argument("--frozen", action="store_true",
                      help="stop the clock: identical pages on every walk (benchmarks)")
-    sim.add_argument("--page-cache-mb", type=int, default=1024,
-                     help="with --frozen: memory for cached page bodies")
+    sim.add_argument("--page-cache-mb", type=int, default=1024, metavar="MB",
+                     help="with --frozen: memory for cached page bodies (default 1024)")
     sim.add_argument("--class-prefixes", action="store_true",
                      help="client ids start with sensor-, gateway- or app-")
     # `demo`'s flags take their limits and defaults from the simulator, which the container

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -351,3 +352,20 @@ def test_run_exits_0_on_sigterm_without_waiting_for_its_poll() -> None:
         if exporter is not None:
             stop(exporter)
         stop(simulator)
+
+
+def test_simulate_help_describes_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    out = capsys.readouterr().out
+    options = re.findall(r"^  (--[a-z-]+)", out, re.MULTILINE)
+    assert set(options) >= {"--api", "--emqx-version", "--nodes", "--clients", "--listen",
+                            "--api-key", "--api-secret", "--frozen", "--page-cache-mb",
+                            "--class-prefixes"}
+    from exporter.cli import _parser
+
+    commands = next(a for a in _parser()._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    for action in commands.choices["simulate"]._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+    assert "docs/simulator.md" in out  # where the fault-control API is described
