@@ -229,8 +229,8 @@ class SelfMetrics:
         for s in self.clusters:
             if s.rendered_at is not None:
                 age.add_metric(labels(s), max(0.0, now - s.rendered_at))
-        yield from (up, node_up, listed, unlisted, duration, success, interval, age, series, dropped,
-                    shard_nodes, build, requests, errors, duplicates, latency)
+        yield from (up, node_up, listed, unlisted, duration, success, interval, age, series,
+                    dropped, shard_nodes, build, requests, errors, duplicates, latency)
         yield from self._reload_families()
 
     def _reload_families(self) -> Iterator[Metric]:

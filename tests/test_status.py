@@ -105,7 +105,8 @@ async def test_a_node_down_shows_where_and_why() -> None:
     assert re.search(r"emqx@10\.0\.0\.1 \| up \| \d+ \| - \|", text)
     (cluster,) = data["clusters"]
     nodes = {n["name"]: n for n in cluster["nodes"]}
-    assert nodes[NODE2]["state"] == "walk failed" and nodes[NODE2]["last_error_reason"] == "node_down"
+    assert nodes[NODE2]["state"] == "walk failed"
+    assert nodes[NODE2]["last_error_reason"] == "node_down"
     assert nodes[NODE2]["clients"] is None and nodes["emqx@10.0.0.1"]["clients"] > 0
     assert cluster["outcome"] == "partial: 1 of 3 nodes failed"
 
