@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
+#: Polls walked per node after the cluster-wide cursor walk failed, before it is tried again
+#: (sooner when every node answers again).
+CURSOR_RETRY_POLLS = 10
 #: Pages of one walk handed to the pipeline and not yet taken in, at most: enough for the
 #: download of the next page to overlap the pipeline's work, few enough to bound memory.
 PAGES_AHEAD = 2
@@ -119,8 +122,10 @@ class ClusterPoller:
         self.last_failures: dict[str, ErrorNote] = {}
         #: Set to poll now rather than at the end of the interval (`retry_now`).
         self.wakeup = asyncio.Event()
-        #: The last cluster-wide cursor walk failed and per-node page walks stand in for it.
+        #: The last cluster-wide cursor walk failed and per-node page walks stand in for it;
+        #: polls left before the cursor is tried again.
         self._cursor_failing = False
+        self._cursor_retry_in = 0
         #: Sharded walks: the watched clients among the rows this replica kept in this poll.
         self._watched_seen: set[str] | None = None
         #: Nodes whose last listing missed rows EMQX reported (logged on change).
@@ -279,7 +284,8 @@ class ClusterPoller:
             return
         if not dialect.per_node:
             fallback = self.discovery.per_node_fallback()
-            if not self._cursor_failing or fallback is None:
+            self._cursor_retry_in -= 1
+            if not self._cursor_failing or fallback is None or self._cursor_retry_in <= 0:
                 # Cursor listing without node=: one walk covers the cluster; records name their
                 # node and the shard keeps its own nodes' rows (README "Sharding": why).
                 outcome = await self._walk_one(dialect, None, run, running, shard,
@@ -306,8 +312,11 @@ class ClusterPoller:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(bounded(n)) for n in running]
         report.outcomes.extend(task.result() for task in tasks)
-        if self._cursor_failing and all(t.result().error is None for t in tasks):
-            self._cursor_failing = False  # every node answers: the next poll uses the cursor
+        if (self._cursor_failing and not shard.sharded
+                and all(t.result().error is None for t in tasks)):
+            # Every node answers again: the next poll uses the cursor. (A shard cannot tell
+            # when another shard's node recovers: it tries the cursor every few polls.)
+            self._cursor_retry_in = 0
 
     def _cursor_walked(self, error: ExporterError | None) -> None:
         """Log once when the cluster-wide cursor walk starts failing, and once when it works
@@ -325,6 +334,7 @@ class ClusterPoller:
                             error=str(error),
                             hint="walking each node by pages until every node answers")
             self._cursor_failing = True
+            self._cursor_retry_in = CURSOR_RETRY_POLLS
 
     async def _place_unseen(self, dialect: Dialect, shard: ShardPlan, run: Run,
                             seen: set[str]) -> None:
