@@ -18,15 +18,15 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Settings, load_settings
 from exporter.contract import PARTS
-from exporter.errors import AuthError, ConfigError
+from exporter.errors import AuthError, ConfigError, ListenError
 from exporter.logs import configure_logging
 from exporter.poller import PollReport
 from exporter.reload import ConfigReloader
 from exporter.schema import FLAGS, flag_help
-from exporter.selection import RANKINGS
+from exporter.selection import RANKINGS, RATE_RANKINGS
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.status import explain, listing_mode
+from exporter.status import explain, listing_mode, unlisted_text
 from exporter.top import run_top
 from exporter.webgate import WebGate
 
@@ -59,18 +59,32 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
     top.add_argument("--once", action="store_true",
                      help="print one table after the second poll and exit")
-    sim = commands.add_parser("simulate", help="serve a simulated EMQX cluster")
-    sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5")
-    sim.add_argument("--emqx-version", dest="emqx_version", help="EMQX version to imitate")
-    sim.add_argument("--nodes", type=int, default=3)
-    sim.add_argument("--clients", type=int, default=1000)
-    sim.add_argument("--listen", default="127.0.0.1:18083")
-    sim.add_argument("--api-key", default="exporter")
-    sim.add_argument("--api-secret", default="secret")
+    text = "serve a simulated EMQX cluster (API, paging, errors, faults on demand)"
+    sim = commands.add_parser(
+        "simulate", help=text, description=text,
+        epilog="Faults on demand (500s, NODE_DOWN, 401, skipped rows, ...) through its /sim "
+               "control API, one example per fault: docs/simulator.md.")
+    sim.add_argument("--api", choices=("v3", "v4", "v5"), default="v5",
+                     help="EMQX API generation: v3 (EMQX 3.x), v4 (4.x) or v5 (5.x and 6.x); "
+                          "default v5")
+    sim.add_argument("--emqx-version", dest="emqx_version", metavar="VERSION",
+                     help="EMQX version to imitate within the generation, e.g. 4.3.5 or "
+                          "6.2.1 (default 3.2.8, 4.4.19 or 5.8.9)")
+    sim.add_argument("--nodes", type=int, default=3, metavar="N",
+                     help="nodes in the cluster, named emqx@10.0.0.1, ... (default 3)")
+    sim.add_argument("--clients", type=int, default=1000, metavar="N",
+                     help="MQTT clients, spread over the nodes (default 1000)")
+    sim.add_argument("--listen", default="127.0.0.1:18083", metavar="HOST:PORT",
+                     help="address to serve the API on (default 127.0.0.1:18083)")
+    sim.add_argument("--api-key", default="exporter",
+                     help="API key (v3/v4: application id) it accepts (default exporter); "
+                          "the dashboard user is admin/public")
+    sim.add_argument("--api-secret", default="secret",
+                     help="the secret of that key or application (default secret)")
     sim.add_argument("--frozen", action="store_true",
                      help="stop the clock: identical pages on every walk (benchmarks)")
-    sim.add_argument("--page-cache-mb", type=int, default=1024,
-                     help="with --frozen: memory for cached page bodies")
+    sim.add_argument("--page-cache-mb", type=int, default=1024, metavar="MB",
+                     help="with --frozen: memory for cached page bodies (default 1024)")
     sim.add_argument("--class-prefixes", action="store_true",
                      help="client ids start with sensor-, gateway- or app-")
     # `demo`'s flags take their limits and defaults from the simulator, which the container
@@ -144,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_demo(args))
         return EXIT_OK
     except ConfigError as exc:
-        print(f"emqx-client-exporter: configuration error: {exc}", file=sys.stderr)
+        print(f"emqx-client-exporter: {exc.kind}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
@@ -165,7 +179,7 @@ async def _serve(settings: Settings, banner: str | None = None,
         except OSError as exc:
             # asyncio wraps the bind error's text; the errno alone reads better.
             cause = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError("listen", f"cannot listen on {settings.listen_host}:"
+            raise ListenError("listen", f"cannot listen on {settings.listen_host}:"
                                         f"{settings.listen_port}: {cause}; choose another "
                                         f"address with --listen HOST:PORT") from exc
         log.info("serving", listen=f"{settings.listen_host}:{settings.listen_port}",
@@ -211,10 +225,11 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     generation = report.generation or "unknown"
     lines = [f"cluster {label}:",
              f"  EMQX {version}, API {generation}, listing {listing}, auth {auth}"]
-    cluster_wide = listing.endswith("(cluster-wide)")
+    cluster_wide = listing.endswith("(cluster-wide)") and not any(
+        o.walk is not None and o.walk.node is not None for o in report.outcomes)
     for o in report.outcomes:
         if o.error is None and o.walk is not None:
-            pages = "" if cluster_wide else f", {o.walk.pages} pages"
+            pages = "" if cluster_wide else f", {_pages(o.walk.pages)}"
             lines.append(f"  node {o.node or '(no node)'}: {o.clients} clients{pages}, "
                          f"{o.seconds:.2f} s")
         else:
@@ -223,9 +238,12 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
     if cluster_wide:
         walked = next((o for o in report.outcomes if o.walk is not None), None)
         if walked is not None and walked.walk is not None:
-            lines.append(f"  cluster-wide walk: {walked.walk.pages} pages, "
+            lines.append(f"  cluster-wide walk: {_pages(walked.walk.pages)}, "
                          f"{walked.seconds:.2f} s")
     lines.append(f"  clients: {report.clients} (duplicates dropped: {report.duplicates})")
+    unlisted = unlisted_text(report.unlisted)
+    if unlisted is not None:
+        lines.append(f"  unlisted rows: {unlisted}")
     if report.bad_rows or report.bad_values:
         lines.append(f"  dropped as wrong-typed or out of range: {report.bad_values} values, "
                      f"{report.bad_rows} rows (api_errors_total bad_value, bad_row)")
@@ -234,10 +252,18 @@ def describe(report: PollReport, label: str, *, listing: str = "unknown",
                      f"{report.result.aggregate_series} aggregate")
         if report.result.selection is not None:
             lines.extend(f"  {line}" for line in explain(report.result.selection))
+            rates = [r for r in RATE_RANKINGS if r in report.result.selection.top]
+            if rates:
+                lines.append(f"  top by {', '.join(rates)}: empty here; a rate needs a "
+                             "second poll (the daemon ranks from its second poll)")
     lines.append(f"  poll took {report.duration:.2f} s")
     if report.error is not None:
         lines.append(f"  FAILED: {report.error}")
     return "\n".join(lines)
+
+
+def _pages(count: int) -> str:
+    return f"{count} page" if count == 1 else f"{count} pages"
 
 
 def failure_text(report: PollReport) -> str:

@@ -162,6 +162,8 @@ DISTRIBUTION_FAMILIES: tuple[Family, ...] = tuple(
 
 # --- exporter self-metrics --------------------------------------------------------------------
 SELF_PREFIX = "emqx_client_exporter_"
+#: Rows EMQX reported for a node that its listing never gave (alerts use this name).
+CLIENTS_UNLISTED = SELF_PREFIX + "clients_unlisted"
 
 #: Label names a user may choose for per-client identity and aggregates.
 IDENTITY_LABEL_CHOICES = ("username", "node", "listener", "zone", "proto_name", "ip_address")

@@ -28,7 +28,8 @@ examples:
   make demo ARGS="--listen 127.0.0.1:9900 --api v3 --nodes 2"
 
 The banner printed at start gives the metrics and status URLs, the simulator's URL and
-credentials, a curl line to try its API, and what to look at first. API generations and the
+credentials, a curl line to try its API, what to look at first, and `check` and `top`
+commands for this simulator. API generations and the
 EMQX versions imitated by default: {", ".join(f"{a} {v}" for a, v in DEFAULT_VERSIONS.items())}.
 """
 
@@ -122,6 +123,11 @@ def banner(sim: SimSettings, sim_url: str, settings: Settings) -> str:
                              f"{api_url}/nodes"])
     first_look = shlex.join(["curl", "-s", f"{exporter_url}/metrics"]) + " | " + shlex.join(
         ["grep", "-E", "^emqx_(clients_online|clients_mqueue_messages|client_exporter_up)"])
+    connection = ["--emqx-url", sim_url, "--api-key", sim.api_key, "--api-secret",
+                  sim.api_secret]
+    check = shlex.join(["emqx-client-exporter", "check", *connection])
+    top = shlex.join(["emqx-client-exporter", "top", *connection, "--interval",
+                      f"{settings.clusters[0].interval:g}", "--once"])
     return (
         f"\nDemo running: a simulated EMQX {sim.effective_version} cluster (API {sim.api}, "
         f"{sim.nodes} nodes, {sim.clients} clients), polled every "
@@ -134,5 +140,9 @@ def banner(sim: SimSettings, sim_url: str, settings: Settings) -> str:
         f"Look first at the status page (version, API, clients per node, last poll), then at\n"
         f"clients online and queued messages per node and class, and the exporter's own `up`:\n"
         f"  {first_look}\n"
+        f"Poll the simulator once and read the summary, then see the worst clients (`top`\n"
+        f"polls twice, one interval apart; leave out --once to keep it refreshing):\n"
+        f"  {check}\n"
+        f"  {top}\n"
         f"Next: point it at your EMQX, README.md section \"Connect your EMQX\".\n"
         f"Press Ctrl-C to stop.\n")

@@ -51,10 +51,20 @@ class ExporterError(Exception):
 class ConfigError(ExporterError):
     """The configuration is invalid; `key` names the offending setting (exits at start)."""
 
+    #: How `main` introduces the error on stderr.
+    kind = "configuration error"
+
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+class ListenError(ConfigError):
+    """The listen address cannot be bound (in use, not this host's): the configuration is
+    valid, the address is not available."""
+
+    kind = "address error"
 
 
 class ApiError(ExporterError):

@@ -10,7 +10,8 @@ for a reason, one when it recovers) and when a failing target may be asked again
 - a 429 waits `Retry-After` (bounded by the interval);
 - a rejected login waits a minute, doubling up to 30 minutes: EMQX 5.9+ locks a dashboard
   user for ten minutes after five failed logins in five minutes (humans included), and a
-  credential that failed is not going to work before someone changes it.
+  credential that failed is not going to work before someone changes it; a configuration
+  reload (SIGHUP) is that sign, and retries it at once.
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ class Health:
         state.error = error
         state.failures += 1
         state.until = now + self._delay(target, error, state.failures)
+
+    def retry_credentials(self) -> bool:
+        """Forget the pause after a rejected credential (401, 403), so the next poll tries it
+        (a reload: someone may have fixed it). EMQX's login lock and a 429's `Retry-After`
+        stay. True when there was such a pause."""
+        state = self._failing.get(CLUSTER)
+        if state is None or state.error.reason not in ("unauthorized", "forbidden"):
+            return False
+        state.until, state.failures = 0.0, 0
+        return True
 
     def recovered(self, target: str, now: float) -> None:
         """The target answered completely: log the recovery once, forget its back-off."""

@@ -420,12 +420,17 @@ class PollRun:
         part.streamed.update(r.clientid for r in records)
 
     def fail(self, nodes: Iterable[str]) -> None:
-        """Forget what failed walks contributed; their counter increases stay counted."""
+        """Forget what failed walks contributed; their counter increases stay counted.
+
+        Another walk of these nodes may follow in the same poll (per node, after a failed
+        cluster-wide cursor walk): their rows are not duplicates then, and the nodes it
+        walks count as walked (`finish`)."""
         for node in nodes:
             self.failed.add(node)
             part = self.nodes.pop(node, None)
             if part is None:
                 continue
+            self.seen.difference_update(part.clientids)
             self.budget.refund(len(part.streamed), len(part.overflow))
             for top in self.p.selector.trackers:
                 top.discard(part.clientids)
@@ -440,6 +445,7 @@ class PollRun:
         """Render the watch list, top-K and aggregates; forget clients that are gone."""
         p = self.p
         budget = self.budget
+        self.failed.difference_update(walked)  # walked again after a failed walk
         ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
         listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         rendered: Rendered = {}

@@ -17,7 +17,7 @@ from exporter.auth import build_auth, follow_generation
 from exporter.config import ClusterSettings
 from exporter.dialects import Detected, Dialect, NodeInfo
 from exporter.dialects.discovery import DialectOptions, Discovery
-from exporter.errors import ExporterError, InternalError
+from exporter.errors import AuthError, BackingOffError, ExporterError, InternalError
 from exporter.health import CLUSTER, Health
 from exporter.lookup import look_up
 from exporter.pipeline import PipelineResult
@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
+#: Polls walked per node after the cluster-wide cursor walk failed, before it is tried again
+#: (sooner when every node answers again).
+CURSOR_RETRY_POLLS = 10
 #: Pages of one walk handed to the pipeline and not yet taken in, at most: enough for the
 #: download of the next page to overlap the pipeline's work, few enough to bound memory.
 PAGES_AHEAD = 2
@@ -77,6 +80,9 @@ class PollReport:
     error: ExporterError | None = None
     bad_rows: int = 0
     bad_values: int = 0
+    #: Per walked node, rows EMQX reported that never arrived; a node is absent when its
+    #: listing gave nothing to compare with (see `unlisted_rows`).
+    unlisted: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -114,6 +120,16 @@ class ClusterPoller:
         #: The last poll's report and each node's last failure ("" for the whole poll).
         self.last_report: PollReport | None = None
         self.last_failures: dict[str, ErrorNote] = {}
+        #: Set to poll now rather than at the end of the interval (`retry_now`).
+        self.wakeup = asyncio.Event()
+        #: The last cluster-wide cursor walk failed and per-node page walks stand in for it;
+        #: polls left before the cursor is tried again.
+        self._cursor_failing = False
+        self._cursor_retry_in = 0
+        #: Sharded walks: the watched clients among the rows this replica kept in this poll.
+        self._watched_seen: set[str] | None = None
+        #: Nodes whose last listing missed rows EMQX reported (logged on change).
+        self._incomplete: set[str] = set()
         # One thread per cluster calls the pipeline (`exporter.worker`: in a worker process,
         # or in this thread): pages are processed in arrival order while the event loop
         # downloads the next ones, and scrapes stay responsive.
@@ -133,6 +149,13 @@ class ClusterPoller:
     def version(self) -> str | None:
         """The lowest EMQX version among the running nodes, as last seen."""
         return self.discovery.version
+
+    def retry_now(self) -> None:
+        """After a reload: a credential rejected earlier is tried again at once, not after
+        its pause (up to 30 minutes), as it may have been fixed."""
+        if self.health.retry_credentials():
+            log.info("credential_retry", cluster=self.label, hint="configuration reloaded")
+            self.wakeup.set()
 
     async def close(self) -> None:
         await self.client.close()
@@ -182,7 +205,10 @@ class ClusterPoller:
             await self._look_up(dialect, mine, report.shard, report, run)
         else:
             run = await self._on_worker(self.pipeline.start_walk, report.started)
+            seen = self._watched_seen = set() if report.shard.sharded else None
             await self._walk_all(dialect, mine, report.shard, report, run)
+            if seen is not None and self.pipeline.selection.watch:
+                await self._place_unseen(dialect, report.shard, run, seen)
         self._log_bad_rows(report)
         if not report.ok:
             # Every node failed and was counted already; the poll fails with the first cause.
@@ -197,7 +223,25 @@ class ClusterPoller:
         report.duplicates = result.duplicates
         for outcome in report.outcomes:
             outcome.clients = result.listed.get(outcome.node, 0)
+        if not self.pipeline.selection.watch_only:
+            report.unlisted = unlisted_rows(report.outcomes, report.nodes, result.listed,
+                                            filtered=bool(dialect.filters))
+            self._log_unlisted(report.unlisted)
         self.health.recovered(CLUSTER, self.clock())
+
+    def _log_unlisted(self, unlisted: dict[str, int]) -> None:
+        """One line when nodes start (or stop) missing rows EMQX reported; the gauge has the
+        figures of every poll."""
+        missing = {node: rows for node, rows in unlisted.items() if rows}
+        if set(missing) == self._incomplete:
+            return
+        if missing:
+            log.warning("listing_incomplete", cluster=self.label, unlisted=missing,
+                        hint="EMQX reported more rows than its listing gave (offset drift "
+                             "under churn, or rows lost): emqx_client_exporter_clients_unlisted")
+        else:
+            log.info("listing_complete", cluster=self.label)
+        self._incomplete = set(missing)
 
     def _finish(self, report: PollReport, began: float) -> PollReport:
         report.duration = time.perf_counter() - began
@@ -239,13 +283,24 @@ class ClusterPoller:
         if not running:
             return
         if not dialect.per_node:
-            # Cursor listing without node=: one walk covers the cluster; records name their node
-            # and the shard keeps its own nodes' rows (README "Sharding" says why not per node).
-            outcome = await self._walk_one(dialect, None, run, running, shard)
-            report.outcomes.extend(NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds,
-                                               bad_example=outcome.bad_example)
-                                   for name in running)
-            return
+            fallback = self.discovery.per_node_fallback()
+            self._cursor_retry_in -= 1
+            if not self._cursor_failing or fallback is None or self._cursor_retry_in <= 0:
+                # Cursor listing without node=: one walk covers the cluster; records name their
+                # node and the shard keeps its own nodes' rows (README "Sharding": why).
+                outcome = await self._walk_one(dialect, None, run, running, shard,
+                                               track=False)
+                if outcome.error is None or fallback is None or not _node_scoped(outcome.error):
+                    self._cursor_walked(outcome.error)
+                    report.outcomes.extend(
+                        NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds,
+                                    bad_example=outcome.bad_example) for name in running)
+                    return
+                self._cursor_walked(outcome.error)
+            # One node's RPC failure fails the whole cursor walk (EMQX: 500 NODE_DOWN): walk
+            # each node by pages instead, so it costs that node's data only. Until every node
+            # answers again, later polls start here rather than ask the cursor in vain.
+            dialect = fallback
         limit = asyncio.Semaphore(self.settings.node_concurrency)
 
         async def bounded(name: str) -> NodeOutcome:
@@ -257,20 +312,73 @@ class ClusterPoller:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(bounded(n)) for n in running]
         report.outcomes.extend(task.result() for task in tasks)
+        if (self._cursor_failing and not shard.sharded
+                and all(t.result().error is None for t in tasks)):
+            # Every node answers again: the next poll uses the cursor. (A shard cannot tell
+            # when another shard's node recovers: it tries the cursor every few polls.)
+            self._cursor_retry_in = 0
+
+    def _cursor_walked(self, error: ExporterError | None) -> None:
+        """Log once when the cluster-wide cursor walk starts failing, and once when it works
+        again; a cluster-wide failure it cannot work around is the poll's (`health`)."""
+        if error is None:
+            if self._cursor_failing:
+                log.info("cursor_walk_recovered", cluster=self.label)
+            self._cursor_failing = False
+            self.health.recovered(CLUSTER, self.clock())
+        elif not _node_scoped(error) or self.discovery.per_node_fallback() is None:
+            self.health.failed(CLUSTER, error, self.clock())
+        else:
+            if not self._cursor_failing:
+                log.warning("cursor_walk_failed", cluster=self.label, reason=error.reason,
+                            error=str(error),
+                            hint="walking each node by pages until every node answers")
+            self._cursor_failing = True
+            self._cursor_retry_in = CURSOR_RETRY_POLLS
+
+    async def _place_unseen(self, dialect: Dialect, shard: ShardPlan, run: Run,
+                            seen: set[str]) -> None:
+        """Sharded walks: leave out watched clients this replica's rows did not have, unless
+        it answers for clients no node has, and a lookup finds them nowhere (then 0)."""
+        unseen = set(self.pipeline.selection.watch) - seen
+        if not unseen:
+            return
+        if not shard.answers_for_unplaced:
+            await self._on_worker(run.mark_unknown, unseen)
+            return
+        found: set[str] = set()
+
+        async def collect(records: list[ClientRecord]) -> None:
+            found.update(r.clientid for r in records)
+
+        result = await look_up(self.client, dialect, sorted(unseen), collect)
+        for error in result.errors:
+            self._count(error)
+        await self._on_worker(run.mark_unknown, found | result.unknown)
 
     async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
                        report: PollReport, run: Run) -> None:
         """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
         began = time.perf_counter()
+        watch = self.pipeline.selection.watch
         if not shard.owned:
+            await self._on_worker(run.mark_unknown, watch)  # not ours to say: left out
             return
+        found: set[str] = set()
+        kept: set[str] = set()
 
         async def deliver(records: list[ClientRecord]) -> None:
-            await self._on_worker(run.add_page, None, shard.keep(None, records))
+            mine = shard.keep(None, records)
+            found.update(r.clientid for r in records)
+            kept.update(r.clientid for r in mine)
+            await self._on_worker(run.add_page, None, mine)
 
-        result = await look_up(self.client, dialect, sorted(self.pipeline.selection.watch),
-                               deliver)
-        await self._on_worker(run.mark_unknown, result.unknown)
+        result = await look_up(self.client, dialect, sorted(watch), deliver)
+        # Found on another replica's node: its owner exports it. Found nowhere: offline, said
+        # by one replica only.
+        elsewhere = found - kept
+        unplaced = set() if shard.answers_for_unplaced else set(watch) - found
+        await self._on_worker(run.mark_unknown, result.unknown | elsewhere | unplaced)
         for error in result.errors:
             self._count(error)
             self.health.failed("lookup", error, self.clock())
@@ -283,9 +391,12 @@ class ClusterPoller:
             for n in mine)
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: Run,
-                        covers: list[str], shard: ShardPlan) -> NodeOutcome:
+                        covers: list[str], shard: ShardPlan, *,
+                        track: bool = True) -> NodeOutcome:
+        """Walk one node (or, `node` None, the cluster); `track` False leaves the failure
+        state (`health`) to the caller."""
         began = time.perf_counter()
-        name = node or "cluster"
+        name = node or CLUSTER
         waiting = self.health.waiting(name, self.clock())
         if waiting is not None:
             await self._on_worker(run.fail, covers)
@@ -293,12 +404,18 @@ class ClusterPoller:
         pending: deque[asyncio.Future[None]] = deque()
         take_bad_example()  # examples from an earlier walk in this task are not this walk's
 
+        seen = self._watched_seen
+        watch = self.pipeline.selection.watch
+
         async def deliver(records: list[ClientRecord]) -> None:
             # The walk downloads ahead while the pipeline works, a bounded number of pages.
             if len(pending) >= PAGES_AHEAD:
                 await pending.popleft()
+            kept = shard.keep(node, records)
+            if seen is not None and watch:
+                seen.update(watch.intersection([r.clientid for r in kept]))
             pending.append(asyncio.get_running_loop().run_in_executor(
-                self._worker, run.add_page, node, shard.keep(node, records)))
+                self._worker, run.add_page, node, kept))
 
         async def drain() -> None:
             while pending:
@@ -311,10 +428,12 @@ class ClusterPoller:
             await drain()
             await self._on_worker(run.fail, covers)
             self._count(exc)
-            self.health.failed(name, exc, self.clock())
+            if track:
+                self.health.failed(name, exc, self.clock())
             return NodeOutcome(name, error=exc, seconds=time.perf_counter() - began)
         await drain()
-        self.health.recovered(name, self.clock())
+        if track:
+            self.health.recovered(name, self.clock())
         sessions = f"{name}/sessions"
         for soft in result.soft_errors:
             self._count(soft)
@@ -333,6 +452,36 @@ class ClusterPoller:
             failures.append(("", report.error))
         for node, error in failures:
             self.last_failures[node] = ErrorNote(error.reason, str(error), report.started)
+
+
+def unlisted_rows(outcomes: list[NodeOutcome], nodes: list[NodeInfo], listed: dict[str, int],
+                  *, filtered: bool) -> dict[str, int]:
+    """Per node walked, the rows EMQX reported minus those that arrived, at least 0.
+
+    What EMQX reports: the listing's own total where it gives one (v3/v4 per-node `count`,
+    v5 `meta.count`, which both count offline sessions, as the rows do, REFERENCE.md §2); for
+    cursor listing (no total) the node's sessions in `/nodes`, compared with the rows kept for
+    the node, unless filters make the listing a subset. Absent where neither exists.
+    """
+    info = {n.name: n for n in nodes}
+    out: dict[str, int] = {}
+    for o in outcomes:
+        if o.error is not None or o.walk is None or not o.node:
+            continue
+        gap = o.walk.unlisted
+        if gap is None and not filtered and o.node in info:
+            sessions = info[o.node].sessions
+            if sessions is not None:
+                gap = max(0, sessions - listed.get(o.node, 0))
+        if gap is not None:
+            out[o.node] = gap
+    return out
+
+
+def _node_scoped(error: ExporterError) -> bool:
+    """Whether a cluster-wide walk's failure may be one node's, so that walking the nodes one
+    by one can save the others: not a rejected credential or a request to slow down."""
+    return not isinstance(error, AuthError | BackingOffError) and error.reason != "rate_limited"
 
 
 def _first_cause(exc: BaseException) -> BaseException:

@@ -139,6 +139,8 @@ RANKING_TABLE: tuple[Ranking, ...] = (
             from_state=True),
 )
 RANKINGS = tuple(r.name for r in RANKING_TABLE)
+#: Rankings by a rate: counter increases between two polls, so nobody has one on the first.
+RATE_RANKINGS = ("drop_rate", "byte_rate")
 RANKING_HELP = {r.name: r.help for r in RANKING_TABLE}
 #: One score per ranking of `RANKINGS`, in its order.
 Scores = tuple[float, ...]

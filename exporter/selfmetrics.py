@@ -26,7 +26,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.samples import Sample
 
 from exporter import __version__
-from exporter.contract import SELF_PREFIX
+from exporter.contract import CLIENTS_UNLISTED, SELF_PREFIX
 
 if TYPE_CHECKING:
     from exporter.poller import PollReport
@@ -56,6 +56,8 @@ class ClusterStats:
     polled: bool = False
     node_up: dict[str, bool] = field(default_factory=dict)
     clients_listed: dict[str, int] = field(default_factory=dict)
+    #: Rows EMQX reported but never listed, per node; absent where nothing to compare.
+    unlisted: dict[str, int] = field(default_factory=dict)
     poll_duration: float | None = None
     last_success: float | None = None
     api_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -63,7 +65,8 @@ class ClusterStats:
     api_errors: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     series: dict[str, int] = field(default_factory=dict)
-    series_dropped: int = 0
+    #: None after a failed poll: no cap was applied, so how many it leaves out is unknown.
+    series_dropped: int | None = None
     emqx_version: str = ""
     api: str = ""
     #: When the data served for this cluster was rendered (by its last complete poll).
@@ -95,6 +98,7 @@ class ClusterStats:
         self.node_up.update({o.node: o.error is None for o in report.outcomes if o.node})
         self.clients_listed = {o.node: o.clients for o in report.outcomes
                                if o.error is None and o.node}
+        self.unlisted = dict(report.unlisted) if report.ok else {}
         self.duplicates += report.duplicates
         if api is not None:
             self.api = api
@@ -106,9 +110,11 @@ class ClusterStats:
                            "aggregate": report.result.aggregate_series}
             self.series_dropped = report.result.series_dropped
         else:
-            # Nothing of this poll is served; the self-metrics describe this poll, not the last.
+            # Nothing of this poll is served; the self-metrics describe this poll, not the last:
+            # no series served, and no cap applied, so what it would leave out is unknown
+            # (absent; 0 would say "nothing left out").
             self.series = {"per_client": 0, "aggregate": 0}
-            self.series_dropped = 0
+            self.series_dropped = None
 
 
 @dataclass(slots=True)
@@ -163,13 +169,18 @@ class SelfMetrics:
         node_up = gauge("node_up", "1 when the last poll walked this node's clients completely.",
                         ["node"])
         listed = gauge("clients_listed", "Clients listed per node in the last poll.", ["node"])
+        unlisted = GaugeMetricFamily(
+            CLIENTS_UNLISTED, "Rows EMQX reported for a node in the last poll (its listing's "
+            "count, or /nodes sessions for cursor listing) that the listing never gave; absent "
+            "when there is no count to compare with.", labels=[*base, "node"])
         duration = gauge("poll_duration_seconds", "Duration of the last poll.", [])
         success = gauge("last_poll_success_timestamp_seconds",
                         "When the last successful poll finished, Unix time.", [])
         interval = gauge("poll_interval_seconds", "Configured poll interval.", [])
         series = gauge("series", "Series in the current snapshot, by kind.", ["kind"])
         dropped = gauge("series_dropped",
-                        "Per-client series left out by the series cap in the last poll.", [])
+                        "Per-client series left out by the series cap in the last poll; "
+                        "absent after a failed poll (no cap applied).", [])
         shard_nodes = gauge("shard_nodes",
                             "EMQX nodes this replica polls (--shard); 0: idle, not failed.", [])
         build = gauge("build_info", "Exporter version, EMQX version and API dialect in use.",
@@ -192,13 +203,16 @@ class SelfMetrics:
                 node_up.add_metric(labels(s, node), 1.0 if ok else 0.0)
             for node, count in sorted(s.clients_listed.items()):
                 listed.add_metric(labels(s, node), count)
+            for node, count in sorted(s.unlisted.items()):
+                unlisted.add_metric(labels(s, node), count)
             if s.poll_duration is not None:
                 duration.add_metric(labels(s), s.poll_duration)
             if s.last_success is not None:
                 success.add_metric(labels(s), s.last_success)
             for kind, count in sorted(s.series.items()):
                 series.add_metric(labels(s, kind), count)
-            dropped.add_metric(labels(s), s.series_dropped)
+            if s.series_dropped is not None:
+                dropped.add_metric(labels(s), s.series_dropped)
             if s.shard_nodes is not None:
                 shard_nodes.add_metric(labels(s), s.shard_nodes)
             build.add_metric(labels(s, __version__, s.emqx_version, s.api), 1.0)
@@ -215,8 +229,8 @@ class SelfMetrics:
         for s in self.clusters:
             if s.rendered_at is not None:
                 age.add_metric(labels(s), max(0.0, now - s.rendered_at))
-        yield from (up, node_up, listed, duration, success, interval, age, series, dropped,
-                    shard_nodes, build, requests, errors, duplicates, latency)
+        yield from (up, node_up, listed, unlisted, duration, success, interval, age, series,
+                    dropped, shard_nodes, build, requests, errors, duplicates, latency)
         yield from self._reload_families()
 
     def _reload_families(self) -> Iterator[Metric]:

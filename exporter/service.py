@@ -98,7 +98,11 @@ class Exporter:
                 poller.stats.count_error("internal")
                 poller.stats.up = False
                 log.exception("publish_crashed", cluster=poller.label)
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+            # Sleep out the interval, unless a reload asks for a poll now (`retry_now`).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(poller.wakeup.wait(),
+                                       max(0.0, interval - (time.monotonic() - began)))
+            poller.wakeup.clear()
 
     def _new_poller(self, cluster: ClusterSettings, settings: Settings, classifier: Classifier,
                     stats: ClusterStats | None = None) -> ClusterPoller:
@@ -130,6 +134,7 @@ class Exporter:
             previous = old.get(cluster.name or cluster.url)
             if previous is not None and same_shared and previous.settings == cluster:
                 self.metrics.add_cluster(previous.stats)
+                previous.retry_now()
                 pollers.append(previous)
                 continue
             poller = self._new_poller(cluster, settings, classifier,

@@ -12,6 +12,9 @@ exactly one of them and `sum` over replicas is the cluster's figure:
   (a durable session in 5.6, or one last connected to a node that left) belongs to the "anchor",
   the first running node by name, so it is still counted exactly once.
 - A replica that owns no node is healthy: it has nothing to poll, which is not a failure.
+- A watched client is exported only by the replica that owns its node; the others cannot vouch
+  for it and leave it out (never 0). A watched client found on no node is reported (offline,
+  0) by one replica only: the owner of the anchor, which looks such clients up to be sure.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ class ShardPlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_known", frozenset(self.all_nodes))
         object.__setattr__(self, "_mine", frozenset(self.owned))
+
+    @property
+    def answers_for_unplaced(self) -> bool:
+        """Whether this replica reports watched clients that no node has: the anchor's owner
+        (every replica when not sharded)."""
+        return not self.sharded or (self.anchor is not None and self.anchor in self._mine)
 
     def owns(self, node: str) -> bool:
         return node in self._mine

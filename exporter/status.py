@@ -26,12 +26,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     name: str
-    #: "up", "down" (its walk failed) or "not polled" (known from an earlier poll only).
+    #: "up", "walk failed" (EMQX lists it as running, we could not walk it), "stopped" (EMQX
+    #: says so) or "not polled" (known from an earlier poll only).
     state: str
     clients: int | None
     last_error_reason: str | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+    #: Rows EMQX reported for the node that its listing never gave; None: nothing to compare.
+    unlisted: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class ClusterStatus:
     top: dict[str, list[TopEntry]] = field(default_factory=dict)
     #: Where the cluster's pipeline runs, e.g. "worker process 4242 (restarted 0 times)".
     pipeline: str = ""
+    #: Rows EMQX reported but the last poll never listed, in words; None: nothing to compare.
+    unlisted: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,21 +130,37 @@ def _outcome(poller: ClusterPoller) -> str:
 def _nodes(poller: ClusterPoller) -> list[NodeStatus]:
     report = poller.last_report
     outcomes = {o.node: o for o in report.outcomes} if report is not None else {}
+    stopped = ({n.name for n in report.nodes if not n.running} if report is not None
+               else set())
+    unlisted = report.unlisted if report is not None else {}
     # Known nodes stay listed when a poll cannot even list them (`node_up` 0, not absent).
     names = sorted(set(outcomes) | set(poller.known_nodes)
                    | {n for n in poller.last_failures if n})
     nodes = []
     for name in names:
         outcome = outcomes.get(name)
-        state = ("not polled" if outcome is None else "up" if outcome.error is None else "down")
+        state = ("not polled" if outcome is None else "up" if outcome.error is None
+                 else "stopped" if name in stopped else "walk failed")
         note = poller.last_failures.get(name)
         nodes.append(NodeStatus(
             name=name, state=state,
             clients=outcome.clients if outcome is not None and outcome.error is None else None,
             last_error_reason=note.reason if note else None,
             last_error=note.message if note else None,
-            last_error_at=note.at if note else None))
+            last_error_at=note.at if note else None, unlisted=unlisted.get(name)))
     return nodes
+
+
+def unlisted_text(unlisted: dict[str, int]) -> str | None:
+    """The rows EMQX reported but never listed, in words (`check`, the status page)."""
+    if not unlisted:
+        return None
+    total = sum(unlisted.values())
+    if not total:
+        return "0: every row EMQX reported was listed"
+    where = ", ".join(f"{node}: {rows}" for node, rows in sorted(unlisted.items()) if rows)
+    return (f"{total} rows EMQX reported but never listed ({where}): offset drift under "
+            "churn or lost rows; see emqx_client_exporter_clients_unlisted")
 
 
 def _orders_by(ranking: str) -> tuple[str, ...]:
@@ -181,7 +202,8 @@ def cluster_status(poller: ClusterPoller, now: float) -> ClusterStatus:
         nodes=_nodes(poller),
         selection=_selection(summary),
         selection_text=explain(summary) if summary is not None else [],
-        top=_top(summary), pipeline=poller.pipeline.describe())
+        top=_top(summary), pipeline=poller.pipeline.describe(),
+        unlisted=unlisted_text(report.unlisted) if report is not None else None)
 
 
 def build_status(exporter: Exporter, now: float | None = None) -> Status:
@@ -234,7 +256,7 @@ def _seconds(value: float | None) -> str:
 
 def _state_class(state: str) -> str:
     return "ok" if state in ("up", "ok") else "warn" if state.startswith(
-        ("partial", "not polled")) else "bad"
+        ("partial", "not polled", "stopped")) else "bad"
 
 
 def _poll_error(error: tuple[str, str, float] | None) -> str:
@@ -259,6 +281,9 @@ def _cluster_html(c: ClusterStatus) -> str:
            f"<dt>outcome</dt><dd class='{_state_class(c.outcome)}'>{_e(c.outcome)}</dd>",
            f"<dt>last success</dt><dd>{_e(_when(c.last_success_at))}</dd>",
            f"<dt>last failed poll</dt><dd>{_poll_error(c.last_poll_error)}</dd>",
+           *([] if c.unlisted is None else [f"<dt>unlisted rows</dt><dd class='"
+                                            f"{'warn' if c.unlisted[0] != '0' else 'ok'}'>"
+                                            f"{_e(c.unlisted)}</dd>"]),
            "</dl>", "<h3>Nodes</h3><div class='wrap'><table><thead><tr><th>node</th>"
            "<th>state</th><th class='num'>clients</th><th>last error</th></tr></thead><tbody>"]
     for n in c.nodes:

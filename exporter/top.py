@@ -98,8 +98,8 @@ async def run_top(settings: Settings, ranking: str, limit: int, *, once: bool) -
         if not any(r.ok for r in reports):
             _fail(console, reports)
             return 1
-        console.print(f"first poll done; rates need a second one in {interval:g} s ...",
-                      style="dim")
+        console.print(f"first poll done; rates need a second one in {interval:g} s "
+                      f"(--interval to change) ...", style="dim", markup=False)
         await asyncio.sleep(interval)
         reports = await exporter.poll_all_once()
         if once:

@@ -28,6 +28,16 @@ class NodeWalk:
     notes: list[str] = field(default_factory=list)
     #: Failures that cost some figures but not the walk (v3 session listing).
     soft_errors: list[ExporterError] = field(default_factory=list)
+    #: Rows that arrived, undecodable ones and those we filter ourselves included.
+    received: int = 0
+    #: The rows EMQX said the listing holds (the last page's `meta.count`); None when a page
+    #: gave no total (cursor listing, filters, a fuzzy filter): nothing to compare with.
+    reported: int | None = None
+
+    @property
+    def unlisted(self) -> int | None:
+        """Rows EMQX reported that never arrived (offset drift, a truncated listing)."""
+        return None if self.reported is None else max(0, self.reported - self.received)
 
 
 async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pages: int,
@@ -44,6 +54,10 @@ async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pag
                             f"more than max_pages={max_pages} pages; raise max_pages or page_size")
         response, request = await send_listing(client, dialect, request)
         page = dialect.parse_list(response, request)
+        counted = page.total is not None and page.total >= 0 and (
+            result.pages == 0 or result.reported is not None)
+        result.reported = page.total if counted else None
+        result.received += len(page.records) + page.bad_rows
         if offline_check is not None:
             page.records = [r for r in page.records if r.connected is not False
                             or offline_check(r)]

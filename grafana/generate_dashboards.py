@@ -26,6 +26,14 @@ DS: Json = {"type": "prometheus", "uid": "${datasource}"}
 FLEET_UID = "emqx-clients-fleet"
 DRILL_UID = "emqx-clients-drilldown"
 
+def opt_in(*parts: str) -> str:
+    """What a panel of opt-in per-client parts needs, for its description."""
+    named = " and ".join(f"`{p}`" for p in parts)
+    return (f" Needs the opt-in per-client part{'s' if len(parts) > 1 else ''} {named}: add "
+            f"{'them' if len(parts) > 1 else 'it'} to `per_client.parts` in the exporter's "
+            f"configuration (the defaults stay on), e.g. `parts: [..., {parts[0]}]`.")
+
+
 # Label matchers shared by the queries.
 C = 'cluster=~"$cluster"'
 CN = 'cluster=~"$cluster", node=~"$node"'
@@ -1206,7 +1214,8 @@ def drilldown() -> Json:
     lay.add(
         stat(
             "Session created",
-            "When the session was created (opt-in metric emqx_client_created_timestamp_seconds).",
+            "When the session was created (emqx_client_created_timestamp_seconds)."
+            + opt_in("session"),
             f"max(emqx_client_created_timestamp_seconds{{{CL}}}) * 1000",
             unit="dateTimeFromNow",
             no_value="not exported",
@@ -1283,7 +1292,7 @@ def drilldown() -> Json:
         timeseries(
             "Messages / s",
             "Messages published by and delivered to the client (by QoS when the exporter "
-            "splits it).",
+            "splits it)." + opt_in("messages_qos").replace("Needs", "The split by QoS needs"),
             targets(
                 (
                     f"sum by (qos) (rate(emqx_client_received_messages_total{{{CL}}}{RI}))",
@@ -1301,7 +1310,8 @@ def drilldown() -> Json:
     lay.add(
         timeseries(
             "Dropped messages / s",
-            "Drops by direction (and reason when the exporter splits it), and queue drops.",
+            "Drops by direction (and reason when the exporter splits it), and queue drops."
+            + opt_in("dropped_reasons").replace("Needs", "The split by reason needs"),
             targets(
                 (
                     f"sum by (reason) (rate(emqx_client_sent_messages_dropped_total{{{CL}}}{RI}))",
@@ -1333,11 +1343,11 @@ def drilldown() -> Json:
         (24, 6),
     )
 
-    lay.row("Client $clientid: opt-in details", collapsed=True)
+    lay.row("Client $clientid: opt-in details (per_client.parts)", collapsed=True)
     lay.add(
         timeseries(
             "Packets / s",
-            "MQTT packets received and sent (opt-in).",
+            "MQTT packets received and sent." + opt_in("packets"),
             targets(
                 (f"sum(rate(emqx_client_received_packets_total{{{CL}}}{RI}))", "received"),
                 (f"sum(rate(emqx_client_sent_packets_total{{{CL}}}{RI}))", "sent"),
@@ -1349,7 +1359,7 @@ def drilldown() -> Json:
     lay.add(
         timeseries(
             "Awaiting PUBREL vs capacity",
-            "QoS 2 messages from the client waiting for PUBREL (opt-in).",
+            "QoS 2 messages from the client waiting for PUBREL." + opt_in("awaiting_rel"),
             targets(
                 (f"max(emqx_client_awaiting_rel_messages{{{CL}}})", "awaiting rel"),
                 (f"max(emqx_client_awaiting_rel_capacity_messages{{{CL}}})", "capacity"),
@@ -1360,7 +1370,7 @@ def drilldown() -> Json:
     lay.add(
         timeseries(
             "Keepalive and session expiry",
-            "Negotiated keepalive and session expiry interval (opt-in).",
+            "Negotiated keepalive and session expiry interval." + opt_in("session"),
             targets(
                 (f"max(emqx_client_keepalive_seconds{{{CL}}})", "keepalive"),
                 (f"max(emqx_client_session_expiry_seconds{{{CL}}})", "session expiry"),
@@ -1373,7 +1383,7 @@ def drilldown() -> Json:
         timeseries(
             "Erlang process: mailbox and reductions",
             "Messages waiting in the connection process's mailbox, and reductions (work) per "
-            "second (opt-in).",
+            "second." + opt_in("process"),
             targets(
                 (f"max(emqx_client_process_mailbox_messages{{{CL}}})", "mailbox"),
                 (f"sum(rate(emqx_client_process_reductions_total{{{CL}}}{RI}))", "reductions / s"),
@@ -1384,7 +1394,7 @@ def drilldown() -> Json:
     lay.add(
         timeseries(
             "Erlang process: heap",
-            "Heap of the connection process (opt-in).",
+            "Heap of the connection process." + opt_in("process"),
             targets((f"max(emqx_client_process_heap_bytes{{{CL}}})", "heap")),
             unit="bytes",
         ),

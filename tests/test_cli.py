@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -98,12 +99,13 @@ def test_check_summarizes_a_working_cluster(capsys: pytest.CaptureFixture[str], 
     cluster_wide = "cluster-wide" in headline
     for node in cluster.node_names:
         pattern = (rf"  node {re.escape(node)}: {counts[node]} clients"
-                   + ("" if cluster_wide else r", 1 pages") + r", \d+\.\d\d s")
+                   + ("" if cluster_wide else r", 1 page") + r", \d+\.\d\d s")
         assert any(re.fullmatch(pattern, line) for line in lines), (pattern, out)
     if cluster_wide:
-        assert any(re.fullmatch(r"  cluster-wide walk: 1 pages, \d+\.\d\d s", line)
+        assert any(re.fullmatch(r"  cluster-wide walk: 1 page, \d+\.\d\d s", line)
                    for line in lines), out
     assert f"  clients: {sum(counts.values())} (duplicates dropped: 0)" in lines
+    assert "  unlisted rows: 0: every row EMQX reported was listed" in lines
     series = re.search(r"^  series: (\d+) per-client, (\d+) aggregate$", out, re.MULTILINE)
     assert series is not None and int(series[1]) >= sum(counts.values())
     assert re.search(r"^  poll took \d+\.\d\d s$", out, re.MULTILINE)
@@ -125,6 +127,29 @@ def test_check_counts_pages_per_node(capsys: pytest.CaptureFixture[str],
         # false positive at a boundary), so an empty page follows: 300 rows take 4 pages.
         pages = math.ceil(count / 100) + (count % 100 == 0)
         assert f"  node {node}: {count} clients, {pages} pages, " in out
+
+
+def test_check_says_rate_rankings_need_a_second_poll(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("per_client:\n  top_k: {mqueue_fill: 5, drop_rate: 5, byte_rate: 5}\n")
+    with threaded_sim(SimSettings(clients=50)) as (_, url):
+        assert main(["check", "--config", str(config), "--emqx-url", url, *KEY]) == 0
+    out = capsys.readouterr().out
+    assert ("  top by drop_rate, byte_rate: empty here; a rate needs a second poll (the "
+            "daemon ranks from its second poll)\n") in out
+
+
+def test_check_shows_rows_emqx_reported_but_never_listed(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("page_size: 50\n")
+    with threaded_sim(SimSettings(version="5.6.2", nodes=3, clients=300)) as (cluster, url):
+        cluster.faults.add("skip_rows", rows=20, node="emqx@10.0.0.2")
+        main(["check", "--config", str(config), "--emqx-url", url, *KEY])
+    out = capsys.readouterr().out
+    assert re.search(r"^  unlisted rows: \d+ rows EMQX reported but never listed "
+                     r"\(emqx@10\.0\.0\.2: \d+\)", out, re.MULTILINE), out
 
 
 def test_check_with_a_dashboard_user(capsys: pytest.CaptureFixture[str]) -> None:
@@ -327,3 +352,20 @@ def test_run_exits_0_on_sigterm_without_waiting_for_its_poll() -> None:
         if exporter is not None:
             stop(exporter)
         stop(simulator)
+
+
+def test_simulate_help_describes_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    out = capsys.readouterr().out
+    options = re.findall(r"^  (--[a-z-]+)", out, re.MULTILINE)
+    assert set(options) >= {"--api", "--emqx-version", "--nodes", "--clients", "--listen",
+                            "--api-key", "--api-secret", "--frozen", "--page-cache-mb",
+                            "--class-prefixes"}
+    from exporter.cli import _parser
+
+    commands = next(a for a in _parser()._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    for action in commands.choices["simulate"]._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+    assert "docs/simulator.md" in out  # where the fault-control API is described

@@ -130,6 +130,29 @@ def test_demo_starts_clean_and_its_banner_commands_work(tmp_path: Path, api: str
                          re.MULTILINE), shown
 
 
+def test_the_banners_check_and_top_commands_work_as_printed(tmp_path: Path) -> None:
+    """The simulator's port is random, so README's lines cannot be copied: the banner gives
+    `check` and `top` for this demo, and `top` polls at the demo's interval."""
+    with demo_process(tmp_path, "--listen", f"127.0.0.1:{free_port()}", "--clients", "200",
+                      "--interval", "2") as (process, output):
+        banner = read_banner(output, process)
+        for starts in ("emqx-client-exporter check ", "emqx-client-exporter top "):
+            argv = shlex.split(banner_command(banner, starts))
+            assert argv[0] == "emqx-client-exporter"
+            began = time.monotonic()
+            result = subprocess.run([sys.executable, "-m", "exporter", *argv[1:]], cwd=ROOT,
+                                    capture_output=True, timeout=60, check=False)
+            out = result.stdout.decode()
+            assert result.returncode == 0, out + result.stderr.decode()
+            if argv[1] == "check":
+                assert "clients: 200 " in out, out
+            else:
+                assert "--once" in argv and argv[argv.index("--interval") + 1] == "2"
+                assert "rates need a second one in 2 s (--interval to change)" in out, out
+                assert "worst clients by" in out, out
+                assert time.monotonic() - began < 30  # the demo's interval, not 30 s
+
+
 def test_demo_port_taken_names_the_flag() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -140,8 +163,9 @@ def test_demo_port_taken_names_the_flag() -> None:
                                 capture_output=True, timeout=60, check=False)
     assert result.returncode == 2
     assert result.stderr.decode().endswith(
-        f"configuration error: listen: cannot listen on 127.0.0.1:{port}: Address already in "
+        f"address error: listen: cannot listen on 127.0.0.1:{port}: Address already in "
         f"use; choose another address with --listen HOST:PORT\n")
+    assert "configuration error" not in result.stderr.decode()  # the configuration is fine
 
 
 @pytest.mark.parametrize(("flags", "message"), [

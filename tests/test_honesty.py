@@ -139,7 +139,7 @@ async def test_the_poll_loop_survives_a_crash_in_publishing(monkeypatch: pytest.
         assert value(samples, "emqx_client_exporter_up") == 1
 
 
-async def test_nodes_failing_sets_every_known_node_down_and_resets_series_dropped() -> None:
+async def test_nodes_failing_sets_every_known_node_down_and_series_dropped_unknown() -> None:
     async with rig(SimSettings(version="5.6.2", clients=300),
                    per_client={"max_series": 100}) as r:
         await r.poll()
@@ -149,9 +149,9 @@ async def test_nodes_failing_sets_every_known_node_down_and_resets_series_droppe
         r.clock.advance(30)
         await r.poll()
         samples = await r.scrape()
-        # The node_up series used to vanish, and series_dropped kept the last good value.
+        # The node_up series used to vanish; series_dropped kept the last good value, then 0.
         assert [value(samples, "emqx_client_exporter_node_up", node=n) for n in NODES] == [0] * 3
-        assert value(samples, "emqx_client_exporter_series_dropped") == 0
+        assert value(samples, "emqx_client_exporter_series_dropped") is None
         assert value(samples, "emqx_client_exporter_series", kind="per_client") == 0
         assert value(samples, "emqx_client_exporter_up") == 0
 
@@ -328,3 +328,23 @@ def test_check_reports_a_crash_in_one_line(monkeypatch: pytest.MonkeyPatch,
     assert captured.out.startswith(f"cluster {url}: FAILED: internal error at ")
     assert "OverflowError: int too big to convert [reason internal]" in captured.out
     assert "Traceback" not in captured.err + captured.out
+
+
+async def test_a_failed_poll_leaves_series_dropped_unknown_not_zero() -> None:
+    """A failed poll serves nothing and applies no cap: how many clients the cap leaves out is
+    unknown then, so `series_dropped` is absent, not 0 (which would read "nothing left out"
+    and resolve SeriesCapReached on every failed poll)."""
+    async with rig(SimSettings(clients=120), per_client={"max_series": 17 * 10}) as r:
+        await r.poll()
+        dropped = "emqx_client_exporter_series_dropped"
+        assert (value(await r.scrape(), dropped) or 0) > 0
+        r.cluster.faults.add("http_error", status=500, endpoint="GET /api/v5/nodes")
+        r.clock.advance(30)
+        await r.poll()
+        samples = await r.scrape()
+        assert value(samples, "emqx_client_exporter_up") == 0
+        assert value(samples, dropped) is None
+        r.cluster.faults.clear()
+        r.clock.advance(30)
+        await r.poll()
+        assert (value(await r.scrape(), dropped) or 0) > 0

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from exporter.reload import ConfigReloader
 from exporter.server import build_app
 from exporter.service import Exporter
 from tests.exposition import Sample, samples_text
-from tests.harness import value
+from tests.harness import rig, value
 from tests.ports import free_port
 from tests.prometheus_server import running, tail, wait_http_ok
 from tests.test_prometheus_e2e import serve_simulator
@@ -195,3 +195,27 @@ async def test_sighup_reloads_the_daemon_and_survives_a_bad_file(tmp_path: Path)
         assert "config_reload_failed" in log.read_text() and "interval" in log.read_text()
         assert (await session.post(f"{url}/-/reload")).status == 403  # off by default
     assert daemon.returncode == 0, tail(log)
+
+
+async def test_a_reload_retries_a_rejected_credential_at_once() -> None:
+    """After a 401 the login waits 1 to 30 minutes; once the credential is fixed, a reload
+    (SIGHUP or POST /-/reload) tries it at once, even when the file did not change."""
+    async with rig(SimSettings(clients=20), interval=600) as r:
+        reloader = ConfigReloader(r.exporter, lambda: r.exporter.settings)
+        stats = r.exporter.pollers[0].stats
+        r.cluster.faults.add("unauthorized")
+        r.exporter.start()
+        await until(lambda: stats.polled)
+        assert not stats.up and stats.api_errors["unauthorized"] == 1
+        r.cluster.faults.clear()  # fixed on EMQX's side: the same key works again
+        assert await reloader.reload() is None
+        await until(lambda: stats.up)
+        assert r.exporter.pollers[0].stats is stats  # the same poller, not a new one
+        assert stats.api_errors["unauthorized"] == 1
+
+
+async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

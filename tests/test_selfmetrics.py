@@ -35,7 +35,7 @@ def test_a_poll_that_cannot_list_the_nodes_marks_every_known_node_down() -> None
     assert stats.polled and not stats.up and stats.poll_duration == 0.5
     assert stats.node_up == dict.fromkeys(NODES, False)  # 0, not absent
     assert stats.clients_listed == {}
-    assert stats.series == {"per_client": 0, "aggregate": 0} and stats.series_dropped == 0
+    assert stats.series == {"per_client": 0, "aggregate": 0} and stats.series_dropped is None
     # What was true of the last good poll stays: when it was, and the API it used.
     assert (stats.last_success, stats.rendered_at, stats.api) == (100.0, 100.0, "v5")
     metrics = SelfMetrics()
@@ -84,8 +84,10 @@ def self_metrics(named: bool) -> SelfMetrics:
     east.up = east.polled = True
     east.node_up = {"emqx@b": False, "emqx@a": True}
     east.clients_listed = {"emqx@a": 1200}
+    east.unlisted = {"emqx@a": 20}
     east.poll_duration, east.last_success, east.rendered_at = 2.5, 1_700_000_000.0, 1_700_000_090.0
     east.series = {"per_client": 3600, "aggregate": 12}
+    east.series_dropped = 0
     east.emqx_version, east.api, east.shard_nodes = "5.8.9", "v5-cursor", 2
     for endpoint, outcome, seconds in REQUESTS:
         east.observe_request(endpoint, outcome, seconds)

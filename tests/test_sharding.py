@@ -124,26 +124,59 @@ async def test_replicas_cover_the_cluster_once(sim: SimSettings, config: dict[st
         assert sessions == Counter(expected.values())
 
 
+WATCH_MODES = [
+    pytest.param("5.4.1", {"watch_only": True}, {}, id="watch-only-one-by-one"),
+    pytest.param("5.8.9", {"watch_only": True}, {}, id="watch-only-batched"),
+    pytest.param("5.8.9", {}, {"listing": "cursor"}, id="walk-cursor-cluster-wide"),
+    pytest.param("5.8.9", {}, {"listing": "page"}, id="walk-page-per-node"),
+    pytest.param("4.4.19", {}, {"api": "v4"}, id="walk-v4"),
+]
+
+
 @pytest.mark.parametrize("count", [3, 4])
-@pytest.mark.parametrize("version", ["5.4.1", "5.8.9"])
-async def test_replicas_report_each_watched_client_once(version: str, count: int) -> None:
-    """Watch-only: every replica looks the list up, and only the owner of the client's node
-    exports it online; the others say 0, as they do in walk mode (alerts take the max)."""
-    sim = SimSettings(version=version, nodes=3, clients=300, frozen=True, offline_sessions=0,
-                      churn=0)
+@pytest.mark.parametrize(("version", "mode", "config"), WATCH_MODES)
+async def test_replicas_report_each_watched_client_once(version: str, mode: dict[str, Any],
+                                                        config: dict[str, Any],
+                                                        count: int) -> None:
+    """Only the owner of a watched client's node exports it; a replica that cannot vouch for
+    a client leaves it out (not 0), and a client found nowhere is 0 on one replica only: the
+    owner of the first running node (issue 18, 6)."""
+    api = "v4" if version.startswith("4") else "v5"
+    sim = SimSettings(api=api, version=version, nodes=3, clients=300,  # type: ignore[arg-type]
+                      frozen=True, offline_sessions=0, churn=0)
     watch = [f"client-{i:07d}" for i in range(0, 300, 7)]
-    async with replicas(sim, count, per_client={"watch": watch, "watch_only": True,
-                                                "max_series": 100_000}) as (cluster, exporters):
+    ghosts = ["not-connected-anywhere-1", "not-connected-anywhere-2"]
+    per_client_config = {"watch": watch + ghosts, "max_series": 100_000, **mode}
+    async with replicas(sim, count, per_client=per_client_config, **config) as (
+            cluster, exporters):
         online: Counter[str] = Counter()
+        exported: Counter[str] = Counter()
         sessions: Counter[str] = Counter()
-        for exporter in exporters:
+        answering = []
+        for index, exporter in enumerate(exporters):
             samples = await _poll(exporter)
             assert _one(samples, "emqx_client_exporter_up") == 1.0
-            online.update(c for c, v in per_client(samples, "emqx_client_online").items() if v)
+            values = per_client(samples, "emqx_client_online")
+            exported.update(values.keys())
+            online.update(c for c, v in values.items() if v)
+            if any(g in values for g in ghosts):
+                assert all(values[g] == 0 for g in ghosts)
+                answering.append(index)
             sessions.update(_by_node(samples, "emqx_clients_sessions"))
         assert online == Counter(watch)
-        assert sessions == Counter({name: cluster.node_counts(k)[0]
-                                    for k, name in enumerate(cluster.node_names)})
+        assert exported == Counter(watch + ghosts), "each watched client exactly once"
+        assert answering == [0]  # shard 0 owns the first node, emqx@10.0.0.1
+        if mode:
+            assert sessions == Counter({name: cluster.node_counts(k)[0]
+                                        for k, name in enumerate(cluster.node_names)})
+
+
+async def test_the_owner_of_the_first_running_node_answers_for_unplaced_clients() -> None:
+    sim = SimSettings(version="5.8.9", nodes=3, clients=60, frozen=True)
+    async with replicas(sim, 3, per_client={"watch": ["ghost"]}) as (cluster, exporters):
+        cluster.set_node_down("emqx@10.0.0.1")  # the first running node is now emqx@10.0.0.2
+        answers = [per_client(await _poll(e), "emqx_client_online") for e in exporters]
+    assert answers == [{}, {"ghost": 0}, {}]
 
 
 async def test_an_idle_replica_is_up_and_exports_nothing_of_the_cluster() -> None:

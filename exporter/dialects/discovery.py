@@ -58,6 +58,7 @@ class Discovery:
         self.dialect: Dialect | None = None
         #: The lowest version of the running nodes, as last seen.
         self.version: str | None = None
+        self._per_node: Dialect | None = None
 
     async def discover(self) -> Discovered:
         """The nodes, with the dialect adopted for them; raises when `/nodes` fails."""
@@ -75,6 +76,20 @@ class Discovery:
         self.dialect = None
         return Discovered(detected.nodes, self._adopt(detected.nodes, detected.generation),
                           detected)
+
+    def per_node_fallback(self) -> Dialect | None:
+        """A page-listing dialect that walks one node at a time, for when the cluster-wide
+        listing in use (clients_v2 without `node=`) fails as a whole because one node's RPC
+        does; None when the dialect in use walks per node already."""
+        dialect = self.dialect
+        if dialect is None or dialect.per_node:
+            return None
+        if self._per_node is None or self._per_node.version != dialect.version:
+            self._per_node = make_dialect(
+                dialect.generation, dialect.version, listing="page",
+                page_size=self.options.page_size, attrs=self.fields(),
+                filters=self.options.filters)
+        return self._per_node
 
     def _adopt(self, nodes: list[NodeInfo], generation: Generation | None = None) -> Dialect:
         """(Re)build the dialect when the generation or the lowest node version changed."""
