@@ -104,6 +104,8 @@ class GuardedSite(web.TCPSite):
 
         self._server = await asyncio.get_running_loop().create_server(
             guarded, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            # The handshake gets the same bound (asyncio's default is a minute).
+            ssl_handshake_timeout=self.header_timeout if self._ssl_context else None)
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

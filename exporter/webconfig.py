@@ -212,9 +212,6 @@ def _tls(tls: _TlsSchema, directory: Path, http2: bool) -> TlsServerConfig | Non
     if auth not in CLIENT_AUTH:
         raise fail("client_auth_type", f"invalid ClientAuth: must be one of "
                                        f"{', '.join(CLIENT_AUTH)}; got {auth!r}")
-    if (tls.client_ca_file or tls.client_ca) and auth == "NoClientCert":
-        raise fail("client_auth_type", "client CA's have been configured without a Client "
-                   "Auth Policy: set one, e.g. RequireAndVerifyClientCert")
     if tls.client_allowed_sans and auth == "NoClientCert":
         # Go asks for no certificate then and so ignores the list; refused rather than ignored.
         raise fail("client_allowed_sans", "needs a client_auth_type that asks for a "
@@ -348,16 +345,23 @@ def server_context(tls: TlsServerConfig) -> ssl.SSLContext:
         # Go's SAN check runs on every certificate message, an empty one too, and refuses it.
         mode = ssl.CERT_REQUIRED
     context.verify_mode = mode
+    ca_key = "client_ca_file" if tls.client_ca_file else "client_ca"
+    ca_text = tls.client_ca
     if tls.client_ca_file:
         try:
-            context.load_verify_locations(cafile=tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
+            ca_text = Path(tls.client_ca_file).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
             raise _ssl_fail("client_ca_file", tls.client_ca_file, exc) from exc
-    elif tls.client_ca:
+    if ca_text is not None and tls.client_auth_type == "NoClientCert":
+        # After reading the CA, as Go: a missing CA file is named as such first.
+        raise ConfigError("web_config.tls_server_config.client_auth_type",
+                          "client CA's have been configured without a Client Auth Policy: "
+                          "set one, e.g. RequireAndVerifyClientCert")
+    if ca_text is not None:
         try:
-            context.load_verify_locations(cadata=tls.client_ca)
+            context.load_verify_locations(cadata=ca_text)
         except ssl.SSLError as exc:
-            raise _ssl_fail("client_ca", "inline certificate", exc) from exc
+            raise _ssl_fail(ca_key, tls.client_ca_file or "inline certificate", exc) from exc
     elif verify_chain:
         # Go verifies against the system's roots when no client CA is given.
         context.load_default_certs(ssl.Purpose.CLIENT_AUTH)

@@ -19,6 +19,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -34,6 +35,11 @@ log = structlog.get_logger(__name__)
 #: Seconds between looks at the files when no request or handshake looks first.
 WATCH_SECONDS = 1.0
 REALM = 'Basic realm="emqx-client-exporter", charset="UTF-8"'
+
+#: Go's answer to a plain HTTP request on a TLS port.
+PLAIN_HTTP_ANSWER = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: 48\r\nConnection: close\r\n\r\n"
+                     b"Client sent an HTTP request to an HTTPS server.\n")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Signature = tuple[tuple[str, int, int, int] | tuple[str], ...]
@@ -62,8 +68,41 @@ class ListeningContext(ssl.SSLContext):
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
                  server_side: bool = False, server_hostname: str | bytes | None = None,
                  session: ssl.SSLSession | None = None) -> ssl.SSLObject:
-        return self.current().wrap_bio(incoming, outgoing, server_side=server_side,
-                                       server_hostname=server_hostname, session=session)
+        connection = self.current().wrap_bio(incoming, outgoing, server_side=server_side,
+                                             server_hostname=server_hostname, session=session)
+        return cast(ssl.SSLObject, _AlertSending(connection, outgoing))
+
+
+class _AlertSending:
+    """An SSLObject whose failed handshake first lets asyncio send OpenSSL's alert.
+
+    asyncio drops the connection on a handshake error without sending what OpenSSL wrote
+    (the alert), so a refused client would see a bare EOF. The first failure is reported as
+    "want read": asyncio sends the pending bytes, then the client closes, or its next bytes
+    get the failure itself. A plain HTTP request gets Go's plain 400 answer instead."""
+
+    def __init__(self, connection: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+        self._connection = connection
+        self._outgoing = outgoing
+        self._failure: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            self._connection.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            self._failure = exc
+            if exc.reason == "HTTP_REQUEST":
+                self._outgoing.write(PLAIN_HTTP_ANSWER)
+            if not self._outgoing.pending:
+                raise
+            raise ssl.SSLWantReadError("the alert goes out first") from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
 
 
 class WebGate:

@@ -122,8 +122,6 @@ TLS = {"cert_file": "server.pem", "key_file": "server.key"}
      "not both"),
     ({"tls_server_config": {**TLS, "client_auth_type": "Always"}},
      "web_config.tls_server_config.client_auth_type", "must be one of"),
-    ({"tls_server_config": {**TLS, "client_ca_file": "ca.pem"}},
-     "web_config.tls_server_config.client_auth_type", "without a Client Auth Policy"),
     ({"tls_server_config": {**TLS, "client_allowed_sans": ["a"]}},
      "web_config.tls_server_config.client_allowed_sans", "asks for a certificate"),
     ({"tls_server_config": {**TLS, "client_auth_type": "RequireAndVerifyClientCert",
