@@ -470,6 +470,7 @@ CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("case", CASES, ids=[c.go_test for c in CASES])
 async def test_server_behaviour(kit: Kit, case: Case) -> None:
     """TestServerBehaviour and TestUsers: one request per case (or `requests`), as Go's."""
