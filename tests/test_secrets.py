@@ -10,7 +10,7 @@ and the error must still name the key at fault.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from exporter.cli import main
 from exporter.config import load_settings
+from exporter.logs import configure_logging
 from exporter.reload import ConfigReloader
 from exporter.server import build_app
 from exporter.service import Exporter
@@ -116,6 +117,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     f = Files(d)
     (d / "web.yml").write_text(f.good_web())
     return f
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_the_real_stderr() -> Iterator[None]:
+    """`main` routes structlog to the sys.stderr of its moment (capsys' then): route it back."""
+    yield
+    configure_logging()
 
 
 def assert_clean(*outputs: str) -> None:
