@@ -47,7 +47,7 @@ async def connect(port: int, context: ssl.SSLContext,
         with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
             try:
                 sock = context.wrap_socket(plain, server_hostname="127.0.0.1", session=session)
-                reused = sock.session_reused
+                reused = bool(sock.session_reused)
                 sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 raw = b""
                 while chunk := sock.recv(65536):  # TLS 1.3 tickets arrive after the handshake

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
 from exporter.config import load_settings
@@ -60,7 +59,7 @@ async def is_closed(reader: asyncio.StreamReader) -> bool:
     """Has the server closed the connection (nothing comes but EOF)?"""
     try:
         return await asyncio.wait_for(reader.read(1), TIMEOUT / 20) == b""
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     except (ConnectionError, ssl.SSLError):
         return True
