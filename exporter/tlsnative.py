@@ -89,8 +89,8 @@ def _pointer(context: ssl.SSLContext) -> int:
 def set_groups(context: ssl.SSLContext, groups: Iterable[str]) -> None:
     """The key exchange groups (Go's curve_preferences), in order; ValueError if unknown."""
     names = ":".join(groups).encode("ascii")
-    if _LIB.SSL_CTX_ctrl(_pointer(context), _SSL_CTRL_SET_GROUPS_LIST, 0,
-                         ctypes.c_char_p(names)) != 1:
+    pointer = _pointer(context)
+    if _LIB.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, ctypes.c_char_p(names)) != 1:
         raise ValueError(f"OpenSSL refused the groups {names.decode()}")
 
 

@@ -33,6 +33,7 @@ import bcrypt
 import pytest
 import yaml
 
+from exporter import tlsnative
 from exporter.errors import ConfigError
 from exporter.webconfig import parse_web_config
 from exporter.webgate import WebGate
@@ -531,3 +532,20 @@ def tls_on(tls: dict[str, Any]) -> bool:
         return parse_web_config({"tls_server_config": tls}).tls is not None
     except ConfigError as exc:
         return exc.key.startswith("web_config.tls_server_config.")
+
+
+@pytest.mark.parametrize(("toolkit", "key"), [
+    ("web_config_noAuth_allCurves.good.yml", "curve_preferences"),
+    ("tls_config_noAuth.requireanyclientcert.good.yml", "client_auth_type"),
+    ("web_config_auth_client_san.good.yaml", "client_allowed_sans"),
+])
+def test_without_reach_into_openssl_these_are_refused_not_served_differently(
+        kit: Kit, toolkit: str, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented limitation: on a Python whose SSLContext tlsnative cannot prove, the
+    settings that need it stop the start with the key named."""
+    monkeypatch.setattr(tlsnative, "_LIB", None)
+    with pytest.raises(ConfigError) as caught:
+        start(kit.dir / toolkit)
+    assert caught.value.key == f"web_config.tls_server_config.{key}", caught.value
+    assert "not reachable" in caught.value.message or "cannot be honoured" in (
+        caught.value.message), caught.value

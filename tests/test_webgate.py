@@ -408,3 +408,24 @@ def test_a_web_config_that_does_not_load_stops_the_start(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         WebGate(str(path))
     assert caught.value.key == "web_config.tls_server_config.cert_file"
+
+
+async def test_a_tls13_only_cipher_list_leaves_tls12_without_suites_as_in_go(
+        web_certs: WebCerts, tmp_path: Path) -> None:
+    """Go ignores TLS 1.3 suites in `cipher_suites`: a list of only those leaves TLS 1.2 with
+    none, so TLS 1.2 handshakes fail (never OpenSSL's default list instead)."""
+    tls13_only = {"cipher_suites": ["TLS_AES_128_GCM_SHA256"]}
+    for max_version, admitted in (("TLS13", {ssl.TLSVersion.TLSv1_3}), ("TLS12", set())):
+        path = write(tmp_path / "web.yml", {
+            "tls_server_config": tls_config(web_certs.good, max_version=max_version,
+                                            **tls13_only),
+            "http_server_config": {"http2": False}})  # else Go's HTTP/2 rule refuses it
+        async with gated(path) as g:
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                context = client_context(web_certs)
+                context.minimum_version = context.maximum_version = version
+                if version in admitted:
+                    assert (await g.get("/metrics", context)).status == 200
+                else:
+                    with pytest.raises(aiohttp.ClientError):
+                        await g.get("/metrics", context)
