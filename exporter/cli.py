@@ -26,6 +26,7 @@ from exporter.schema import FLAGS, flag_help
 from exporter.selection import RANKINGS, RATE_RANKINGS
 from exporter.server import build_app
 from exporter.service import Exporter
+from exporter.slowclients import GuardedSite
 from exporter.status import explain, listing_mode, unlisted_text
 from exporter.top import run_top
 from exporter.webgate import WebGate
@@ -172,7 +173,7 @@ async def _serve(settings: Settings, banner: str | None = None,
     runner = web.AppRunner(build_app(exporter, gate=gate, reloader=reloader), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port,
+        site = GuardedSite(runner, settings.listen_host, settings.listen_port,
                            ssl_context=gate.ssl_context)
         try:
             await site.start()

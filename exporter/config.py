@@ -121,7 +121,16 @@ def read_yaml(path: str, key: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(key, f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(key, f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without the text: PyYAML quotes the line, and it may hold a secret."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = str(getattr(exc, "problem", None) or "syntax error")
+    # A problem quotes what it found ("found character '%' ..."): a piece of the value.
+    problem = re.sub(r"'[^']*'|\"[^\"]*\"", "…", problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -148,6 +157,8 @@ def _secret(inline: str | None, path: str | None, key: str) -> str | None:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError:  # the decoder's message quotes the bytes: a piece of the secret
+        raise ConfigError(key, f"{path} must hold UTF-8 text") from None
 
 
 def _shard(value: str, key: str) -> tuple[int, int]:

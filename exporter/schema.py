@@ -307,6 +307,11 @@ _TYPE_NAMES = {"float": "a number", "int": "a whole number", "str": "a string",
 _MISSING = object()
 
 
+#: Keys whose values are secrets, at any depth (a web config's users and inline key too): an
+#: error about them names the key and the expected type, never the value.
+SECRET_KEYS = frozenset({"api_key", "api_secret", "password", "key", "basic_auth_users"})
+
+
 def decode(data: Mapping[str, Any], schema: type[_Struct], where: str) -> _Struct:
     """`data` as `schema`; strings from flags and variables become numbers where one is due."""
     try:
@@ -335,7 +340,8 @@ def _explain(message: str, data: Any, schema: type, where: str) -> ConfigError:
         return ConfigError(_join(where, f"{path}.{found[1]}"),
                            "is required" + (f" (set {' or '.join(ways)})" if ways else ""))
     value = _value_at(data, path)
-    got = "" if value is _MISSING else f", got {value!r}"
+    secret = any(str(step) in SECRET_KEYS for step in _steps(path))
+    got = "" if value is _MISSING or secret else f", got {value!r}"
     if reason.startswith("Invalid enum value"):
         key = re.sub(r"\[\d+\]", "", path).lstrip(".")
         allowed = _BY_KEY[key].choices

@@ -77,8 +77,9 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         response.headers["Content-Encoding"] = "gzip"
     response.content_length = sum(len(piece) for piece in pieces)
     await response.prepare(request)
-    for piece in pieces:
-        await response.write(piece)
+    if request.method != "HEAD":  # HEAD: the headers GET would send, no body (RFC 9110 §9.3.2)
+        for piece in pieces:
+            await response.write(piece)
     await response.write_eof()
     return response
 

@@ -1,8 +1,17 @@
 """Basic auth against bcrypt hashes, and the token bucket of `rate_limit`.
 
-bcrypt costs tens of milliseconds by design: far too much for every scrape. A credential that
-verified once is remembered in a small bounded cache, keyed by an HMAC under a per-process
-random key (never the password itself, never a fast hash of it an attacker could test offline).
+bcrypt costs tens of milliseconds by design (seconds at cost 14 and more): far too much for
+every scrape, and a weapon in an attacker's hands. So:
+
+- a verdict, good or bad, is remembered in bounded caches keyed by an HMAC under a per-process
+  random key (never the password itself, never a fast hash an attacker could test offline);
+  a failure can never push a verified credential out, they are kept apart;
+- bcrypt runs on its own two threads, never the event loop's or the default executor's, and at
+  most MAX_PENDING checks wait for them (the same credential waits once): past that a request
+  is answered 429 at once, so a flood of bad credentials costs two threads, nothing else, and
+  a scrape whose credential is cached is served at once;
+- an unknown user is checked against a configured hash of the cost most users have, and
+  refused whatever the outcome: it takes as long as a wrong password of such a user.
 """
 
 from __future__ import annotations
@@ -10,24 +19,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
 import re
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
 #: Verified credentials remembered; a handful of scrapers needs a handful of entries.
 CACHE_SIZE = 64
+#: Refused credentials remembered, apart from the verified ones.
+FAILED_CACHE_SIZE = 4096
+#: bcrypt checks running or waiting at once; more are answered 429 without one.
+MAX_PENDING = 8
 #: A bcrypt hash as htpasswd, Go and Python write it; group 1 is its cost.
 BCRYPT_HASH = re.compile(rb"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
-#: bcrypt runs on its own two threads: a flood of wrong passwords waits its turn there instead
-#: of filling the default executor that renders and compresses the snapshot.
 _BCRYPT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    REFUSED = "refused"
+    #: Too many checks pending: try again (429), no bcrypt was run.
+    BUSY = "busy"
 
 
 class Credentials:
@@ -37,36 +56,60 @@ class Credentials:
         self.users = dict(users)
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, None] = OrderedDict()
-        # An unknown user's password is checked against the costliest configured hash, and
-        # refused whatever the outcome: a wrong user name takes as long to refuse as a wrong
-        # password (no user enumeration), and no bcrypt runs on the event loop to make a dummy.
-        self._dummy = max(self.users.values(), key=_cost, default=b"")
+        self._failed: OrderedDict[bytes, None] = OrderedDict()
+        self._pending: dict[bytes, asyncio.Future[bool]] = {}
+        self.dummy = dummy_hash(self.users.values())
 
     @property
     def enabled(self) -> bool:
         return bool(self.users)
 
-    async def check(self, authorization: str | None) -> bool:
-        """True when the header carries a configured user with its password."""
+    async def check(self, authorization: str | None) -> Verdict:
+        """OK when the header carries a configured user with its password."""
         parsed = _basic(authorization)
         if parsed is None:
-            return False
+            return Verdict.REFUSED
         user, password = parsed
         hashed = self.users.get(user)
         key = hmac.new(self._key, b"\0".join((user.encode(), password, hashed or b"")),
                        hashlib.sha256).digest()
-        if hashed is not None and key in self._verified:
+        if key in self._verified:
             self._verified.move_to_end(key)
-            return True
-        # Off the event loop: scrapes and probes go on while bcrypt works.
-        matched = await asyncio.get_running_loop().run_in_executor(
-            _BCRYPT_THREADS, _checkpw, password, hashed or self._dummy)
-        if not (matched and hashed is not None):
-            return False
-        self._verified[key] = None
-        while len(self._verified) > CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return True
+            return Verdict.OK
+        if key in self._failed:
+            return Verdict.REFUSED
+        pending = self._pending.get(key)
+        if pending is None:
+            if len(self._pending) >= MAX_PENDING:
+                return Verdict.BUSY
+            pending = asyncio.ensure_future(self._bcrypt(key, password, hashed))
+            self._pending[key] = pending
+        return Verdict.OK if await asyncio.shield(pending) else Verdict.REFUSED
+
+    async def _bcrypt(self, key: bytes, password: bytes, hashed: bytes | None) -> bool:
+        try:
+            matched = await asyncio.get_running_loop().run_in_executor(
+                _BCRYPT_THREADS, _checkpw, password, hashed or self.dummy)
+        finally:
+            del self._pending[key]
+        ok = matched and hashed is not None
+        cache = self._verified if ok else self._failed
+        cache[key] = None
+        while len(cache) > (CACHE_SIZE if ok else FAILED_CACHE_SIZE):
+            cache.popitem(last=False)
+        return ok
+
+
+def dummy_hash(hashes: Iterable[bytes]) -> bytes:
+    """The hash an unknown user is checked against: one of the cost most users have (the
+    cheaper on a tie), so an unknown name takes as long as a wrong password of a typical user,
+    and no lone costly hash makes every unknown name costly."""
+    listed = list(hashes)
+    if not listed:
+        return b""
+    counts = Counter(_cost(h) for h in listed)
+    cost = min(counts, key=lambda c: (-counts[c], c))
+    return next(h for h in listed if _cost(h) == cost)
 
 
 def _cost(hashed: bytes) -> int:
@@ -102,7 +145,10 @@ def _basic(authorization: str | None) -> tuple[str, bytes] | None:
 
 
 class TokenBucket:
-    """One token every `interval` seconds, at most `burst` saved up; interval 0: no limit."""
+    """One token every `interval` seconds, at most `burst` saved up; interval 0: no limit.
+
+    As Go's rate.Limiter (the toolkit's): burst 0 with an interval admits nothing.
+    """
 
     def __init__(self, interval: float, burst: int,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from exporter import tlsnative
 from exporter.config import read_yaml
 from exporter.errors import ConfigError
 from exporter.schema import Schema, Text, decode
@@ -35,52 +36,47 @@ TLS_VERSIONS = {
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
 
-#: Go's client auth policies and how OpenSSL is asked for them. RequestClientCert asks for a
-#: certificate and never checks it, so it admits exactly the clients NoClientCert admits.
-#: RequireAnyClientCert (demand a certificate, never check it) has no OpenSSL equivalent.
-CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_NONE,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+#: Go's client auth policies: (does the handshake ask for a certificate and fail without one,
+#: is a given certificate checked against the client CA). Go asks for a certificate only when
+#: the policy is not NoClientCert; RequestClientCert and RequireAnyClientCert take any.
+CLIENT_AUTH: dict[str, tuple[ssl.VerifyMode, bool]] = {
+    "NoClientCert": (ssl.CERT_NONE, False),
+    "RequestClientCert": (ssl.CERT_OPTIONAL, False),
+    "RequireAnyClientCert": (ssl.CERT_REQUIRED, False),
+    "RequireClientCert": (ssl.CERT_REQUIRED, False),  # the toolkit's old name of the above
+    "VerifyClientCertIfGiven": (ssl.CERT_OPTIONAL, True),
+    "RequireAndVerifyClientCert": (ssl.CERT_REQUIRED, True),
 }
-UNSUPPORTED_CLIENT_AUTH = ("RequireAnyClientCert", "RequireClientCert")
 
-#: Go's cipher suite names (crypto/tls) and OpenSSL's. TLS 1.3 suites are always enabled
-#: whatever the list says, in Go as in OpenSSL, so they map to nothing.
+#: Go's tls.CipherSuites() (the suites Go calls secure; the toolkit accepts no other name)
+#: and OpenSSL's names. Go ignores TLS 1.3 suites in the list (all three are always on, as in
+#: OpenSSL), so they map to nothing.
 CIPHER_SUITES = {
     "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
     "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
     "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
     "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
-    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
-    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
     "TLS_AES_128_GCM_SHA256": "",
     "TLS_AES_256_GCM_SHA384": "",
     "TLS_CHACHA20_POLY1305_SHA256": "",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
 }
+#: With HTTP/2 on and a TLS 1.2 cipher list, Go's http2 demands one of these (RFC 7540 §9.2.2)
+#: and refuses to serve otherwise; the toolkit's noHTTP2Cipher.bad file is refused for it.
+HTTP2_REQUIRED_SUITES = ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")
 
-#: Go's curve names and OpenSSL's.
-CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1",
-          "X25519": "X25519"}
+#: Go's curve names and OpenSSL's group names.
+CURVES = {"CurveP256": "P-256", "CurveP384": "P-384", "CurveP521": "P-521", "X25519": "X25519"}
 
 #: The response headers the toolkit lets a user set, with the values it accepts (None: any).
 HEADERS: dict[str, tuple[str, ...] | None] = {
@@ -113,7 +109,7 @@ class TlsServerConfig:
     max_version: str = "TLS13"
     cipher_suites: tuple[str, ...] = ()
     prefer_server_cipher_suites: bool = True
-    curve: str | None = None
+    curves: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -123,7 +119,10 @@ class TlsServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """`rate_limit`: a token bucket over all requests; `interval` 0 switches it off."""
+    """`rate_limit`: a token bucket over all requests; `interval` 0 switches it off.
+
+    As in Go's rate.Limiter, `burst` 0 with an interval admits nothing (every request 429).
+    """
 
     interval: float = 0.0
     burst: int = 0
@@ -192,7 +191,7 @@ def _duration(value: str | int | float, key: str) -> float:
     return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
 
 
-def _tls(tls: _TlsSchema, directory: Path) -> TlsServerConfig | None:
+def _tls(tls: _TlsSchema, directory: Path, http2: bool) -> TlsServerConfig | None:
     where = "web_config.tls_server_config"
     if not any((tls.cert, tls.key, tls.client_ca, tls.cert_file, tls.key_file,
                 tls.client_ca_file, tls.client_auth_type)):
@@ -210,35 +209,41 @@ def _tls(tls: _TlsSchema, directory: Path) -> TlsServerConfig | None:
     if not (tls.key or tls.key_file):
         raise fail("key_file", "is required (or key, inline)")
     auth = tls.client_auth_type or "NoClientCert"
-    if auth in UNSUPPORTED_CLIENT_AUTH:
-        raise fail("client_auth_type", f"{auth} (a certificate demanded but never checked) "
-                   "is not supported: use RequireAndVerifyClientCert with client_ca_file")
     if auth not in CLIENT_AUTH:
-        raise fail("client_auth_type", f"must be one of {', '.join(CLIENT_AUTH)}; got {auth!r}")
-    has_ca = bool(tls.client_ca_file or tls.client_ca)
-    if has_ca and CLIENT_AUTH[auth] == ssl.CERT_NONE:
-        raise fail("client_auth_type", f"client CA given, but {auth} never checks a client "
-                   "certificate: use RequireAndVerifyClientCert")
-    if not has_ca and CLIENT_AUTH[auth] != ssl.CERT_NONE:
-        raise fail("client_ca_file", f"is required with client_auth_type {auth}")
-    if tls.client_allowed_sans and auth != "RequireAndVerifyClientCert":
-        raise fail("client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert")
+        raise fail("client_auth_type", f"invalid ClientAuth: must be one of "
+                                       f"{', '.join(CLIENT_AUTH)}; got {auth!r}")
+    if tls.client_allowed_sans and auth == "NoClientCert":
+        # Go asks for no certificate then and so ignores the list; refused rather than ignored.
+        raise fail("client_allowed_sans", "needs a client_auth_type that asks for a "
+                   "certificate, e.g. RequireAndVerifyClientCert")
+    for name in tls.client_allowed_sans:
+        if "://" in name:
+            raise fail("client_allowed_sans", f"{name!r}: URI SANs are not supported; list "
+                       "DNS names, email or IP addresses")
     for name in ("min_version", "max_version"):
         if getattr(tls, name) not in TLS_VERSIONS:
-            raise fail(name, f"must be one of {', '.join(TLS_VERSIONS)}; "
+            raise fail(name, f"unknown TLS version: must be one of {', '.join(TLS_VERSIONS)}; "
                              f"got {getattr(tls, name)!r}")
     if TLS_VERSIONS[tls.min_version] > TLS_VERSIONS[tls.max_version]:
         raise fail("max_version", f"{tls.max_version} is below min_version {tls.min_version}")
     for suite in tls.cipher_suites:
         if suite not in CIPHER_SUITES:
-            raise fail("cipher_suites", f"unknown cipher suite {suite!r} (Go's names, "
-                       "e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)")
+            raise fail("cipher_suites", f"unknown cipher: {suite!r} is not one of Go's "
+                       "tls.CipherSuites() (e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)")
+    if (http2 and tls.cipher_suites and tls.min_version != "TLS13"
+            and not set(tls.cipher_suites) & set(HTTP2_REQUIRED_SUITES)):
+        raise fail("cipher_suites", "TLSConfig.CipherSuites is missing an HTTP/2-required "
+                   f"AES_128_GCM_SHA256 cipher (need {' or '.join(HTTP2_REQUIRED_SUITES)}), "
+                   "or set http_server_config.http2: false")
     for curve in tls.curve_preferences:
         if curve not in CURVES:
-            raise fail("curve_preferences", f"{curve!r} is not one of {', '.join(CURVES)}")
-    if len(tls.curve_preferences) > 1:
-        raise fail("curve_preferences", "Python's ssl module sets one curve only: list one, "
-                   "or none for OpenSSL's defaults")
+            raise fail("curve_preferences", f"unknown curve: {curve!r} is not one of "
+                                            f"{', '.join(CURVES)}")
+    # A list naming only TLS 1.3 suites leaves TLS 1.2 without any, as in Go: a TLS 1.2
+    # handshake fails, so TLS 1.3 is the lowest version (none at all when max_version is 1.2).
+    min_version: str = tls.min_version
+    if tls.cipher_suites and not any(CIPHER_SUITES[s] for s in tls.cipher_suites):
+        min_version = "TLS13"
 
     def file(path: str | None) -> str | None:
         """As in the toolkit, a relative path is relative to the web config's directory."""
@@ -249,10 +254,10 @@ def _tls(tls: _TlsSchema, directory: Path) -> TlsServerConfig | None:
         cert=tls.cert, key=tls.key,
         client_ca_file=file(tls.client_ca_file), client_ca=tls.client_ca,
         client_auth_type=auth, client_allowed_sans=frozenset(tls.client_allowed_sans),
-        min_version=tls.min_version, max_version=tls.max_version,
+        min_version=min_version, max_version=tls.max_version,
         cipher_suites=tls.cipher_suites,
         prefer_server_cipher_suites=tls.prefer_server_cipher_suites,
-        curve=tls.curve_preferences[0] if tls.curve_preferences else None)
+        curves=tls.curve_preferences)
 
 
 def _headers(http: _HttpSchema) -> tuple[tuple[str, str], ...]:
@@ -280,10 +285,7 @@ def _users(users: Mapping[str, Any]) -> dict[str, bytes]:
 
 
 def _rate_limit(limit: _RateLimitSchema) -> RateLimit:
-    interval = _duration(limit.interval, "web_config.rate_limit.interval")
-    if interval and not limit.burst:
-        raise ConfigError("web_config.rate_limit.burst", "must be at least 1 when interval is set")
-    return RateLimit(interval, limit.burst)
+    return RateLimit(_duration(limit.interval, "web_config.rate_limit.interval"), limit.burst)
 
 
 def parse_web_config(data: Any, path: str | None = None) -> WebConfig:
@@ -298,7 +300,7 @@ def parse_web_config(data: Any, path: str | None = None) -> WebConfig:
     directory = Path(path).parent if path else Path()
     return WebConfig(
         path=path,
-        tls=_tls(config.tls_server_config, directory),
+        tls=_tls(config.tls_server_config, directory, config.http_server_config.http2),
         headers=_headers(config.http_server_config),
         users=_users(config.basic_auth_users),
         rate_limit=_rate_limit(config.rate_limit),
@@ -315,50 +317,67 @@ def _ssl_fail(key: str, source: str, exc: Exception) -> ConfigError:
     return ConfigError(f"web_config.tls_server_config.{key}", f"{source}: {reason}")
 
 
-def apply_policy(context: ssl.SSLContext, tls: TlsServerConfig) -> None:
-    """Versions, client certificate policy, ciphers and curve: what a handshake negotiates."""
+def server_context(tls: TlsServerConfig) -> ssl.SSLContext:
+    """A server SSLContext with the certificate, client CA and policy; ConfigError if unusable.
+
+    One context per configuration: each connection is handed the newest (see `webgate`), and
+    its session cache and ticket keys are its own, so a session never outlives it.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     context.maximum_version = TLS_VERSIONS[tls.max_version]
-    context.verify_mode = CLIENT_AUTH[tls.client_auth_type]
-    names = [CIPHER_SUITES[s] for s in tls.cipher_suites if CIPHER_SUITES[s]]
-    try:
-        context.set_ciphers(":".join(names) if names else "DEFAULT")
-    except ssl.SSLError as exc:
-        raise _ssl_fail("cipher_suites", ", ".join(tls.cipher_suites), exc) from exc
+    suites = [s for s in tls.cipher_suites if CIPHER_SUITES[s]]
+    for suite in suites:
+        try:  # one unusable suite in a list OpenSSL would skip silently
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(CIPHER_SUITES[suite])
+        except ssl.SSLError as exc:
+            raise _ssl_fail("cipher_suites", f"{suite} is not available in this OpenSSL",
+                            exc) from exc
+    names = [CIPHER_SUITES[s] for s in suites]
+    context.set_ciphers(":".join(names) if names else "DEFAULT")
     if tls.prefer_server_cipher_suites:
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.curve:
-        try:
-            context.set_ecdh_curve(CURVES[tls.curve])
-        except (ValueError, ssl.SSLError) as exc:
-            raise _ssl_fail("curve_preferences", tls.curve, exc) from exc
-
-
-def server_context(tls: TlsServerConfig) -> ssl.SSLContext:
-    """A server SSLContext with the certificate, client CA and policy; ConfigError if unusable."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    apply_policy(context, tls)
-    for suite in tls.cipher_suites:  # one unusable suite in a list OpenSSL would skip silently
-        if CIPHER_SUITES[suite]:
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(CIPHER_SUITES[suite])
-            except ssl.SSLError as exc:
-                raise _ssl_fail("cipher_suites", f"{suite} is not available in this OpenSSL",
-                                exc) from exc
     _load_identity(context, tls)
+    mode, verify_chain = CLIENT_AUTH[tls.client_auth_type]
+    if tls.client_allowed_sans:
+        # Go's SAN check runs on every certificate message, an empty one too, and refuses it.
+        mode = ssl.CERT_REQUIRED
+    context.verify_mode = mode
+    ca_key = "client_ca_file" if tls.client_ca_file else "client_ca"
+    ca_text = tls.client_ca
     if tls.client_ca_file:
         try:
-            context.load_verify_locations(cafile=tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
+            ca_text = Path(tls.client_ca_file).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
             raise _ssl_fail("client_ca_file", tls.client_ca_file, exc) from exc
-    elif tls.client_ca:
+    if ca_text is not None and tls.client_auth_type == "NoClientCert":
+        # After reading the CA, as Go: a missing CA file is named as such first.
+        raise ConfigError("web_config.tls_server_config.client_auth_type",
+                          "client CA's have been configured without a Client Auth Policy: "
+                          "set one, e.g. RequireAndVerifyClientCert")
+    if ca_text is not None:
         try:
-            context.load_verify_locations(cadata=tls.client_ca)
+            context.load_verify_locations(cadata=ca_text)
         except ssl.SSLError as exc:
-            raise _ssl_fail("client_ca", "inline certificate", exc) from exc
+            raise _ssl_fail(ca_key, tls.client_ca_file or "inline certificate", exc) from exc
+    elif verify_chain:
+        # Go verifies against the system's roots when no client CA is given.
+        context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
     context.set_alpn_protocols(["http/1.1"])
+    try:  # Python's set_ecdh_curve sets one EC curve only: no list, no X25519
+        if tls.curves:
+            tlsnative.set_groups(context, [CURVES[c] for c in tls.curves])
+    except (ValueError, ssl.SSLError, tlsnative.NativeUnavailableError) as exc:
+        raise _ssl_fail("curve_preferences", ", ".join(tls.curves), exc) from exc
+    if mode != ssl.CERT_NONE and (not verify_chain or tls.client_allowed_sans):
+        try:  # last: it keeps the verify mode set above
+            tlsnative.check_client_certificates(context, verify_chain=verify_chain,
+                                                allowed_sans=tls.client_allowed_sans)
+        except tlsnative.NativeUnavailableError as exc:
+            key = "client_allowed_sans" if tls.client_allowed_sans else "client_auth_type"
+            raise _ssl_fail(key, "cannot be honoured by this Python's ssl module", exc) from exc
     return context
 
 

@@ -11,6 +11,7 @@ import base64
 import os
 import shutil
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,12 +24,12 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from exporter import webauth, webgate
+from exporter import webauth
 from exporter.config import load_settings
 from exporter.errors import ConfigError
 from exporter.server import build_app
 from exporter.service import Exporter
-from exporter.webauth import Credentials, TokenBucket
+from exporter.webauth import Credentials, TokenBucket, Verdict
 from exporter.webgate import WebGate
 from tests.exposition import samples_text
 from tests.harness import value
@@ -134,8 +135,9 @@ async def test_tls_serves_metrics_to_clients_that_trust_the_ca(
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await g.get("/metrics", ssl.create_default_context())  # CA unknown to the client
         plain = Gated(g.url.replace("https://", "http://"), g.gate, g.exporter)
-        with pytest.raises(aiohttp.ClientError):
-            await plain.get("/metrics")  # no plain HTTP on the TLS port
+        refused = await plain.get("/metrics")  # no plain HTTP on the TLS port: Go's answer
+        assert refused.status == 400
+        assert "emqx_client_exporter" not in await refused.text()
 
 
 async def test_mutual_tls_needs_a_certificate_of_the_client_ca(
@@ -174,7 +176,8 @@ async def test_client_allowed_sans_refuse_other_verified_clients(
     async with gated(path) as g:
         assert (await g.get("/metrics", client_context(web_certs, web_certs.good))).status == 200
         stranger = client_context(web_certs, web_certs.good, "stranger")
-        assert (await g.get("/metrics", stranger)).status == 403
+        with pytest.raises(aiohttp.ClientError):  # the handshake fails: no HTTP answer at all
+            await g.get("/metrics", stranger)
 
 
 async def test_basic_auth_right_wrong_missing_and_open_probe(tmp_path: Path) -> None:
@@ -310,7 +313,7 @@ async def test_bad_new_web_config_is_rejected_and_the_old_one_kept(
         assert value(samples_text(await response.text()), RELOAD_METRIC) == 1
 
 
-async def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
+async def test_unknown_users_cost_one_bcrypt_check_of_the_usual_cost(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
     original: Callable[[bytes, bytes], bool] = webauth._checkpw
@@ -322,35 +325,72 @@ async def test_unknown_users_cost_one_bcrypt_check_of_the_same_cost(
     monkeypatch.setattr(webauth, "_checkpw", spy)
     credentials = Credentials({"prometheus": HASH.encode()})
     header = auth()["Authorization"]
-    assert not await credentials.check(auth(user="nobody")["Authorization"])
-    assert not await credentials.check(auth(password="wrong")["Authorization"])
+    assert await credentials.check(auth(user="nobody")["Authorization"]) is Verdict.REFUSED
+    assert await credentials.check(auth(password="wrong")["Authorization"]) is Verdict.REFUSED
     assert calls == [HASH.encode(), HASH.encode()]  # the same bcrypt work for both
-    two = Credentials({"cheap": bcrypt.hashpw(b"x", bcrypt.gensalt(4)),
-                       "dear": bcrypt.hashpw(b"y", bcrypt.gensalt(5))})
-    assert not await two.check(auth(user="nobody", password="y")["Authorization"])
-    assert calls[-1].startswith(b"$2b$05$")  # the costliest hash: never faster than a user
-    assert await credentials.check(header)
+    # One costly user among cheap ones: an unknown user costs what most users cost, not the
+    # costliest hash (which made unknown names stand out and gave attackers a lever).
+    mixed = Credentials({"a": bcrypt.hashpw(b"x", bcrypt.gensalt(4)),
+                         "b": bcrypt.hashpw(b"x", bcrypt.gensalt(4)),
+                         "dear": bcrypt.hashpw(b"y", bcrypt.gensalt(6))})
+    assert await mixed.check(auth(user="nobody", password="y")["Authorization"]) is (
+        Verdict.REFUSED)
+    assert calls[-1].startswith(b"$2b$04$")
+    assert webauth.dummy_hash([b"$2y$12$" + b"a" * 53, b"$2y$10$" + b"b" * 53]).startswith(
+        b"$2y$10$")  # a tie: the cheaper
+    assert await credentials.check(header) is Verdict.OK
     for _ in range(3):  # verified once, then remembered
-        assert await credentials.check(header)
+        assert await credentials.check(header) is Verdict.OK
     assert len(calls) == 4
-    assert not await credentials.check(auth(password="wrong")["Authorization"])
-    assert len(calls) == 5  # a wrong password is never remembered
+    for _ in range(3):  # a refused credential too: a repeated bad one costs one bcrypt
+        assert await credentials.check(auth(password="wrong")["Authorization"]) is (
+            Verdict.REFUSED)
+        assert await credentials.check(auth(user="nobody")["Authorization"]) is (
+            Verdict.REFUSED)
+    assert len(calls) == 4
 
 
-async def test_verified_cache_is_bounded() -> None:
+async def test_caches_are_bounded_and_failures_never_evict_verified_credentials() -> None:
     users = {f"u{i}": bcrypt.hashpw(b"pw", bcrypt.gensalt(4)) for i in range(3)}
     credentials = Credentials(users)
     for i in range(webauth.CACHE_SIZE + 10):
-        assert await credentials.check(auth(f"u{i % 3}", "pw")["Authorization"])
-        assert not await credentials.check(auth(f"u{i % 3}", f"x{i}")["Authorization"])
+        assert await credentials.check(auth(f"u{i % 3}", "pw")["Authorization"]) is Verdict.OK
+        assert await credentials.check(auth(f"u{i % 3}", f"x{i}")["Authorization"]) is (
+            Verdict.REFUSED)
     assert len(credentials._verified) == 3
-    assert len(credentials._verified) <= webauth.CACHE_SIZE
+    assert len(credentials._failed) == webauth.CACHE_SIZE + 10
 
 
-def test_allowed_sans_compare_ip_addresses_as_go_prints_them() -> None:
-    assert webgate._san("IP Address", "2001:DB8:0:0:0:0:0:1\n") == "2001:db8::1"
-    assert webgate._san("IP Address", "127.0.0.1") == "127.0.0.1"
-    assert webgate._san("DNS", "Prometheus.test") == "Prometheus.test"
+async def test_a_flood_of_bad_credentials_is_bounded_and_cached_ones_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    started: list[bytes] = []
+
+    def slow(password: bytes, hashed: bytes) -> bool:
+        started.append(password)
+        release.wait(10)
+        return False
+
+    credentials = Credentials({"prometheus": HASH.encode()})
+    header = auth()["Authorization"]
+    assert await credentials.check(header) is Verdict.OK  # cached before the flood
+    monkeypatch.setattr(webauth, "_checkpw", slow)
+    flood = [asyncio.ensure_future(credentials.check(auth(password=f"bad{i}")["Authorization"]))
+             for i in range(100)]
+    same = [asyncio.ensure_future(credentials.check(auth(password="bad0")["Authorization"]))
+            for _ in range(5)]
+    await asyncio.sleep(0)
+    # Past MAX_PENDING checks the flood is answered at once, without bcrypt...
+    busy = [f for f in flood if f.done()]
+    assert len(busy) == 100 - webauth.MAX_PENDING
+    assert all(f.result() is Verdict.BUSY for f in busy)
+    assert not any(f.done() for f in same)  # ...a repeated credential waits for its check
+    # ...and the cached good credential passes while bcrypt's threads are stuck.
+    assert await credentials.check(header) is Verdict.OK
+    release.set()
+    results = await asyncio.gather(*flood, *same)
+    assert results.count(Verdict.REFUSED) == webauth.MAX_PENDING + 5
+    assert len(started) == webauth.MAX_PENDING
 
 
 def test_token_bucket_refills_one_token_per_interval() -> None:
@@ -368,3 +408,23 @@ def test_a_web_config_that_does_not_load_stops_the_start(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         WebGate(str(path))
     assert caught.value.key == "web_config.tls_server_config.cert_file"
+
+
+async def test_a_tls13_only_cipher_list_leaves_tls12_without_suites_as_in_go(
+        web_certs: WebCerts, tmp_path: Path) -> None:
+    """Go ignores TLS 1.3 suites in `cipher_suites`: a list of only those leaves TLS 1.2 with
+    none, so TLS 1.2 handshakes fail (never OpenSSL's default list instead)."""
+    for max_version, admitted in (("TLS13", {ssl.TLSVersion.TLSv1_3}), ("TLS12", set())):
+        path = write(tmp_path / "web.yml", {
+            "tls_server_config": tls_config(web_certs.good, max_version=max_version,
+                                            cipher_suites=["TLS_AES_128_GCM_SHA256"]),
+            "http_server_config": {"http2": False}})  # else Go's HTTP/2 rule refuses it
+        async with gated(path) as g:
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                context = client_context(web_certs)
+                context.minimum_version = context.maximum_version = version
+                if version in admitted:
+                    assert (await g.get("/metrics", context)).status == 200
+                else:
+                    with pytest.raises(aiohttp.ClientError):
+                        await g.get("/metrics", context)

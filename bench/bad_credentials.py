@@ -1,0 +1,172 @@
+"""bcrypt under attack: cached scrapes keep their latency while bad credentials flood in, and an
+unknown user takes as long to refuse as a wrong password.
+
+The exporter (no EMQX: the served snapshot is its own metrics) listens behind a web config
+with three users, two of bcrypt cost 10 and one of cost 12 (so the dummy hash's choice shows).
+A client process, like Prometheus on another machine:
+
+1. baseline: SCRAPERS scrapers with the good credential (cached after its first check);
+2. flood: the same scrapers while waves of ATTACKERS bad-credential requests are sent at
+   once, a wave a second (distinct passwords, so no cache helps them; half unknown users,
+   half wrong passwords): with bcrypt queued per request that was ATTACKERS bcrypt checks
+   (7 s at cost 10 on two threads) a second;
+3. timing: unknown user and wrong password of a cost-10 user, interleaved, one at a time,
+   distinct passwords (no cache): the medians and their ratio.
+
+    python -m bench.bad_credentials --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import bcrypt
+import yaml
+from aiohttp import web
+
+from bench.common import save_result
+from exporter.config import load_settings
+from exporter.logs import configure_logging
+from exporter.server import build_app
+from exporter.service import Exporter
+from exporter.slowclients import GuardedSite
+from exporter.webgate import WebGate
+from tests.ports import free_port
+
+CLIENT = r"""
+import asyncio, base64, json, statistics, sys, time, aiohttp
+url, scrapers, attackers, seconds, samples = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+                                              float(sys.argv[4]), int(sys.argv[5]))
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+GOOD = basic("prometheus", "good-password")
+async def timed(session, headers):
+    began = time.perf_counter()
+    async with session.get(url, headers=headers) as answer:
+        await answer.read()
+        return time.perf_counter() - began, answer.status
+async def scrape_for(session, until, latencies, errors):
+    while time.perf_counter() < until:
+        latency, status = await timed(session, GOOD)
+        latencies.append(latency)
+        errors[0] += status != 200
+        await asyncio.sleep(0.02)
+async def attack(session, until, attackers, outcomes):
+    wave = 0
+    while time.perf_counter() < until:
+        wave += 1
+        began = time.perf_counter()
+        answers = await asyncio.gather(*(
+            timed(session, basic("nobody" if n % 2 else "grafana", f"guess-{wave}-{n}"))
+            for n in range(attackers)))
+        for _, status in answers:
+            outcomes[status] = outcomes.get(status, 0) + 1
+        await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - began)))
+def summary(latencies):
+    latencies = sorted(latencies)
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+    return {"scrapes": len(latencies), "p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "p99_ms": round(p99 * 1000, 2), "max_ms": round(latencies[-1] * 1000, 2)}
+async def main():
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await timed(session, GOOD)  # the good credential's one bcrypt check
+        base, errors = [], [0]
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(scrape_for(session, until, base, errors) for _ in range(scrapers)))
+        flood, outcomes = [], {}
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(scrape_for(session, until, flood, errors)
+                               for _ in range(scrapers)),
+                             attack(session, until, attackers, outcomes))
+        unknown, wrong = [], []
+        for i in range(samples):
+            unknown.append((await timed(session, basic("nobody", f"t-{i}")))[0])
+            wrong.append((await timed(session, basic("grafana", f"t-{i}")))[0])
+    print(json.dumps({"baseline": summary(base), "flood": summary(flood), "errors": errors[0],
+                      "attack_outcomes": outcomes,
+                      "unknown_ms": [round(x * 1000, 2) for x in unknown],
+                      "wrong_ms": [round(x * 1000, 2) for x in wrong]}))
+asyncio.run(main())
+"""
+
+
+def web_config(directory: Path) -> Path:
+    users = {"prometheus": bcrypt.hashpw(b"good-password", bcrypt.gensalt(10)).decode(),
+             "grafana": bcrypt.hashpw(b"another", bcrypt.gensalt(10)).decode(),
+             "admin": bcrypt.hashpw(b"costly", bcrypt.gensalt(12)).decode()}
+    path = directory / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": users}))
+    return path
+
+
+async def run_once(path: Path, scrapers: int, attackers: int, seconds: float,
+                   samples: int) -> dict[str, object]:
+    settings = load_settings({"emqx_url": "http://127.0.0.1:9", "api_key": "k",
+                              "api_secret": "s", "web_config": str(path)}, {}, None)
+    gate = WebGate(settings.web_config, settings.open_paths)
+    exporter = Exporter(settings)
+    runner = web.AppRunner(build_app(exporter, poll=False, gate=gate), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await GuardedSite(runner, "127.0.0.1", port).start()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLIENT, f"http://127.0.0.1:{port}/metrics", str(scrapers),
+            str(attackers), str(seconds), str(samples), stdout=subprocess.PIPE)
+        out, _ = await process.communicate()
+    finally:
+        await runner.cleanup()
+        await exporter.stop()
+    data: dict[str, object] = json.loads(out)
+    unknown = data.pop("unknown_ms")
+    wrong = data.pop("wrong_ms")
+    assert isinstance(unknown, list) and isinstance(wrong, list)
+    data["unknown_median_ms"] = round(statistics.median(unknown), 2)
+    data["wrong_median_ms"] = round(statistics.median(wrong), 2)
+    data["unknown_stdev_ms"] = round(statistics.stdev(unknown), 2)
+    data["wrong_stdev_ms"] = round(statistics.stdev(wrong), 2)
+    data["unknown_over_wrong"] = round(statistics.median(unknown) / statistics.median(wrong), 3)
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scrapers", type=int, default=4, help="good-credential scrapers")
+    parser.add_argument("--attackers", type=int, default=100,
+                        help="bad-credential requests sent at once, a wave a second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    parser.add_argument("--samples", type=int, default=30,
+                        help="unknown-user and wrong-password requests each")
+    args = parser.parse_args()
+    configure_logging("warning")
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        path = web_config(Path(scratch))
+        for run in range(1, args.runs + 1):
+            result = asyncio.run(run_once(path, args.scrapers, args.attackers, args.seconds,
+                                          args.samples))
+            results.append(result)
+            base, flood = result["baseline"], result["flood"]
+            assert isinstance(base, dict) and isinstance(flood, dict)
+            print(f"run {run}: cached scrapes p50/p99 {base['p50_ms']}/{base['p99_ms']} ms "
+                  f"alone ({base['scrapes']}), {flood['p50_ms']}/{flood['p99_ms']} ms during "
+                  f"waves of {args.attackers} bad credentials ({flood['scrapes']}; "
+                  f"{result['errors']} errors); their answers {result['attack_outcomes']}; "
+                  f"unknown user {result['unknown_median_ms']} ms "
+                  f"(sd {result['unknown_stdev_ms']}) vs wrong password "
+                  f"{result['wrong_median_ms']} ms (sd {result['wrong_stdev_ms']}): ratio "
+                  f"{result['unknown_over_wrong']}", flush=True)
+    save_result("bad_credentials", {"runs": results})
+
+
+if __name__ == "__main__":
+    main()
