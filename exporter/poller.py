@@ -235,13 +235,14 @@ class ClusterPoller:
         running = [n.name for n in mine if n.running]
         for n in mine:
             if not n.running:
-                report.outcomes.append(NodeOutcome(n.name, error=ExporterError("node stopped")))
+                report.outcomes.append(NodeOutcome(n.name, error=_not_running(n)))
         if not running:
             return
         if not dialect.per_node:
             # Cursor listing without node=: one walk covers the cluster; records name their node
             # and the shard keeps its own nodes' rows (README "Sharding" says why not per node).
-            outcome = await self._walk_one(dialect, None, run, running, shard)
+            # Should it fail, everything it delivered goes, rows of stopped nodes included.
+            outcome = await self._walk_one(dialect, None, run, [n.name for n in mine], shard)
             report.outcomes.extend(NodeOutcome(name, outcome.walk, outcome.error, outcome.seconds,
                                                bad_example=outcome.bad_example)
                                    for name in running)
@@ -250,7 +251,7 @@ class ClusterPoller:
 
         async def bounded(name: str) -> NodeOutcome:
             async with limit:
-                return await self._walk_one(dialect, name, run, [name], shard)
+                return await self._walk_one(dialect, name, run, shard.covered_by(name), shard)
 
         # A task group, not gather: when one walk raises (a bug), the others are cancelled
         # instead of feeding a poll that has already failed.
@@ -279,7 +280,7 @@ class ClusterPoller:
         seconds = time.perf_counter() - began
         report.outcomes.extend(
             NodeOutcome(n.name, NodeWalk(n.name, pages=result.requests, rows=result.found),
-                        None if n.running else ExporterError("node stopped"), seconds)
+                        None if n.running else _not_running(n), seconds)
             for n in mine)
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: Run,
@@ -333,6 +334,13 @@ class ClusterPoller:
             failures.append(("", report.error))
         for node, error in failures:
             self.last_failures[node] = ErrorNote(error.reason, str(error), report.started)
+
+
+def _not_running(node: NodeInfo) -> ExporterError:
+    """Why a node is not walked: stopped, or (v4) its state is unknown."""
+    if node.error is not None:
+        return ExporterError(f"node state unknown: EMQX answered {node.error!r} for it")
+    return ExporterError("node stopped")
 
 
 def _first_cause(exc: BaseException) -> BaseException:
