@@ -193,7 +193,8 @@ class Broker:
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if f"-root {release}/" in command:
+            # The VM (`-root DIR/...`) and its helpers (run_erl's pipes live under DIR too).
+            if f"{release}/" in command:
                 pids.append(int(entry.name))
         return pids
 

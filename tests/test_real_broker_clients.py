@@ -82,7 +82,8 @@ async def test_every_per_client_figure_matches_emqx(real_emqx: Broker) -> None:
         # A full queue counts in send_msg.dropped(.queue_full); mqueue_dropped stays 0.
         assert slow_row["send_msg.dropped"] == 10
         assert slow_row["send_msg.dropped.queue_full"] == 10
-        assert slow_row["mqueue_dropped"] == 0
+        # mqueue_dropped counts them on 5.8.9 only (0 on 5.3.2 and 4.4.19): not to rely on.
+        assert slow_row["mqueue_dropped"] in (0, 10)
         persist_row = broker.wait_for(
             lambda: (row := broker.client("i17-persist")) and row["connected"] is False and row,
             "the persistent session offline")
