@@ -8,6 +8,7 @@ until what it caused shows, with a deadline (`RealRig.until`), never a guessed s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -49,23 +50,22 @@ class RealRig:
         return samples_text(await response.text())
 
     async def until(self, check: Callable[[list[Sample]], list[str]], what: str,
-                    timeout: float = 75.0) -> list[Sample]:
+                    deadline_s: float = 75.0) -> list[Sample]:
         """Poll until `check` finds nothing wrong (it returns the differences), or fail at the
         deadline naming them."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + deadline_s
         while True:
             samples = await self.poll()
             wrong = check(samples)
             if not wrong:
                 return samples
             if time.monotonic() > deadline:
-                pytest.fail(f"{self.broker.kind}: {what}: still {wrong[:8]} after {timeout:.0f} s")
+                pytest.fail(f"{self.broker.kind}: {what}: still {wrong[:8]} "
+                            f"after {deadline_s:.0f} s")
             await _pause()
 
 
 async def _pause() -> None:
-    import asyncio
-
     await asyncio.sleep(1.0)  # between polls of a deadline-bounded wait, not a guessed delay
 
 
@@ -168,11 +168,8 @@ def expected(broker: Broker, row: dict[str, Any]) -> dict[str, float | None]:
 
 def exported(samples: list[Sample], clientid: str) -> dict[str, float]:
     """The exported per-client samples of one client without extra labels, by family."""
-    out: dict[str, float] = {}
-    for name, labels, value in samples:
-        if dict(labels).get("clientid") == clientid and len(labels) == 1:
-            out[name] = value
-    return out
+    return {name: value for name, labels, value in samples
+            if len(labels) == 1 and dict(labels).get("clientid") == clientid}
 
 
 def compare(broker: Broker, samples: list[Sample], clientid: str,

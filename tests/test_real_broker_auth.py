@@ -13,7 +13,7 @@ from tests.realbroker import Broker
 
 pytestmark = pytest.mark.real_emqx
 
-WRONG_SECRET = "not-the-secret-3f9a"  # noqa: S105 - a wrong secret, looked for in the logs
+WRONG_SECRET = "not-the-secret-3f9a"
 CLIENT = "i17-auth-probe"
 
 
@@ -30,7 +30,7 @@ async def test_dashboard_login(real_emqx: Broker) -> None:
         pytest.skip("POST /api/v5/login is v5; v4's dashboard user is on another listener")
     with devices(real_emqx, [CLIENT], keepalive_s=600):
         async with exporting(real_emqx, api_key=None, api_secret=None, username="admin",
-                             password="public") as rig:  # noqa: S106 - the test brokers' user
+                             password="public") as rig:
             samples = await rig.poll()
     assert value(samples, "emqx_client_exporter_up") == 1
     assert per_client(samples, "emqx_client_online")[CLIENT] == 1

@@ -65,5 +65,5 @@ async def test_per_node_figures_node_failure_and_recovery(
             broker_pool.restart(second)
             samples = await rig.until(lambda s: [] if _node_up(s).get(second.node) == 1
                                       else ["node_up still 0"], "the restarted node up",
-                                      timeout=120)
+                                      deadline_s=120)
             assert value(samples, "emqx_client_exporter_up") == 1
