@@ -19,7 +19,7 @@ from exporter.dialects import Detected, Dialect, NodeInfo
 from exporter.dialects.discovery import DialectOptions, Discovery
 from exporter.errors import ExporterError, InternalError
 from exporter.health import CLUSTER, Health
-from exporter.lookup import look_up
+from exporter.lookup import LookupResult, look_up
 from exporter.pipeline import PipelineResult
 from exporter.records import ClientRecord, take_bad_example
 from exporter.render import Rendered
@@ -177,9 +177,7 @@ class ClusterPoller:
         mine = report.shard.mine(nodes)
         self.known_nodes = [n.name for n in mine]
         if self.pipeline.selection.watch_only:
-            totals = {n.name: (n.online, n.sessions) for n in mine if n.running}
-            run = await self._on_worker(self.pipeline.start_lookup, report.started, totals)
-            await self._look_up(dialect, mine, report.shard, report, run)
+            run = await self._look_up(dialect, mine, report.shard, report)
         else:
             run = await self._on_worker(self.pipeline.start_walk, report.started)
             await self._walk_all(dialect, mine, report.shard, report, run)
@@ -260,17 +258,28 @@ class ClusterPoller:
         report.outcomes.extend(task.result() for task in tasks)
 
     async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
-                       report: PollReport, run: Run) -> None:
-        """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
+                       report: PollReport) -> Run:
+        """Watch-only: look the watched clients up; nodes are up when /nodes says running.
+
+        The lookup comes first and the run starts after it: only then is it known whether
+        `/nodes`' session counts hold (not while offline durable sessions exist)."""
         began = time.perf_counter()
+        found: list[ClientRecord] = []
+
+        async def collect(records: list[ClientRecord]) -> None:
+            found.extend(shard.keep(None, records))
+
+        result = LookupResult()
+        if shard.owned:
+            result = await look_up(self.client, dialect,
+                                   sorted(self.pipeline.selection.watch), collect)
+        totals = {n.name: (n.online, None if result.offline_durable else n.sessions)
+                  for n in mine if n.running}
+        run = await self._on_worker(self.pipeline.start_lookup, report.started, totals)
         if not shard.owned:
-            return
-
-        async def deliver(records: list[ClientRecord]) -> None:
-            await self._on_worker(run.add_page, None, shard.keep(None, records))
-
-        result = await look_up(self.client, dialect, sorted(self.pipeline.selection.watch),
-                               deliver)
+            return run
+        if found:
+            await self._on_worker(run.add_page, None, found)
         await self._on_worker(run.mark_unknown, result.unknown)
         for error in result.errors:
             self._count(error)
@@ -282,6 +291,7 @@ class ClusterPoller:
             NodeOutcome(n.name, NodeWalk(n.name, pages=result.requests, rows=result.found),
                         None if n.running else _not_running(n), seconds)
             for n in mine)
+        return run
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: Run,
                         covers: list[str], shard: ShardPlan) -> NodeOutcome:

@@ -145,3 +145,23 @@ async def test_cap_binding_log_names_the_cluster() -> None:
             await r.poll()
         (line,) = [e for e in logs if e["event"] == "per_client_cap_binding"]
         assert line["cluster"] == r.sim_url
+
+
+# -- watch-only: /nodes `connections` leaves offline durable sessions out ---------------------
+
+async def test_watch_only_sessions_unknown_while_offline_durable_sessions_exist() -> None:
+    """/nodes counts the channel table (a real 5.8.9: `connections` 2 with 3 sessions, one an
+    offline durable session): with offline durable sessions listed, that is not the sessions
+    figure, so a watch-only poll exports none (a walk counts them from the listing)."""
+    watch = ["client-0000001", "durable-0001"]
+    for durable, sessions_known in ((0, True), (3, False)):
+        sim = SimSettings(version="5.8.9", clients=20, offline_sessions=0, churn=0,
+                          durable_sessions=durable, frozen=True)
+        async with rig(sim, per_client={"watch": watch, "watch_only": True}) as r:
+            await r.poll()
+            samples = await r.scrape()
+            assert value(samples, "emqx_client_exporter_up") == 1
+            assert per_client(samples, ONLINE)["client-0000001"] == 1
+            has_sessions = any(n == "emqx_clients_sessions" for n, _, _ in samples)
+            assert has_sessions is sessions_known, durable
+            assert sum(v for n, _, v in samples if n == "emqx_clients_online") == 20
