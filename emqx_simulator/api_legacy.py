@@ -150,7 +150,7 @@ async def node_clients(request: web.Request) -> web.Response:
 
 
 def uri_decode(text: str) -> str:
-    """What v3/v4 do to a path's client id after the HTTP server decoded it once
+    """What v3/v4 do to a path's raw client id segment
     (``emqx_mgmt_util:urldecode`` → ``emqx_http_lib:uri_decode``@v4.4.19 L44-61): every ``%``
     with two more bytes is decoded again, and non-hex digits there crash the handler
     (``binary_to_integer``), raising ValueError here."""
@@ -167,10 +167,19 @@ def uri_decode(text: str) -> str:
     return out.decode("utf-8", "replace")
 
 
+def path_clientid(request: web.Request) -> str:
+    """The client id of a v3/v4 path, decoded exactly once: minirest routes on the raw path, so
+    the handler gets the segment still encoded and decodes it itself, once (REFERENCE.md §12.3;
+    measured on a real 4.4.19: `factory%2Fline1%2Fdev7` finds the client, `%252F` does not).
+    A `%` without two hex digits crashes the handler (ValueError here)."""
+    raw = request.raw_path.split("?", 1)[0].rsplit("/", 1)[-1]
+    return uri_decode(raw)
+
+
 def _lookup(request: web.Request, node: int | None) -> web.Response:
     cluster = request.app[CLUSTER]
     try:
-        clientid = uri_decode(request.match_info["clientid"])
+        clientid = path_clientid(request)
     except ValueError:
         return legacy_crash()
     row = cluster.row(clientid)
@@ -201,7 +210,7 @@ async def kick(request: web.Request) -> web.Response:
     """``DELETE /clients/{clientid}``: ``{"code":0}``, or 112 not_found (v3, v4 < 4.3.9)."""
     cluster = request.app[CLUSTER]
     try:
-        clientid = uri_decode(request.match_info["clientid"])
+        clientid = path_clientid(request)
     except ValueError:
         return legacy_crash()
     if cluster.kick(clientid) or cluster.features.kick_unknown_ok:

@@ -43,8 +43,13 @@ def fill(length: int | None, capacity: int | str | None) -> float | None:
 
 
 def dropped(deltas: Sequence[int]) -> int:
-    """Messages dropped for a client in an interval: received, sent and queue-full drops."""
-    return deltas[4] + deltas[5] + deltas[7]  # mqueue_dropped, received_dropped, sent_dropped
+    """Messages dropped for a client in an interval: received and sent drops.
+
+    A full queue's drops count in `send_msg.dropped` on every version measured (4.4.19, 5.3.2,
+    5.8.9), and in `mqueue_dropped` too on 5.8.9 only: adding both counted them twice. v3 has
+    no `send_msg.dropped`, only `mqueue_dropped`: the larger of the two is the sent drops.
+    """
+    return deltas[5] + max(deltas[4], deltas[7])  # received, max(mqueue_dropped, sent)
 
 
 #: Capacities that mean "unlimited" (v5 writes some as the string "infinity").
@@ -116,9 +121,9 @@ class Histograms:
             for figure, index, name in _RATE_COUNTERS:
                 rates = list(map(mul, map(itemgetter(index), rows), factor))
                 self._bin(figure, _present(rates, rated, name))
-            drops = list(map(mul, map(add, map(add, map(itemgetter(4), rows),
-                                               map(itemgetter(5), rows)),
-                                      map(itemgetter(7), rows)), factor))  # as `dropped`
+            drops = list(map(mul, map(add, map(max, map(itemgetter(4), rows),
+                                               map(itemgetter(7), rows)),
+                                      map(itemgetter(5), rows)), factor))  # as `dropped`
             self._bin(DROP_RATE, _present(drops, rated, *_DROP_FIELDS))
         ages = list(map(sub, repeat(now), self.since))
         if ages and min(ages) < 0:

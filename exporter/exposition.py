@@ -126,13 +126,16 @@ def client_label_sets(const_labels: ConstLabels, clients: Iterable[Client],
 
 
 def label_column(name: str, values: Sequence[object],
-                 text: Callable[[object], str] = label_text) -> list[str]:
-    """`,name="value"` per value, to sit inside a client label set.
+                 text: Callable[[object], str] = label_text, *,
+                 omit_empty: bool = False) -> list[str]:
+    """`,name="value"` per value, to sit inside a client label set; with `omit_empty`, nothing
+    where the value's text is empty (a figure the version does not report is absent).
 
     Label values such as node, listener or protocol repeat across thousands of clients, so each
     distinct raw value is converted and escaped once.
     """
-    fragments = {v: "," + pair(name, text(v)) for v in set(values)}
+    texts = {v: text(v) for v in set(values)}
+    fragments = {v: "" if omit_empty and not t else "," + pair(name, t) for v, t in texts.items()}
     return list(map(fragments.__getitem__, values))
 
 

@@ -7,7 +7,7 @@ for a reason, one when it recovers) and when a failing target may be asked again
 - a node that keeps failing waits `interval/8`, then twice as long after each further
   failure, up to the interval (counted from the failure, so a node that stays down is asked
   every second poll);
-- a 429 waits `Retry-After` (bounded by the interval);
+- a 429 waits its whole `Retry-After` (at most ten minutes, `RETRY_AFTER_MAX`);
 - a rejected login waits a minute, doubling up to 30 minutes: EMQX 5.9+ locks a dashboard
   user for ten minutes after five failed logins in five minutes (humans included), and a
   credential that failed is not going to work before someone changes it; a configuration
@@ -31,6 +31,8 @@ LOGIN_BACKOFF_FIRST = 60.0
 LOGIN_BACKOFF_MAX = 1800.0
 #: EMQX's lock duration (`unsuccessful_login_lock_duration`, 600 s): never retry sooner.
 LOGIN_LOCK_SECONDS = 600.0
+#: Longest `Retry-After` obeyed: a proxy asking for hours is taken as ten minutes.
+RETRY_AFTER_MAX = 600.0
 
 
 @dataclass(slots=True)
@@ -97,7 +99,9 @@ class Health:
             return min(LOGIN_BACKOFF_FIRST * 2.0 ** (failures - 1), LOGIN_BACKOFF_MAX)
         retry_after: float | None = getattr(error, "retry_after", None)
         if retry_after is not None:
-            return min(retry_after, self.interval)
+            # Obeyed in full: a proxy's 429 is the only pacing signal there is (REFERENCE.md
+            # §13.5); only an absurd one is cut short.
+            return min(retry_after, RETRY_AFTER_MAX)
         if target == CLUSTER:
             return 0.0  # the poll interval paces the cluster's own requests
         return min(self.interval / 8 * 2.0 ** (failures - 1), self.interval)

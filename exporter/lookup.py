@@ -31,6 +31,9 @@ class LookupResult:
     unknown: set[str] = field(default_factory=set)
     errors: list[ExporterError] = field(default_factory=list)
     requests: int = 0
+    #: An answer listed an offline durable session (5.6+ appends them to every page-listing
+    #: answer): `/nodes` `connections` leaves those out, so it is not the sessions figure.
+    offline_durable: bool = False
 
 
 def batches(clientids: Sequence[str], base_line: int) -> Iterator[list[str]]:
@@ -85,6 +88,9 @@ async def _one_batch(client: ApiClient, dialect: Dialect, batch_lookup: BatchLoo
         response, request = await send_listing(client, dialect, request)
         result.requests += 1
         page = batch_lookup.parse_page(response, request)
+        if not result.offline_durable:
+            result.offline_durable = any(r.durable and r.connected is False
+                                         for r in page.records)
         # Offline durable sessions come with every answer, asked for or not (REFERENCE.md
         # §12.2): keep the asked ids only.
         records = [r for r in page.records if r.clientid in missing]

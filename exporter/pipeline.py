@@ -59,7 +59,7 @@ PART_FIELDS = _part_fields()
 #: Read by de-duplication, counters, aggregation and ranking whatever is configured.
 BASE_FIELDS = ("clientid", "node", "connected", "connected_at", "created_at", "username",
                "mqueue_len", "mqueue_max", "inflight", "inflight_max", "subscriptions",
-               *COUNTER_FIELDS)
+               "durable", "is_expired", *COUNTER_FIELDS)
 #: Members of each ranking kept in a poll's summary (the status page shows them).
 SUMMARY_TOP = 10
 #: What to configure when the cap leaves clients out (logs, `check` and the status page).
@@ -142,7 +142,9 @@ class Pipeline:
     def __init__(self, per_client: PerClientSettings, aggregate: AggregateSettings,
                  classifier: Classifier, parse_time: TimeParser,
                  const_labels: tuple[tuple[str, str], ...] = (),
-                 selection: SelectionSettings | None = None) -> None:
+                 selection: SelectionSettings | None = None, *, label: str = "") -> None:
+        #: The cluster's name, or its URL when it has none (log lines say which cluster).
+        self.label = label
         self.render_settings = ClientRenderSettings(
             parts=per_client.parts, identity_labels=per_client.labels,
             info_labels=per_client.info_labels, const_labels=const_labels)
@@ -543,7 +545,7 @@ class PollRun:
         if binds == p.cap_binds:
             return
         p.cap_binds = binds
-        cluster = dict(p.render_settings.const_labels).get("cluster")
+        cluster = p.label  # a single cluster has no `cluster` label, but a name or URL
         if binds:
             log.warning("per_client_cap_binding", cluster=cluster, listed=summary.listed,
                         exported=summary.exported, left_out=summary.left_out,

@@ -19,7 +19,7 @@ from exporter.dialects import Detected, Dialect, NodeInfo
 from exporter.dialects.discovery import DialectOptions, Discovery
 from exporter.errors import AuthError, BackingOffError, ExporterError, InternalError
 from exporter.health import CLUSTER, Health
-from exporter.lookup import look_up
+from exporter.lookup import LookupResult, look_up
 from exporter.pipeline import PipelineResult
 from exporter.records import ClientRecord, take_bad_example
 from exporter.render import Rendered
@@ -200,9 +200,7 @@ class ClusterPoller:
         mine = report.shard.mine(nodes)
         self.known_nodes = [n.name for n in mine]
         if self.pipeline.selection.watch_only:
-            totals = {n.name: (n.online, n.sessions) for n in mine if n.running}
-            run = await self._on_worker(self.pipeline.start_lookup, report.started, totals)
-            await self._look_up(dialect, mine, report.shard, report, run)
+            run = await self._look_up(dialect, mine, report.shard, report)
         else:
             run = await self._on_worker(self.pipeline.start_walk, report.started)
             seen = self._watched_seen = set() if report.shard.sharded else None
@@ -279,7 +277,7 @@ class ClusterPoller:
         running = [n.name for n in mine if n.running]
         for n in mine:
             if not n.running:
-                report.outcomes.append(NodeOutcome(n.name, error=ExporterError("node stopped")))
+                report.outcomes.append(NodeOutcome(n.name, error=_not_running(n)))
         if not running:
             return
         if not dialect.per_node:
@@ -287,8 +285,9 @@ class ClusterPoller:
             self._cursor_retry_in -= 1
             if not self._cursor_failing or fallback is None or self._cursor_retry_in <= 0:
                 # Cursor listing without node=: one walk covers the cluster; records name their
-                # node and the shard keeps its own nodes' rows (README "Sharding": why).
-                outcome = await self._walk_one(dialect, None, run, running, shard,
+                # node and the shard keeps its own nodes' rows (README "Sharding": why). Should
+                # it fail, everything it delivered goes, rows of stopped nodes included.
+                outcome = await self._walk_one(dialect, None, run, [n.name for n in mine], shard,
                                                track=False)
                 if outcome.error is None or fallback is None or not _node_scoped(outcome.error):
                     self._cursor_walked(outcome.error)
@@ -305,7 +304,7 @@ class ClusterPoller:
 
         async def bounded(name: str) -> NodeOutcome:
             async with limit:
-                return await self._walk_one(dialect, name, run, [name], shard)
+                return await self._walk_one(dialect, name, run, shard.covered_by(name), shard)
 
         # A task group, not gather: when one walk raises (a bug), the others are cancelled
         # instead of feeding a poll that has already failed.
@@ -357,26 +356,34 @@ class ClusterPoller:
         await self._on_worker(run.mark_unknown, found | result.unknown)
 
     async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
-                       report: PollReport, run: Run) -> None:
-        """Watch-only: look the watched clients up; nodes are up when /nodes says running."""
+                       report: PollReport) -> Run:
+        """Watch-only: look the watched clients up; nodes are up when /nodes says running.
+
+        The lookup comes first and the run starts after it: only then is it known whether
+        `/nodes`' session counts hold (not while offline durable sessions exist)."""
         began = time.perf_counter()
         watch = self.pipeline.selection.watch
+        found: set[str] = set()
+        kept: list[ClientRecord] = []
+
+        async def collect(records: list[ClientRecord]) -> None:
+            found.update(r.clientid for r in records)
+            kept.extend(shard.keep(None, records))
+
+        result = LookupResult()
+        if shard.owned:
+            result = await look_up(self.client, dialect, sorted(watch), collect)
+        totals = {n.name: (n.online, None if result.offline_durable else n.sessions)
+                  for n in mine if n.running}
+        run = await self._on_worker(self.pipeline.start_lookup, report.started, totals)
         if not shard.owned:
             await self._on_worker(run.mark_unknown, watch)  # not ours to say: left out
-            return
-        found: set[str] = set()
-        kept: set[str] = set()
-
-        async def deliver(records: list[ClientRecord]) -> None:
-            mine = shard.keep(None, records)
-            found.update(r.clientid for r in records)
-            kept.update(r.clientid for r in mine)
-            await self._on_worker(run.add_page, None, mine)
-
-        result = await look_up(self.client, dialect, sorted(watch), deliver)
+            return run
+        if kept:
+            await self._on_worker(run.add_page, None, kept)
         # Found on another replica's node: its owner exports it. Found nowhere: offline, said
         # by one replica only.
-        elsewhere = found - kept
+        elsewhere = found - {r.clientid for r in kept}
         unplaced = set() if shard.answers_for_unplaced else set(watch) - found
         await self._on_worker(run.mark_unknown, result.unknown | elsewhere | unplaced)
         for error in result.errors:
@@ -387,8 +394,9 @@ class ClusterPoller:
         seconds = time.perf_counter() - began
         report.outcomes.extend(
             NodeOutcome(n.name, NodeWalk(n.name, pages=result.requests, rows=result.found),
-                        None if n.running else ExporterError("node stopped"), seconds)
+                        None if n.running else _not_running(n), seconds)
             for n in mine)
+        return run
 
     async def _walk_one(self, dialect: Dialect, node: str | None, run: Run,
                         covers: list[str], shard: ShardPlan, *,
@@ -482,6 +490,13 @@ def _node_scoped(error: ExporterError) -> bool:
     """Whether a cluster-wide walk's failure may be one node's, so that walking the nodes one
     by one can save the others: not a rejected credential or a request to slow down."""
     return not isinstance(error, AuthError | BackingOffError) and error.reason != "rate_limited"
+
+
+def _not_running(node: NodeInfo) -> ExporterError:
+    """Why a node is not walked: stopped, or (v4) its state is unknown."""
+    if node.error is not None:
+        return ExporterError(f"node state unknown: EMQX answered {node.error!r} for it")
+    return ExporterError("node stopped")
 
 
 def _first_cause(exc: BaseException) -> BaseException:

@@ -100,6 +100,10 @@ FIELDS: tuple[Field, ...] = (
     _same("mailbox_len", "int"),
     _same("heap_size", "words"),
     _same("reductions", "int"),
+    # 5.7+: a durable session (its messages wait in durable storage, not in a queue) and one
+    # that expired but is still listed until session GC (REFERENCE.md §13.1, §13.3).
+    Field("durable", "bool", None, None, "durable"),
+    Field("is_expired", "bool", None, None, "is_expired"),
 )
 
 
@@ -160,6 +164,8 @@ class ClientRecord(msgspec.Struct, gc=False, omit_defaults=True):
     mailbox_len: int | None = None
     heap_size: int | None = None
     reductions: int | None = None
+    durable: bool | None = None
+    is_expired: bool | None = None
 
 
 Generation = Literal["v3", "v4", "v5"]
@@ -219,10 +225,13 @@ def valid_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= NUMBER_MAX
 
 
+#: In the enum from 5.7.0 (durable-session flags, `emqx_mgmt_api_clients.erl`@v5.7.0; a real
+#: 5.8.9 accepts them); before that these rows carry no such key, so nothing is asked.
+V5_7_FIELDS = frozenset({"durable", "is_expired"})
 #: What v5's `fields=` enum accepts (REFERENCE.md §3.6, §12.1): the names of the client schema,
-#: `fields(client)` in `emqx_mgmt_api_clients.erl`@v5.6.0, as far as `FIELDS` reads them. 5.7.0
-#: adds durable-session names (`durable`, `is_expired`, ...) and 5.7.1 `client_attrs`; the
-#: exporter reads none of them, so these names are valid on every version with `fields=`.
+#: `fields(client)` in `emqx_mgmt_api_clients.erl`@v5.6.0, as far as `FIELDS` reads them, plus
+#: the 5.7.0 durable-session flags (`V5_7_FIELDS`, asked for from 5.7.0 only). 5.7.1 adds
+#: `client_attrs`, which the exporter does not read.
 V5_FIELDS_ENUM = frozenset({
     "clientid", "username", "node", "mountpoint", "ip_address", "proto_name", "proto_ver",
     "clean_start", "connected", "keepalive", "expiry_interval", "connected_at", "created_at",
@@ -232,11 +241,28 @@ V5_FIELDS_ENUM = frozenset({
     "send_msg.dropped", "send_msg.dropped.expired", "send_msg.dropped.queue_full",
     "send_msg.dropped.too_large", "mqueue_len", "mqueue_max", "mqueue_dropped", "inflight_cnt",
     "inflight_max", "awaiting_rel_cnt", "awaiting_rel_max", "subscriptions_cnt",
-    "subscriptions_max", "mailbox_len", "heap_size", "reductions",
+    "subscriptions_max", "mailbox_len", "heap_size", "reductions", *V5_7_FIELDS,
 })
 #: Not in the enum, and not worth all fields: list rows lose `zone` from 5.1 on, and 5.0 has
 #: no `fields=`.
 V5_NEVER_LISTED = frozenset({"zone"})
+
+
+def durable_queue(records: list[ClientRecord]) -> None:
+    """A durable session keeps its messages in durable storage, not in a queue: EMQX lists
+    `mqueue_len` 0 (and a capacity) whatever waits for it, so it has no queue figure."""
+    for record in records:
+        if record.durable:
+            record.mqueue_len = None
+            record.mqueue_max = None
+
+
+def live_sessions(records: list[ClientRecord]) -> list[ClientRecord]:
+    """Without the expired durable sessions 5.7+ keeps listing until session GC removes them
+    (`is_expired: true`, REFERENCE.md §13.3): they are neither sessions nor clients."""
+    if any(r.is_expired for r in records):
+        return [r for r in records if not r.is_expired]
+    return records
 
 
 def v5_fields_param(version: tuple[int, int, int], attrs: frozenset[str]) -> list[str] | None:
@@ -245,7 +271,8 @@ def v5_fields_param(version: tuple[int, int, int], attrs: frozenset[str]) -> lis
     `listener`, comes only with every field)."""
     if version < (5, 6, 0):
         return None
-    wanted = [name for name in wire_names("v5", attrs) if name not in V5_NEVER_LISTED]
+    wanted = [name for name in wire_names("v5", attrs) if name not in V5_NEVER_LISTED
+              and (version >= (5, 7, 0) or name not in V5_7_FIELDS)]
     if not V5_FIELDS_ENUM.issuperset(wanted):
         return None
     return wanted

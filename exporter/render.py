@@ -56,9 +56,11 @@ def identity_labels(records: Sequence[ClientRecord], settings: ClientRenderSetti
     return client_label_sets(settings.const_labels, records, columns)
 
 
-def record_label_column(records: Sequence[ClientRecord], name: str) -> list[str]:
+def record_label_column(records: Sequence[ClientRecord], name: str, *,
+                        omit_empty: bool = False) -> list[str]:
     """`,name="value"` of field `name` per record (`exposition.label_column`)."""
-    return label_column(name, list(map(attrgetter(name), records)), partial(as_label, name))
+    return label_column(name, list(map(attrgetter(name), records)), partial(as_label, name),
+                        omit_empty=omit_empty)
 
 
 def as_label(name: str, value: object) -> str:
@@ -162,8 +164,9 @@ class ClientRenderer:
     def _info(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> bytes:
         # A label already in the identity set must not appear twice in one series.
         names = [n for n in self.settings.info_labels if n not in self.settings.identity_labels]
+        # A value the version does not list (`zone` from 5.1 on) is absent, not `zone=""`.
         return info_lines(c.CLIENT_INFO, labels,
-                          [record_label_column(records, n) for n in names])
+                          [record_label_column(records, n, omit_empty=True) for n in names])
 
     @staticmethod
     def _split(out: RenderedBatch, family: Family, records: Sequence[ClientRecord],

@@ -108,7 +108,8 @@ class Exporter:
                     stats: ClusterStats | None = None) -> ClusterPoller:
         const = (("cluster", cluster.name),) if cluster.name else ()
         factory = partial(Pipeline, settings.per_client, settings.aggregate, classifier,
-                          TimeParser(cluster.timezone), const, settings.per_client.selection)
+                          TimeParser(cluster.timezone), const, settings.per_client.selection,
+                          label=cluster.name or cluster.url)
         pipeline = host(settings.pipeline_worker, factory, log_level=settings.log_level,
                         log_format=settings.log_format, label=cluster.name or cluster.url)
         if stats is None:

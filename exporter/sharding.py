@@ -8,9 +8,10 @@ exactly one of them and `sum` over replicas is the cluster's figure:
   a shard with none and another with all). Every replica reads the same `/nodes`, so they agree.
 - A walk may list rows of nodes it was not asked for: EMQX 5.6+ appends offline durable sessions
   to every `/clients` answer whatever `node=` says, and a cluster-wide cursor walk lists every
-  node. A row is kept only by the walk of the node it names; a row that names no node we know
-  (a durable session in 5.6, or one last connected to a node that left) belongs to the "anchor",
-  the first running node by name, so it is still counted exactly once.
+  node. A row is kept only by the walk of the running node it names; a row that names no running
+  node (a durable session in 5.6, one last connected to a node that left, or to a node that is
+  stopped now: EMQX keeps listing those, REFERENCE.md §13.2) belongs to the "anchor", the first
+  running node by name, so it is still counted exactly once.
 - A replica that owns no node is healthy: it has nothing to poll, which is not a failure.
 - A watched client is exported only by the replica that owns its node; the others cannot vouch
   for it and leave it out (never 0). A watched client found on no node is reported (offline,
@@ -37,15 +38,17 @@ class ShardPlan:
     all_nodes: tuple[str, ...]
     #: The nodes this replica owns, in name order.
     owned: tuple[str, ...]
-    #: First running node by name: owner of rows that name no known node (None: none running).
+    #: First running node by name: owner of rows that name no running node (None: none running).
     anchor: str | None
     sharded: bool
+    #: The running nodes: a row naming another node belongs to the anchor.
+    running: tuple[str, ...] = ()
     # Sets of the above, for membership tests on every listed row.
     _known: frozenset[str] = frozenset()
     _mine: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_known", frozenset(self.all_nodes))
+        object.__setattr__(self, "_known", frozenset(self.running))
         object.__setattr__(self, "_mine", frozenset(self.owned))
 
     @property
@@ -62,8 +65,8 @@ class ShardPlan:
         return [n for n in nodes if n.name in self._mine]
 
     def owner_of_row(self, row_node: str | None) -> str | None:
-        """The node a listed row counts for: its own node, or the anchor when it names none
-        we know. `keep` applies this rule, written out for speed."""
+        """The node a listed row counts for: its own node when that runs, else the anchor.
+        `keep` applies this rule, written out for speed."""
         if row_node is not None and row_node in self._known:
             return row_node
         return self.anchor
@@ -72,8 +75,9 @@ class ShardPlan:
         """The rows of one page this replica exports.
 
         `walk_node` is the node a per-node walk asked for, None for a cluster-wide walk. A
-        per-node walk keeps the rows of its node (and the anchor's walk keeps rows of no known
-        node); a cluster-wide walk keeps the rows of the nodes this replica owns.
+        per-node walk keeps the rows of its node (and the anchor's walk keeps rows of no running
+        node); a cluster-wide walk keeps the rows of the nodes this replica owns (and those of
+        no running node if it owns the anchor).
         """
         known = self._known
         if walk_node is None:
@@ -81,12 +85,20 @@ class ShardPlan:
                 return records
             mine, anchor_mine = self._mine, self.anchor in self._mine
             return [r for r in records
-                    if r.node in mine or (anchor_mine and (r.node is None or r.node not in known))]
+                    if (r.node in mine and r.node in known)
+                    or (anchor_mine and (r.node is None or r.node not in known))]
         if walk_node == self.anchor:
             return [r for r in records
                     if r.node is None or r.node == walk_node or r.node not in known]
         # Rows without a node in a per-node walk of v3/v4 do not occur (their rows name it).
         return [r for r in records if r.node == walk_node]
+
+    def covered_by(self, walk_node: str) -> list[str]:
+        """The nodes whose rows a per-node walk of `walk_node` keeps: its own, and for the
+        anchor every node that is not running (dropped together should that walk fail)."""
+        if walk_node != self.anchor:
+            return [walk_node]
+        return [walk_node, *(n for n in self.all_nodes if n not in self._known)]
 
 
 def assign(nodes: Sequence[NodeInfo], shard: tuple[int, int] = WHOLE) -> ShardPlan:
@@ -96,4 +108,5 @@ def assign(nodes: Sequence[NodeInfo], shard: tuple[int, int] = WHOLE) -> ShardPl
     names = tuple(sorted({n.name for n in nodes}))
     running = sorted(n.name for n in nodes if n.running)
     return ShardPlan(all_nodes=names, owned=names[index::count],
-                     anchor=running[0] if running else None, sharded=count > 1)
+                     anchor=running[0] if running else None, sharded=count > 1,
+                     running=tuple(running))

@@ -752,12 +752,12 @@ def fleet() -> Json:
     lay.add(
         timeseries(
             "Messages dropped from full queues / s by class",
-            "Messages dropped by the sessions' message queues "
-            "(emqx_clients_mqueue_dropped_messages_total).",
+            "Messages not delivered because a session's queue was full: EMQX counts them in "
+            "send_msg.dropped.queue_full on every version (mqueue_dropped stays 0 before 5.8).",
             targets(
                 (
-                    f"sum by (cluster, class) "
-                    f"(rate(emqx_clients_mqueue_dropped_messages_total{{{CNK}}}{RI}))",
+                    f"sum by (cluster, class) (rate(emqx_clients_dropped_messages_total"
+                    f"{{{CNK},direction=\"sent\",reason=\"queue_full\"}}{RI}))",
                     "{{cluster}} {{class}}",
                 )
             ),

@@ -92,6 +92,12 @@ class MqttClient:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(WAIT_S)
 
+    def publish_many(self, topic: str, count: int, qos: int = 1) -> None:
+        """Publish `count` messages back to back; wait until the broker took the last one."""
+        infos = [self.client.publish(topic, b"%d" % i, qos=qos) for i in range(count)]
+        for info in infos:
+            info.wait_for_publish(WAIT_S)
+
     def receive(self, timeout: float = WAIT_S) -> paho.MQTTMessage:
         return self.messages.get(timeout=timeout)
 

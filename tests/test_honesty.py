@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from emqx_simulator import SimSettings
+from exporter.health import RETRY_AFTER_MAX
 from exporter.pipeline import Pipeline
 from exporter.state import CounterState
 from tests.harness import per_client, rig, value
@@ -172,7 +173,7 @@ async def test_bad_rows_are_logged_once_per_poll_with_a_count_and_an_example() -
         assert value(samples, ERRORS, reason="bad_row") == 1
 
 
-async def test_429_obeys_retry_after_bounded_by_the_interval() -> None:
+async def test_429_obeys_retry_after_in_full_up_to_ten_minutes() -> None:
     async with rig(SimSettings(version="5.6.2", clients=90), retries=2) as r:
         rule = r.cluster.faults.add("rate_limited", node=NODE2, endpoint=CLIENTS_V5, delay=20,
                                     times=1)
@@ -191,11 +192,27 @@ async def test_429_obeys_retry_after_bounded_by_the_interval() -> None:
         await r.poll()
         assert rule.seen == 2
         assert value(await r.scrape(), "emqx_client_exporter_node_up", node=NODE2) == 1
-        # A Retry-After longer than the interval waits one interval only.
-        r.cluster.faults.add("rate_limited", node=NODE2, endpoint=CLIENTS_V5, delay=3600,
-                             times=1)
+        # A Retry-After longer than the interval is obeyed in full (REFERENCE.md §13.5: the
+        # only pacing signal a proxy in front of EMQX gives), up to ten minutes.
+        rule = r.cluster.faults.add("rate_limited", node=NODE2, endpoint=CLIENTS_V5, delay=300,
+                                    times=1)
         await r.poll()
+        for _ in range(9):
+            r.clock.advance(30)
+            await r.poll()  # 30 to 270 s: NODE2 is not asked
+        assert rule.seen == 1
+        assert value(await r.scrape(), "emqx_client_exporter_node_up", node=NODE2) == 0
         r.clock.advance(30)
+        await r.poll()
+        assert value(await r.scrape(), "emqx_client_exporter_node_up", node=NODE2) == 1
+        # An hour is bounded by ten minutes.
+        rule = r.cluster.faults.add("rate_limited", node=NODE2, endpoint=CLIENTS_V5,
+                                    delay=3600, times=1)
+        await r.poll()
+        r.clock.advance(RETRY_AFTER_MAX - 1)
+        await r.poll()
+        assert rule.seen == 1
+        r.clock.advance(1)
         await r.poll()
         assert value(await r.scrape(), "emqx_client_exporter_node_up", node=NODE2) == 1
 

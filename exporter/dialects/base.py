@@ -27,6 +27,9 @@ class NodeInfo:
     online: int | None = None
     #: Sessions, disconnected persistent ones included: `connections` in v4 and v5.
     sessions: int | None = None
+    #: Why the node's state is unknown (v4 lists a node its RPC failed for as `{"node": N,
+    #: "error": R}`, REFERENCE.md §13.4); None when `/nodes` gave its state.
+    error: str | None = None
 
 
 @dataclass(slots=True)

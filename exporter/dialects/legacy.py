@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
@@ -98,9 +97,10 @@ class LegacyDialect:
         return paged_result(records, meta, nxt, bad_rows, bad_values)
 
     def lookup_request(self, clientid: str) -> Request:
-        # v3/v4 percent-decode the id once more after the HTTP server did (REFERENCE.md §12.3,
-        # `emqx_mgmt_util:urldecode`): encode it here once, and the client encodes the segment.
-        return Request("GET", (*self._api, *self.lookup_path, quote(clientid, safe="")),
+        # One path segment, percent-encoded once by the request funnel: minirest hands the
+        # handler the raw segment and the handler decodes it once (REFERENCE.md §12.3; a real
+        # 4.4.19 finds `factory%2Fline1%2Fdev7` and answers no client for the id encoded twice).
+        return Request("GET", (*self._api, *self.lookup_path, clientid),
                        endpoint=self.lookup_path[0].rstrip("s"))
 
     def parse_lookup(self, response: Response) -> ClientRecord | None:

@@ -20,6 +20,7 @@ class _Node(msgspec.Struct):
     version: str | None = None
     connections: Any = None
     live_connections: Any = None
+    error: Any = None  # v4: the node's RPC failed; its state is unknown
 
 
 class _Envelope(msgspec.Struct):
@@ -40,6 +41,10 @@ def _info(node: _Node, endpoint: str, connections_are_sessions: bool) -> NodeInf
     name = node.node or node.name
     if not name:
         raise DecodeError(endpoint, "bad_shape", "a node without a name")
+    if node.error is not None and node.node_status is None:
+        # v4 lists a node whose RPC failed as `{"node": N, "error": R}` (REFERENCE.md §13.4):
+        # its state is unknown, so it is not walked and its figures are unknown.
+        return NodeInfo(name=name, running=False, error=str(node.error)[:200])
     status = (node.node_status or "running").lower()
     connections = _count(node.connections)
     # v3 counts its connection table (live connections); v4 and v5 count the channel table,

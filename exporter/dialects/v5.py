@@ -27,7 +27,14 @@ from exporter.dialects.paged import (
     without_param,
 )
 from exporter.errors import ApiError
-from exporter.records import ClientRecord, Generation, record_type, v5_fields_param
+from exporter.records import (
+    ClientRecord,
+    Generation,
+    durable_queue,
+    live_sessions,
+    record_type,
+    v5_fields_param,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -112,8 +119,8 @@ class V5Base:
 
     def parse_lookup(self, response: Response) -> ClientRecord | None:
         record: ClientRecord = decode(response, self._one)
-        self._normalize([record])
-        return record
+        records = self._normalize([record])
+        return records[0] if records else None
 
     def lookup_list_request(self, clientids: list[str]) -> Request:
         """`GET /clients?clientid=..&clientid=..` (5.6+): one request for many ids."""
@@ -129,15 +136,21 @@ class V5Base:
         """A page of the page-numbered `/clients` listing."""
         records, meta, _, _, bad_rows, bad_values = decode_listing(
             response, self._pages, self._rows)
-        self._normalize(records)
-        nxt = next_page(request, meta, len(records) + bad_rows, "page", self.page_size)
+        listed = len(records) + bad_rows  # paging counts every row, expired ones too
+        records = self._normalize(records)
+        nxt = next_page(request, meta, listed, "page", self.page_size)
         return paged_result(records, meta, nxt, bad_rows, bad_values)
 
-    def _normalize(self, records: list[ClientRecord]) -> None:
+    def _normalize(self, records: list[ClientRecord]) -> list[ClientRecord]:
+        """The rows that are sessions, with figures in the exporter's units: expired durable
+        sessions left out, durable ones without a queue figure, expiry in seconds."""
+        records = live_sessions(records)
+        durable_queue(records)
         if self._expiry_ms:
             for record in records:
                 if record.expiry_interval:
                     record.expiry_interval //= 1000
+        return records
 
 
 class V5PageDialect(V5Base):
@@ -186,10 +199,10 @@ class V5CursorDialect(V5Base):
     def parse_list(self, response: Response, request: Request) -> Page:
         records, meta, _, _, bad_rows, bad_values = decode_listing(
             response, self._pages, self._rows)
-        self._normalize(records)
-        page = Page(records, None, bad_rows, bad_values)
+        listed = bool(records or bad_rows)  # a page of expired sessions only is not the end
+        page = Page(self._normalize(records), None, bad_rows, bad_values)
         cursor = meta.cursor
-        if not cursor or (not records and not bad_rows):
+        if not cursor or not listed:
             return page
         if meta.hasnext is False:  # 5.7.x sends hasnext beside the cursor
             return page
