@@ -57,7 +57,7 @@ async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pag
         counted = page.total is not None and page.total >= 0 and (
             result.pages == 0 or result.reported is not None)
         result.reported = page.total if counted else None
-        result.received += len(page.records) + page.bad_rows
+        result.received += len(page.records) + page.bad_rows + page.left_out
         if offline_check is not None:
             page.records = [r for r in page.records if r.connected is not False
                             or offline_check(r)]

@@ -51,6 +51,18 @@ def test_expired_durable_sessions_are_left_out_of_pages_and_lookups() -> None:
     assert lookup is None
 
 
+def test_expired_rows_arrived_so_they_are_not_unlisted() -> None:
+    """`meta.count` counts the expired rows EMQX sent: left out on purpose, they arrived, and
+    must not read as rows the listing lost (`emqx_client_exporter_clients_unlisted`)."""
+    rows = [_row("live", durable=True), _row("expired", durable=True, is_expired=True)]
+    dialect = V5PageDialect("5.8.9", page_size=10)
+    page = dialect.parse_list(_answer({"data": rows, "meta": {"page": 1, "limit": 10,
+                                                              "count": 2, "hasnext": False}}),
+                              dialect.list_request("emqx@a"))
+    assert [r.clientid for r in page.records] == ["live"]
+    assert len(page.records) + page.bad_rows + page.left_out == page.total == 2
+
+
 def test_durable_flags_are_asked_for_from_5_7() -> None:
     attrs = frozenset({"clientid", "durable", "is_expired"})
     assert v5_fields_param((5, 8, 9), attrs) == ["clientid", "durable", "is_expired"]

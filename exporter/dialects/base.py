@@ -43,6 +43,9 @@ class Page:
     #: The server's own total, when it gives one (to detect truncated walks); -1 or None: unknown.
     total: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: Rows that arrived but are left out on purpose (5.7+ expired durable sessions): they count
+    #: against `total` as received, not as rows the listing lost.
+    left_out: int = 0
 
 
 #: How a dialect lists clients: numbered pages, or a cursor from page to page.

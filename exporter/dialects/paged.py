@@ -162,6 +162,6 @@ def next_page(
 
 
 def paged_result(records: list[ClientRecord], meta: Meta, nxt: Request | None,
-                 bad_rows: int, bad_values: int) -> Page:
-    return Page(records, nxt, bad_rows, bad_values, total=meta.count)
+                 bad_rows: int, bad_values: int, left_out: int = 0) -> Page:
+    return Page(records, nxt, bad_rows, bad_values, total=meta.count, left_out=left_out)
 

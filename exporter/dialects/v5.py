@@ -139,7 +139,8 @@ class V5Base:
         listed = len(records) + bad_rows  # paging counts every row, expired ones too
         records = self._normalize(records)
         nxt = next_page(request, meta, listed, "page", self.page_size)
-        return paged_result(records, meta, nxt, bad_rows, bad_values)
+        return paged_result(records, meta, nxt, bad_rows, bad_values,
+                            left_out=listed - bad_rows - len(records))
 
     def _normalize(self, records: list[ClientRecord]) -> list[ClientRecord]:
         """The rows that are sessions, with figures in the exporter's units: expired durable
