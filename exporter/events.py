@@ -10,7 +10,7 @@ that feeds it is `exporter.eventsource`. Payloads, as recorded from the real bro
 `clean_start`, `expiry_interval` instead of `reason`/`disconnected_at`); 4.4 the same without
 `protocol`, plus `connack`. A client without a username has `"username":"undefined"`.
 
-    emqx_clients_disconnected_events_total{node="emqx@10.0.0.1",class="meter",reason="keepalive_timeout"} 12
+    emqx_clients_disconnected_events_total{node="emqx@n1",class="meter",reason="kicked"} 12
     emqx_client_last_disconnect_timestamp_seconds{clientid="meter-7",reason="kicked"} 1.7e+09
 """
 
