@@ -99,8 +99,8 @@ class EventsConfig(Schema, frozen=True):
     enabled: Annotated[bool, _key("subscribe to the client events (the section turns it "
                                   "on)")] = True
     host: Annotated[Text | None, _key("MQTT host; default: the host of emqx_url")] = None
-    port: Annotated[int | None, _key("MQTT port; default 1883, 8883 with tls", ge=1,
-                                     le=65535)] = None
+    port: Annotated[Annotated[int, Meta(ge=1, le=65535)] | None,
+                    _key("MQTT port; default 1883, 8883 with tls")] = None
     username: Annotated[Text | None, _key("MQTT user allowed to subscribe to $SYS/brokers/+/"
                                           "clients/#")] = None
     password: Annotated[Text | None, _key("MQTT password", env="EMQX_EVENTS_PASSWORD")] = None
