@@ -62,7 +62,7 @@ def _probe_counts(exporter: Exporter, node: str) -> dict[str, float]:
     return counts
 
 
-async def _until(condition: Any, what: str, timeout: float = 30.0) -> Any:
+async def _until(condition: Any, what: str, timeout: float = 30.0) -> Any:  # noqa: ASYNC109
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         result = condition()
