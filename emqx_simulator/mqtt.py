@@ -10,7 +10,6 @@ subscriber whose socket buffer is full misses messages (counted in `dropped`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from dataclasses import dataclass, field
 
@@ -111,6 +110,7 @@ class MqttServer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> int:
         """Listen (port 0: a free one) and return the port."""
@@ -119,15 +119,14 @@ class MqttServer:
         return self.port
 
     async def stop(self) -> None:
+        """Stop listening and drop every connection; their handlers end on their own (asyncio
+        streams report a cancelled handler task as an error)."""
         if self._server is not None:
             self._server.close()
-        for session in list(self.sessions.values()):
-            session.writer.close()
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=5.0)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -161,6 +160,7 @@ class MqttServer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._writers.add(writer)
         session: Session | None = None
         try:
             session = await self._connect(reader, writer)
@@ -171,6 +171,7 @@ class MqttServer:
             log.debug("mqtt_connection_closed", error=str(exc))
         finally:
             self._handlers.discard(task)
+            self._writers.discard(writer)
             if session is not None and self.sessions.get(session.clientid) is session:
                 del self.sessions[session.clientid]
             writer.close()

@@ -85,22 +85,36 @@ class EventSubscription:
 
     async def _subscribe_once(self) -> None:
         s = self.settings
-        counter = self.events.counter
         # clean_session: no session is kept between connections, so no queue builds up on
         # EMQX for an exporter that is away; QoS 0 so EMQX never waits for us.
-        async with aiomqtt.Client(
-                s.host, s.port, username=s.username, password=s.password, identifier=s.clientid,
-                clean_session=True, keepalive=s.keepalive, timeout=HANDSHAKE_TIMEOUT_S,
-                tls_context=self._tls) as client:
+        client = aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password, identifier=s.clientid,
+            clean_session=True, keepalive=s.keepalive, timeout=HANDSHAKE_TIMEOUT_S,
+            tls_context=self._tls)
+        # aiomqtt leaves a half-open connection (and its reader) behind when cancelled in the
+        # middle of CONNECT, so a stop waits for the handshake (bounded by its timeout) and
+        # then leaves the connection cleanly.
+        handshake = asyncio.ensure_future(client.__aenter__())
+        try:
+            await asyncio.shield(handshake)
+        except asyncio.CancelledError:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
+                await handshake
+                await client.__aexit__(None, None, None)
+            raise
+        try:
             await client.subscribe(s.topic, qos=0)
             self.events.state.came_up(self.clock())
             log.info("events_subscribed", cluster=self.label, host=s.host, port=s.port,
                      topic=s.topic)
-            handle = counter.handle
+            handle = self.events.counter.handle
             async for message in client.messages:
                 payload = message.payload
                 handle(message.topic.value,
                        payload if isinstance(payload, bytes) else str(payload).encode())
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
+                await client.__aexit__(None, None, None)
 
 
 class EventSources:
