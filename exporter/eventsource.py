@@ -35,6 +35,24 @@ BACKOFF_MAX_S = 30.0
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
+class _CountingQueue(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming queue (its `queue_type` setting) that counts each message as paho
+    hands it over instead of storing it: no task and no await per message (a task per message
+    is what `Client.messages` costs, several times the counting itself). Nothing is ever
+    queued, so iterating `messages` just waits for the connection to end."""
+
+    handle: Callable[[str, bytes], None]
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        payload = item.payload
+        self.handle(item.topic.value,
+                    payload if isinstance(payload, bytes) else str(payload).encode())
+
+
+def _counting_queue(handle: Callable[[str, bytes], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    return type("CountingQueue", (_CountingQueue,), {"handle": staticmethod(handle)})
+
+
 class EventSubscription:
     """Subscribes one cluster's `EventsSettings.topic` and feeds every message to its counter."""
 
@@ -90,7 +108,7 @@ class EventSubscription:
         client = aiomqtt.Client(
             s.host, s.port, username=s.username, password=s.password, identifier=s.clientid,
             clean_session=True, keepalive=s.keepalive, timeout=HANDSHAKE_TIMEOUT_S,
-            tls_context=self._tls)
+            tls_context=self._tls, queue_type=_counting_queue(self.events.counter.handle))
         # aiomqtt leaves a half-open connection (and its reader) behind when cancelled in the
         # middle of CONNECT, so a stop waits for the handshake (bounded by its timeout) and
         # then leaves the connection cleanly.
@@ -107,11 +125,8 @@ class EventSubscription:
             self.events.state.came_up(self.clock())
             log.info("events_subscribed", cluster=self.label, host=s.host, port=s.port,
                      topic=s.topic)
-            handle = self.events.counter.handle
-            async for message in client.messages:
-                payload = message.payload
-                handle(message.topic.value,
-                       payload if isinstance(payload, bytes) else str(payload).encode())
+            async for _ in client.messages:  # counted on arrival (_CountingQueue); ends with
+                pass  # the connection, raising MqttError
         finally:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
