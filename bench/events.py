@@ -47,11 +47,9 @@ REASONS = ("keepalive_timeout", "tcp_closed", "normal", "kicked", "discarded", "
            "sock_closed", "some_future_reason")
 CLASSES = ("sensor", "gateway", "meter", "app")
 
-PUBLISHER = r"""
+PUBLISHER = f"REASONS = {REASONS!r}\nCLASSES = {CLASSES!r}\n" + r"""
 import asyncio, json, sys, time
 from emqx_simulator.mqtt import MqttServer
-REASONS = %(reasons)r
-CLASSES = %(classes)r
 async def main(port, control):
     server = MqttServer()
     await server.start("127.0.0.1", port)
@@ -71,13 +69,13 @@ async def main(port, control):
             due = int((now - began) * rate) if rate else count + 500
             while count < due:
                 i = sent + count
-                cls = CLASSES[i %% len(CLASSES)]
-                cid = f"{cls}-{i %% 100000:07d}"
+                cls = CLASSES[i % len(CLASSES)]
+                cid = f"{cls}-{i % 100000:07d}"
                 ts = int(time.time() * 1000)
-                if i %% 2:
+                if i % 2:
                     kind, body = "disconnected", {"username": "undefined", "ts": ts,
                         "sockport": 1883, "protocol": "mqtt", "proto_ver": 5,
-                        "proto_name": "MQTT", "reason": REASONS[i %% len(REASONS)],
+                        "proto_name": "MQTT", "reason": REASONS[i % len(REASONS)],
                         "ipaddress": "10.1.2.3", "disconnected_at": ts,
                         "connected_at": ts - 60000, "clientid": cid}
                 else:
@@ -86,7 +84,7 @@ async def main(port, control):
                         "proto_name": "MQTT", "keepalive": 60, "ipaddress": "10.1.2.3",
                         "expiry_interval": 0, "connected_at": ts, "clientid": cid,
                         "clean_start": True}
-                server.publish(f"$SYS/brokers/emqx@10.0.0.{i %% 3 + 1}/clients/{cid}/{kind}",
+                server.publish(f"$SYS/brokers/emqx@10.0.0.{i % 3 + 1}/clients/{cid}/{kind}",
                                json.dumps(body).encode())
                 count += 1
             await asyncio.sleep(0.005)
@@ -94,7 +92,7 @@ async def main(port, control):
         print(json.dumps({"sent": count, "dropped": server.dropped}), flush=True)
     await server.stop()
 asyncio.run(main(int(sys.argv[1]), None))
-""" % {"reasons": REASONS, "classes": CLASSES}
+"""
 
 
 def cpu_seconds() -> float:
@@ -153,8 +151,8 @@ async def phase(name: str, exporter: Exporter, publisher: subprocess.Popen[bytes
         dropped = json.loads(line)["dropped"]
     # let the last events in flight arrive (bounded): handled counts what reached the counter
     deadline = time.monotonic() + 5
-    while counter.messages - before_msgs < sent and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    while counter.messages - before_msgs < sent and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # a plain counter, bounded: no event to wait on
     elapsed = time.monotonic() - began
     handled = counter.messages - before_msgs
     scrapes = json.loads(out)
@@ -167,10 +165,8 @@ async def phase(name: str, exporter: Exporter, publisher: subprocess.Popen[bytes
             **{k: round(v, 2) for k, v in percentiles(scrapes["latencies"]).items()}}
 
 
-async def run(rate: float, seconds: float, flood_seconds: float) -> list[dict[str, Any]]:
-    mqtt_port = free_port()
-    publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(mqtt_port)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+async def run(publisher: subprocess.Popen[bytes], mqtt_port: int, rate: float, seconds: float,
+              flood_seconds: float) -> list[dict[str, Any]]:
     try:
         assert publisher.stdout is not None
         assert publisher.stdout.readline().strip() == b"listening"
@@ -218,7 +214,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the steady phase")
     parser.add_argument("--flood-seconds", type=float, default=10.0)
     args = parser.parse_args()
-    for result in asyncio.run(run(args.rate, args.seconds, args.flood_seconds)):
+    mqtt_port = free_port()
+    publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(mqtt_port)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    for result in asyncio.run(run(publisher, mqtt_port, args.rate, args.seconds,
+                                  args.flood_seconds)):
         print(json.dumps(result))
 
 

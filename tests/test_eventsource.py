@@ -15,9 +15,12 @@ import pytest
 from emqx_simulator import ManualClock, SimCluster, SimSettings
 from emqx_simulator.events import EventPublisher
 from emqx_simulator.mqtt import MqttServer, topic_matches
+from exporter import status
 from exporter.aggregate import Classifier
+from exporter.config import load_settings
 from exporter.events import ClusterEvents, EventCounter, EventsSettings
 from exporter.eventsource import EventSubscription, describe
+from exporter.service import Exporter
 from tests.test_events import recording
 
 
@@ -159,3 +162,25 @@ async def test_churning_clients_reconnect_with_reasons(server: MqttServer) -> No
         assert counter.decode_errors == 0
     finally:
         await publisher.stop()
+
+
+async def test_status_page_shows_the_subscription(server: MqttServer) -> None:
+    base = {"emqx_url": "http://127.0.0.1:9", "api_key": "k", "api_secret": "s",
+            "pipeline_worker": "thread"}
+    off = Exporter(load_settings(base, {}, None))
+    assert status.build_status(off).clusters[0].events.startswith("off")
+    await off.stop()
+    exporter = Exporter(load_settings(
+        {**base, "events": {"host": "127.0.0.1", "port": server.port}}, {}, None))
+    exporter.events.start()
+    try:
+        state = exporter.events.subscriptions["http://127.0.0.1:9"].events.state
+        await _until(lambda: state.up, "subscription up")
+        page = status.render_html(status.build_status(exporter))
+        assert "<dt>events</dt><dd class='ok'>up: $SYS/brokers/+/clients/# on 127.0.0.1:" in page
+        server.kick(exporter.settings.clusters[0].events.clientid)  # type: ignore[union-attr]
+        await _until(lambda: not state.up, "down")
+        shown = status.build_status(exporter).clusters[0].events
+        assert shown.startswith("DOWN (events are being missed)") and "1 gaps" in shown
+    finally:
+        await exporter.stop()
