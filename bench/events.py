@@ -145,22 +145,28 @@ async def phase(name: str, exporter: Exporter, publisher: subprocess.Popen[bytes
         publisher.stdin.flush()
         line = await asyncio.to_thread(publisher.stdout.readline)
         sent = json.loads(line)["sent"]
-    out, _ = await scraper.communicate()
-    dropped = 0
-    if publisher is not None:
-        dropped = json.loads(line)["dropped"]
-    # let the last events in flight arrive (bounded): handled counts what reached the counter
-    deadline = time.monotonic() + 5
+    dropped = json.loads(line)["dropped"] if publisher is not None else 0
+    # the last events in flight arrive (bounded): `caught_up_s` is how long after the
+    # publisher's last event the count was complete (the lag behind EMQX)
+    sent_done = time.monotonic()
+    deadline = sent_done + 10
     while counter.messages - before_msgs < sent and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)  # a plain counter, bounded: no event to wait on
-    elapsed = time.monotonic() - began
+        await asyncio.sleep(0.01)  # a plain counter, bounded: no event to wait on
+    caught_up = time.monotonic()
     handled = counter.messages - before_msgs
+    cpu = cpu_seconds() - before_cpu
+    out, _ = await scraper.communicate()
+    elapsed = time.monotonic() - began
+    if publisher is None:  # a phase without events: the whole phase is the window
+        cpu, caught_up = cpu_seconds() - before_cpu, time.monotonic()
     scrapes = json.loads(out)
     return {"phase": name, "offered_per_s": rate if rate else "max", "sent": sent,
-            "dropped_by_the_publisher_so_far": dropped,
-            "handled": handled, "handled_per_s": round(handled / elapsed),
-            "exporter_cpu_per_s": round((cpu_seconds() - before_cpu) / elapsed, 3),
-            "events_per_cpu_second": round(handled / max(1e-9, cpu_seconds() - before_cpu)),
+            "dropped_by_the_publisher_so_far": dropped, "handled": handled,
+            "handled_per_s": round(handled / (caught_up - began)),
+            "caught_up_s": round(caught_up - sent_done, 2),
+            "exporter_cpu_per_s": round(cpu / (caught_up - began), 3),
+            "events_per_cpu_second": round(handled / max(1e-9, cpu)) if handled else 0,
+            "phase_s": round(elapsed, 1),
             "scrapes": len(scrapes["latencies"]), "scrape_errors": scrapes["errors"],
             **{k: round(v, 2) for k, v in percentiles(scrapes["latencies"]).items()}}
 
