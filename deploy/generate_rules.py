@@ -110,6 +110,21 @@ class Settings:
     for_override: str | None = None
     #: How long a reconnect storm stays firing after the burst (it is short by nature).
     storm_keep_firing_for: str = "10m"
+    #: Thresholds of the client-events group (`events:` configured in the exporter).
+    events_thresholds: dict[str, float] = field(default_factory=lambda: {
+        "keepalive_timeout_ratio": 0.05,  # keepalive timeouts in 5 min / online clients, per class
+        "keepalive_timeout_min": 20,  # ... and at least this many
+        "takeover_ratio": 0.02,  # takeovers in 5 min / online clients, per class
+        "takeover_min": 20,  # ... and at least this many
+    })
+    #: `for:` of the client-events alerts.
+    events_for: dict[str, str] = field(default_factory=lambda: {
+        "EMQXClientsKeepaliveTimeoutSurge": "1m",
+        "EMQXClientsTakeoverStorm": "1m",
+        "EMQXClientExporterEventsDown": "5m",
+    })
+    #: How long an event surge stays firing after the burst (bursts are short by nature).
+    events_keep_firing_for: str = "10m"
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> Settings:
@@ -455,6 +470,59 @@ class Rules:
                 "15-minute peak (a stopped node counts 0)."),
         ]
 
+    # -- client events (issue 20): EMQX's own disconnect reasons ------------------------------
+    def event_alerts(self) -> list[dict[str, Any]]:
+        """Alerts on EMQX's client events, a lower bound (QoS 0): they fire on what was seen,
+        and `EMQXClientExporterEventsDown` says when events are being missed."""
+        g, m, t, cl = self.g, self.m, self.s.events_thresholds, self.s.cluster_label
+
+        def alert(name: str, expr: str, severity: str, summary: str, description: str,
+                  **keep: str) -> dict[str, Any]:
+            """As `Rules.alert`, with this group's own `for:` settings."""
+            rule: dict[str, Any] = {"alert": name, "expr": expr + "\n",
+                                    "for": self.s.for_override or self.s.events_for[name]}
+            rule.update(keep)
+            rule["labels"] = {"severity": severity}
+            rule["annotations"] = self.annotations(name, summary, description)
+            return rule
+
+        def share(selector: str, ratio: str, minimum: str) -> str:
+            """Events of a class in 5 minutes over its online clients, where both thresholds
+            are passed; the value is the share."""
+            seen = f"sum by ({g}, class) (increase({selector}[5m]))"
+            online = f"sum by ({g}, class) ({m('emqx_clients_online')})"
+            return (f"(\n  {seen}\n    / on ({g}, class)\n  {online}\n) > {t[ratio]:g}\n"
+                    f"and on ({g}, class)\n{seen} >= {t[minimum]:g}")
+
+        where = ("{{ with $labels.class }} of class {{ . }}{{ end }}"
+                 f"{{{{ with $labels.{cl} }}}} in cluster {{{{ . }}}}{{{{ end }}}}")
+        return [
+            alert(
+                "EMQXClientsKeepaliveTimeoutSurge",
+                share(m("emqx_clients_disconnected_events_total", 'reason="keepalive_timeout"'),
+                      "keepalive_timeout_ratio", "keepalive_timeout_min"),
+                "warning", "Many MQTT clients of one class stopped answering (keepalive timeout).",
+                f"EMQX ended {{{{ $value | humanizePercentage }}}} of the online clients{where} "
+                "for keepalive timeout within 5 minutes: devices that went silent without "
+                "closing their connection (network loss, power, a hung client).",
+                keep_firing_for=self.s.events_keep_firing_for),
+            alert(
+                "EMQXClientsTakeoverStorm",
+                share(m("emqx_clients_takeover_events_total"), "takeover_ratio", "takeover_min"),
+                "warning", "MQTT connections are taken over by new ones with the same client id.",
+                f"{{{{ $value | humanizePercentage }}}} of the online clients{where} were taken "
+                "over by a new connection with the same client id within 5 minutes: clients "
+                "sharing an id, or reconnecting before EMQX saw the old connection die.",
+                keep_firing_for=self.s.events_keep_firing_for),
+            alert(
+                "EMQXClientExporterEventsDown",
+                f"max by ({g}) ({m('emqx_client_exporter_events_up')}) == 0",
+                "warning", "The exporter does not receive EMQX's client events.",
+                f"The MQTT subscription to client events{{{{ with $labels.{cl} }}}} of cluster "
+                "{{ . }}{{ end }} has been down: disconnect reasons and event counts miss what "
+                "happens meanwhile (polled data is unaffected)."),
+        ]
+
     def groups(self) -> dict[str, dict[str, Any]]:
         return {
             "recording.yml": {"groups": [
@@ -462,6 +530,7 @@ class Rules:
             "alerts.yml": {"groups": [
                 {"name": "emqx-client-exporter", "rules": self.exporter_alerts()},
                 {"name": "emqx-clients", "rules": self.client_alerts()},
+                {"name": "emqx-client-events", "rules": self.event_alerts()},
             ]},
         }
 

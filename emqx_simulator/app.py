@@ -18,7 +18,9 @@ from emqx_simulator import api_legacy, api_v5, control
 from emqx_simulator.auth import Authenticator
 from emqx_simulator.cluster import SimCluster
 from emqx_simulator.context import AUTH, CLUSTER, PAGES, ROW_FAULTS, Handler, PageCache
+from emqx_simulator.events import EventPublisher
 from emqx_simulator.faults import ROW_KINDS, FaultRule, RowFaults
+from emqx_simulator.mqtt import MqttServer
 from emqx_simulator.responses import (
     INTERNAL_ERROR_TEXT,
     LEGACY_REALM,
@@ -214,13 +216,18 @@ def _auth_kinds(settings: SimSettings) -> str:
 
 @contextlib.asynccontextmanager
 async def serving_simulator(
-    settings: SimSettings, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    settings: SimSettings, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+    events: MqttServer | None = None,
 ) -> AsyncIterator[str]:
     """Serve a simulated cluster on host:port (0: a free port) and yield its base URL once it
-    accepts connections; stop serving on exit."""
+    accepts connections; stop serving on exit. With `events` (a started MQTT server), the
+    cluster's client events are published there as EMQX publishes them."""
     cluster = SimCluster(settings)
     runner = web.AppRunner(build_sim_app(cluster), access_log=None)
     await runner.setup()
+    publisher = EventPublisher(cluster, events) if events is not None else None
+    if publisher is not None:
+        publisher.start()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
@@ -241,6 +248,8 @@ async def serving_simulator(
         )
         yield url
     finally:
+        if publisher is not None:
+            await publisher.stop()
         await runner.cleanup()
 
 

@@ -66,6 +66,9 @@ class SimCluster:
         self._down: set[int] = set()
         #: Bumped on every change of what the API lists (caches key on it).
         self.generation = 0
+        #: Called on each connect and disconnect the controls cause: (event, client index,
+        #: EMQX's disconnect reason or None); `emqx_simulator.events` publishes them.
+        self.listeners: list[Callable[[str, int, str | None], None]] = []
         self._excluded: dict[tuple[int, View], list[int]] = {}
         self._filtered: collections.OrderedDict[tuple[Any, ...], list[list[int]]] = (
             collections.OrderedDict()
@@ -361,6 +364,7 @@ class SimCluster:
             return False
         if self._timeline(index, self.profile(index), self.now_ms()) is None:
             return False
+        self._notify("disconnected", index, "kicked")
         self._gone.add(index)
         self._touched.add(index)
         self._changed()
@@ -369,11 +373,17 @@ class SimCluster:
     def reconnect(self, clientid: str) -> None:
         """(Re)connect a client now: new connected_at/created_at, counters from 0."""
         index = self._index(clientid)
+        # A new connection with the same client id takes the old one over; 4.4 publishes no
+        # disconnect for it (as recorded from the real 4.4.19).
+        if self.listeners and self.features.api == "v5" and self.connected(index):
+            self._notify("disconnected", index,
+                         "discarded" if self.profile(index).clean_start else "takenover")
         self._gone.discard(index)
         self._disconnected.pop(index, None)
         self._reconnected[index] = self.now_ms()
         self._touched.add(index)
         self._changed()
+        self._notify("connected", index, None)
 
     def disconnect(self, clientid: str) -> None:
         """Take a client offline: a persistent session stays listed (connected=false), a clean
@@ -383,12 +393,17 @@ class SimCluster:
         tl = self._timeline(index, p, self.now_ms())
         if tl is None or not tl[0]:
             return
+        self._notify("disconnected", index, "normal")
         if p.expiry > 0:
             self._disconnected[index] = self.now_ms()
         else:
             self._gone.add(index)
         self._touched.add(index)
         self._changed()
+
+    def _notify(self, event: str, index: int, reason: str | None) -> None:
+        for listener in self.listeners:
+            listener(event, index, reason)
 
     def patch(self, clientid: str, **wire_fields: Any) -> None:
         """Override wire fields of a client from now on, e.g. ``patch(cid, mqueue_len=990)``."""

@@ -9,11 +9,14 @@ naming the key, e.g. `clusters[1].interval: must be a number > 0, got -1`.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -23,6 +26,7 @@ from exporter import contract
 from exporter.aggregate import AggregateSettings, ClassRule
 from exporter.api import TlsSettings
 from exporter.errors import ConfigError
+from exporter.events import EventsSettings
 from exporter.schema import (
     AGGREGATE_DEFAULTS,
     CLUSTER_KEYS,
@@ -31,6 +35,7 @@ from exporter.schema import (
     TOP_KEYS,
     ClassConfig,
     ClusterConfig,
+    EventsConfig,
     ExporterConfig,
     Names,
     PerClientConfig,
@@ -69,6 +74,8 @@ class ClusterSettings:
     filters: tuple[tuple[str, str], ...]
     #: A response body larger than this is refused while it streams in, never buffered.
     max_body_bytes: int
+    #: EMQX's client events over MQTT; None: off (the default).
+    events: EventsSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +201,32 @@ def _tls(tls: TlsConfig, where: str) -> TlsSettings:
     return TlsSettings(**msgspec.structs.asdict(tls))
 
 
+def _events(config: EventsConfig | None, url: str, name: str | None,
+            where: str) -> EventsSettings | None:
+    """The events subscription of a cluster; by default on the API's host, plain MQTT."""
+    if config is None or not config.enabled:
+        return None
+    tls = None
+    if config.tls is not None:
+        if config.tls.server_name is not None:
+            raise ConfigError(f"{where}.tls.server_name", "is not supported for MQTT: set "
+                                                          f"{where}.host to the certificate's name")
+        tls = _tls(config.tls, f"{where}.tls")
+    password = _secret(config.password, config.password_file, f"{where}.password_file")
+    if password is not None and not config.username:
+        raise ConfigError(f"{where}.username", f"is required with {where}.password")
+    if not config.topic.strip():
+        raise ConfigError(f"{where}.topic", "must not be empty")
+    # Each replica needs its own client id: EMQX takes over a connection whose id reconnects.
+    default_id = f"emqx-client-exporter-{socket.gethostname()}-{os.getpid()}" + (
+        f"-{name}" if name else "")
+    return EventsSettings(
+        host=config.host or (urlsplit(url).hostname or "localhost"),
+        port=config.port or (8883 if tls is not None else 1883),
+        username=config.username, password=password, tls=tls,
+        clientid=config.clientid or default_id, topic=config.topic, keepalive=config.keepalive)
+
+
 def _cluster(data: Mapping[str, Any], where: str) -> ClusterSettings:
     config = decode(data, ClusterConfig, where)
     if config.name is not None and not _NAME.match(config.name):
@@ -220,6 +253,7 @@ def _cluster(data: Mapping[str, Any], where: str) -> ClusterSettings:
         filters=tuple(sorted((k, v) for k, v in msgspec.structs.asdict(config.filters).items()
                              if v is not None)),
         max_body_bytes=config.max_body_bytes,
+        events=_events(config.events, config.emqx_url, config.name, _at(where, "events")),
     )
     # Last, so a malformed value elsewhere is reported first, as it is where it is written.
     _check_credentials(settings, where)
@@ -255,11 +289,25 @@ def _check_credentials(cluster: ClusterSettings, where: str) -> None:
                               f"{say('username')} and {say('password')}")
 
 
-def _clusters(top: Mapping[str, Any]) -> tuple[ClusterSettings, ...]:
+def _with_events_env(data: dict[str, Any], env: Mapping[str, Any]) -> dict[str, Any]:
+    """The environment's `events.*` secrets go into a configured `events:` section (they never
+    turn events on by themselves), over the file's values as every variable does."""
+    events = data.get("events")
+    if env and isinstance(events, Mapping):
+        events = {**events, **env}
+        if "password_file" in env and "password" not in env:
+            events.pop("password", None)
+        data = {**data, "events": events}
+    return data
+
+
+def _clusters(top: Mapping[str, Any],
+              events_env: Mapping[str, Any] | None = None) -> tuple[ClusterSettings, ...]:
     defaults = {k: v for k, v in top.items() if k in CLUSTER_KEYS}
+    events_env = events_env or {}
     entries = top.get("clusters")
     if entries is None:
-        return (_cluster(defaults, ""),)
+        return (_cluster(_with_events_env(defaults, events_env), ""),)
     if not isinstance(entries, list) or not entries:
         raise ConfigError("clusters", "must be a non-empty list")
     clusters = []
@@ -268,6 +316,9 @@ def _clusters(top: Mapping[str, Any]) -> tuple[ClusterSettings, ...]:
         if not isinstance(entry, Mapping):
             raise ConfigError(where, "must be a mapping")
         merged = {**defaults, **entry}
+        if isinstance(defaults.get("events"), Mapping) and isinstance(entry.get("events"), Mapping):
+            merged["events"] = {**defaults["events"], **entry["events"]}  # key by key
+        merged = _with_events_env(merged, events_env)
         for secret in ("api_secret", "password"):
             if f"{secret}_file" in entry and secret not in entry:
                 merged.pop(secret, None)  # the entry's own file beats an inherited value
@@ -379,6 +430,8 @@ def _merge(flags: Mapping[str, Any], environ: Mapping[str, str],
     # `*_FILE` variables first, so an inline secret from the environment beats a file one.
     for variable, key in sorted(ENVIRONMENT.items(),
                                 key=lambda item: not item[1].endswith("_file")):
+        if "." in key:
+            continue  # a key of a section (events.password): see `events_environment`
         if environ.get(variable):
             top[key] = environ[variable]
             if key.endswith("_file"):
@@ -387,11 +440,18 @@ def _merge(flags: Mapping[str, Any], environ: Mapping[str, str],
     return top
 
 
+def events_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The `events.*` keys the environment sets (EMQX_EVENTS_PASSWORD, ..._FILE)."""
+    return {key.removeprefix("events."): environ[variable]
+            for variable, key in ENVIRONMENT.items()
+            if key.startswith("events.") and environ.get(variable)}
+
+
 def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
                   config_path: str | None) -> Settings:
     """Merge flags > environment > config file > defaults, then validate everything."""
     top = _merge(flags, environ, config_path)
-    clusters = _clusters(top)
+    clusters = _clusters(top, events_environment(environ))
     config = decode({k: v for k, v in top.items() if k not in CLUSTER_KEYS | {"clusters"}},
                      ExporterConfig, "")
     host, port = _listen(config.listen)

@@ -294,3 +294,47 @@ AGGREGATE_FAMILIES: tuple[Family, ...] = (
     CLIENTS_INFLIGHT_SATURATED, CLIENTS_CONNECTS,
 )
 CLIENT_FAMILIES: tuple[Family, ...] = (*(col.family for col in CLIENT_COLUMNS), CLIENT_LAST_SEEN_TS)
+
+# --- client events (optional: `events:` per cluster, see exporter.events) ------------------------
+# Appended to every HELP text of data that comes from EMQX's client events, so nobody mistakes a
+# lower bound for an exact count.
+_EVENTS = (" From EMQX's client events ($SYS, QoS 0, at most once): a lower bound while the"
+           " subscription is down (see emqx_client_exporter_events_up); polled state stays the"
+           " truth for online/offline.")
+#: Disconnect reasons EMQX publishes (`emqx_sys:reason/1` over the shutdown reasons of
+#: emqx_channel/emqx_connection and MQTT 5 reason code names), kept as they are; any other
+#: reason is counted as `other`, so the `reason` label stays bounded.
+DISCONNECT_REASONS = (
+    "normal", "kicked", "discarded", "takenover", "keepalive_timeout", "sock_closed",
+    "tcp_closed", "ssl_closed", "idle_timeout", "expired", "not_authorized", "protocol_error",
+    "malformed_packet", "packet_too_large", "receive_maximum_exceeded", "message_rate_too_high",
+    "quota_exceeded", "implementation_specific_error", "unspecified_error",
+    "disconnect_with_will_message", "server_shutting_down", "internal_error",
+)
+#: The reason of every other disconnect reason.
+OTHER_REASON = "other"
+#: Disconnect reasons of a connection taken over by a new one with the same client id: the
+#: session was discarded (clean start) or taken over (resumed). EMQX 4.4.19 publishes none.
+TAKEOVER_REASONS = ("discarded", "takenover")
+#: Topic of the client events unless `events.topic` says otherwise.
+EVENTS_TOPIC = "$SYS/brokers/+/clients/#"
+
+
+def _e(name: str, kind: MetricType, text: str) -> Family:
+    return Family(name, kind, text + _EVENTS)
+
+
+EVENT_CONNECTS = _e("emqx_clients_connected_events_total", "counter", "Client connections by node and class.")
+EVENT_DISCONNECTS = _e("emqx_clients_disconnected_events_total", "counter", "Client disconnections by node, class and EMQX's reason (reasons outside a fixed list are `other`).")
+EVENT_TAKEOVERS = _e("emqx_clients_takeover_events_total", "counter", "Connections taken over by a new connection with the same client id (reason discarded or takenover), by node and class.")
+CLIENT_EVENT_CONNECTS = _e("emqx_client_connected_events_total", "counter", "Connections of a watched client, each counted even when it reconnects faster than the poll.")
+CLIENT_LAST_DISCONNECT = _e("emqx_client_last_disconnect_timestamp_seconds", "gauge", "When a watched client last disconnected, Unix time, with EMQX's reason.")
+EVENT_FAMILIES: tuple[Family, ...] = (EVENT_CONNECTS, EVENT_DISCONNECTS, EVENT_TAKEOVERS, CLIENT_EVENT_CONNECTS, CLIENT_LAST_DISCONNECT)
+
+# The events subscription's own health (exporter self-metrics).
+EVENTS_UP = Family(SELF_PREFIX + "events_up", "gauge", "1 while the MQTT subscription to EMQX's client events is up; 0: events are being missed.")
+EVENTS_MESSAGES = Family(SELF_PREFIX + "events_messages_total", "counter", "Client event messages received.")
+EVENTS_DECODE_ERRORS = Family(SELF_PREFIX + "events_decode_errors_total", "counter", "Client event messages that could not be decoded and were not counted.")
+EVENTS_GAPS = Family(SELF_PREFIX + "events_gaps_total", "counter", "Losses of the events subscription: events published until it was back were missed.")
+EVENTS_GAP_SECONDS = Family(SELF_PREFIX + "events_gap_seconds_total", "counter", "Seconds the events subscription was down after it first came up: events of that time were missed.")
+EVENTS_SELF_FAMILIES: tuple[Family, ...] = (EVENTS_UP, EVENTS_MESSAGES, EVENTS_DECODE_ERRORS, EVENTS_GAPS, EVENTS_GAP_SECONDS)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from emqx_simulator import SimSettings, serving_simulator
+from emqx_simulator.mqtt import MqttServer
 from emqx_simulator.settings import CLIENT_GROUPS, DEFAULT_VERSIONS, MAX_CLIENTS
 from exporter.config import Settings, load_settings
 from exporter.errors import ConfigError
@@ -98,13 +99,22 @@ class Demo:
 async def simulated_cluster(args: argparse.Namespace) -> AsyncIterator[Demo]:
     """Start the simulator (on a free loopback port) and yield how to poll it."""
     sim = simulator_settings(args)
-    async with serving_simulator(sim, "127.0.0.1", 0) as sim_url:
-        flags = {"emqx_url": sim_url, "api_key": sim.api_key, "api_secret": sim.api_secret,
-                 "interval": args.interval, "listen": args.listen,
-                 "classes": [{"name": name, "clientid": f"{name}-.*"} for name in CLIENT_GROUPS],
-                 "aggregate": {"labels": ["node", "class"]}}
-        settings = load_settings(flags, {}, None)
-        yield Demo(settings, banner(sim, sim_url, settings))
+    # The simulator publishes its client events over MQTT as EMQX does, so the demo shows the
+    # "why clients disconnect" row as well.
+    events = MqttServer()
+    mqtt_port = await events.start("127.0.0.1", 0)
+    try:
+        async with serving_simulator(sim, "127.0.0.1", 0, events=events) as sim_url:
+            flags = {"emqx_url": sim_url, "api_key": sim.api_key, "api_secret": sim.api_secret,
+                     "interval": args.interval, "listen": args.listen,
+                     "classes": [{"name": name, "clientid": f"{name}-.*"}
+                                 for name in CLIENT_GROUPS],
+                     "aggregate": {"labels": ["node", "class"]},
+                     "events": {"host": "127.0.0.1", "port": mqtt_port}}
+            settings = load_settings(flags, {}, None)
+            yield Demo(settings, banner(sim, sim_url, settings))
+    finally:
+        await events.stop()
 
 
 def _browsable(host: str, port: int) -> str:
@@ -135,6 +145,8 @@ def banner(sim: SimSettings, sim_url: str, settings: Settings) -> str:
         f"  metrics:    {exporter_url}/metrics\n"
         f"  status:     {exporter_url}/\n"
         f"  simulator:  {api_url}  ({credential} {sim.api_key}, secret {sim.api_secret})\n"
+        + (f"  events:     mqtt://{ev.host}:{ev.port} {ev.topic}  (why clients disconnect)\n"
+           if (ev := settings.clusters[0].events) else "") +
         f"Ask the simulator what the exporter asks EMQX first:\n"
         f"  {nodes_curl}\n"
         f"Look first at the status page (version, API, clients per node, last poll), then at\n"

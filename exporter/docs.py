@@ -58,6 +58,16 @@ def aggregate_metrics_table() -> str:
     return "\n".join(_family_rows(contract.AGGREGATE_FAMILIES))
 
 
+def event_metrics_table() -> str:
+    # Each HELP ends in the same caveat (at most once, a lower bound), said once above the table.
+    rows = [row.split(" From EMQX's client events")[0] + (" |" if "From EMQX's" in row else "")
+            for row in _family_rows(contract.EVENT_FAMILIES + contract.EVENTS_SELF_FAMILIES)]
+    rows.append("")
+    rows.append("Disconnect reasons kept as EMQX names them (the rest: `other`): "
+                + ", ".join(f"`{r}`" for r in contract.DISCONNECT_REASONS) + ".")
+    return "\n".join(rows)
+
+
 def error_reasons_table() -> str:
     rows = ["| reason | meaning |", "|---|---|"]
     rows += [f"| `{name}` | {meaning} |" for name, meaning in REASONS.items()]
@@ -82,6 +92,7 @@ BLOCKS = {
     "error-reasons": error_reasons_table,
     "fault-matrix": fault_matrix_table,
     "distributions": distributions_table,
+    "event-metrics": event_metrics_table,
 }
 
 

@@ -93,6 +93,27 @@ class FiltersConfig(Schema, frozen=True):
     like_username: Annotated[Text | None, _key("username contains this (EMQX filters)")] = None
 
 
+class EventsConfig(Schema, frozen=True):
+    """EMQX's client events over MQTT (`exporter.events`); off unless the section is given."""
+
+    enabled: Annotated[bool, _key("subscribe to the client events (the section turns it "
+                                  "on)")] = True
+    host: Annotated[Text | None, _key("MQTT host; default: the host of emqx_url")] = None
+    port: Annotated[Annotated[int, Meta(ge=1, le=65535)] | None,
+                    _key("MQTT port; default 1883, 8883 with tls")] = None
+    username: Annotated[Text | None, _key("MQTT user allowed to subscribe to $SYS/brokers/+/"
+                                          "clients/#")] = None
+    password: Annotated[Text | None, _key("MQTT password", env="EMQX_EVENTS_PASSWORD")] = None
+    password_file: Annotated[Text | None, _key("file holding the MQTT password",
+                                               env="EMQX_EVENTS_PASSWORD_FILE")] = None
+    tls: Annotated[TlsConfig | None, _key("TLS to the MQTT listener: {} for the system's CAs, "
+                                          "or the keys of tls (server_name excepted)")] = None
+    clientid: Annotated[Text | None, _key("MQTT client id; default emqx-client-exporter-"
+                                          "HOSTNAME-PID (each replica needs its own)")] = None
+    topic: Annotated[Text, _key("topic filter of the client events")] = Text(contract.EVENTS_TOPIC)
+    keepalive: Annotated[int, _key("MQTT keepalive, seconds", ge=5, le=3600)] = 30
+
+
 class ClusterConfig(Schema, frozen=True):
     """How to reach and poll one cluster; at top level, the defaults of every `clusters:` entry."""
 
@@ -131,6 +152,8 @@ class ClusterConfig(Schema, frozen=True):
     filters: Annotated[FiltersConfig, _key("filters EMQX applies itself")] = FiltersConfig()
     max_body_bytes: Annotated[int, _key("a larger response is refused while it streams in",
                                         ge=1024, le=MAX_NUMBER)] = DEFAULT_MAX_BODY
+    events: Annotated[EventsConfig | None, _key("client events over MQTT (reasons of "
+                                                "disconnects); off unless given")] = None
 
 
 if TYPE_CHECKING:
@@ -240,6 +263,9 @@ def _settings_of(schema: type, prefix: str = "") -> Iterator[Setting]:
         extra = {k: v for m in metas for k, v in (m.extra or {}).items()}
         key = prefix + f.name
         inner = get_args(hint)[0] if metas else hint
+        if get_origin(inner) in (Union, UnionType):  # an optional section, e.g. `events`
+            inner = next((h for h in get_args(inner) if h is not type(None)), inner) \
+                if len(get_args(inner)) == 2 and type(None) in get_args(inner) else inner
         if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
             yield from _settings_of(inner, key + ".")
             continue

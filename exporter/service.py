@@ -12,6 +12,7 @@ import structlog
 
 from exporter.aggregate import Classifier
 from exporter.config import ClusterSettings, Settings
+from exporter.eventsource import EventSources
 from exporter.persist import LastSeen, load_last_seen, save_last_seen
 from exporter.pipeline import Pipeline
 from exporter.poller import ClusterPoller, PollReport
@@ -39,6 +40,10 @@ class Exporter:
         self.pollers: list[ClusterPoller] = [self._new_poller(c, settings, classifier)
                                              for c in settings.clusters]
         self._tasks: dict[ClusterPoller, asyncio.Task[None]] = {}
+        #: EMQX's client events where `events:` is configured; beside polling, never in its way.
+        self.events = EventSources(self._owned_nodes, clock)
+        self.events.configure(settings)
+        self.metrics.registry.register(self.events.collector)
         self._publish_lock = asyncio.Lock()
         self._first_done: set[ClusterPoller] = set()
         self._state_file = settings.per_client.state_file
@@ -50,6 +55,11 @@ class Exporter:
                 saved = self._saved.get(poller.label, {})
                 poller.pipeline.remember_seen(
                     {cid: ts for cid, ts in saved.items() if cid in watch})
+
+    def _owned_nodes(self, label: str) -> list[str] | None:
+        """The nodes this replica's share covers in a cluster, as its last discovery saw."""
+        poller = next((p for p in self.pollers if p.label == label), None)
+        return None if poller is None else poller.known_nodes
 
     async def poll_all_once(self) -> list[PollReport]:
         """One poll of every cluster, then publish (used by `check` and tests)."""
@@ -158,12 +168,14 @@ class Exporter:
         self._state_file = settings.per_client.state_file
         if running:
             self.start()
+        await self.events.apply(settings)
         await self.publish()  # a removed cluster's series go now, the others stay
         kept = sum(p in old.values() for p in pollers)
         log.info("settings_applied", kept=kept, rebuilt=len(pollers) - kept, removed=len(retired))
 
     def start(self) -> None:
-        """Start polling every cluster that is not polling yet."""
+        """Start polling every cluster that is not polling yet, and the events subscriptions."""
+        self.events.start()
         for poller in self.pollers:
             if poller not in self._tasks:
                 self._tasks[poller] = asyncio.create_task(self._run(poller),
@@ -177,6 +189,7 @@ class Exporter:
                 await task
 
     async def stop(self) -> None:
+        await self.events.stop()
         for poller in list(self._tasks):
             self._tasks[poller].cancel()
         for poller in list(self._tasks):

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from exporter import __version__
 from exporter.dialects import Dialect
+from exporter.eventsource import describe as describe_events
 from exporter.pipeline import CAP_HINT, SelectionSummary
 from exporter.selection import DEFAULT_RANKING, DEFAULT_RANKING_NAME, RANKING_HELP
 
@@ -71,6 +72,8 @@ class ClusterStatus:
     pipeline: str = ""
     #: Rows EMQX reported but the last poll never listed, in words; None: nothing to compare.
     unlisted: str | None = None
+    #: The client events subscription: "off ...", "up: ..." or "DOWN ...".
+    events: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,9 @@ def build_status(exporter: Exporter, now: float | None = None) -> Status:
     return Status(
         version=__version__, generated_at=now, snapshot_series=exporter.snapshot.series,
         snapshot_age_seconds=max(0.0, now - created) if created else None,
-        clusters=[cluster_status(p, now) for p in exporter.pollers], links=links)
+        clusters=[replace(cluster_status(p, now), events=describe_events(
+            exporter.events.subscriptions.get(p.label))) for p in exporter.pollers],
+        links=links)
 
 
 def to_json(status: Status) -> str:
@@ -259,6 +264,10 @@ def _state_class(state: str) -> str:
         ("partial", "not polled", "stopped")) else "bad"
 
 
+def _events_class(events: str) -> str:
+    return "ok" if events.startswith("up") else "bad" if events.startswith("DOWN") else ""
+
+
 def _poll_error(error: tuple[str, str, float] | None) -> str:
     if error is None:
         return "none"
@@ -275,6 +284,7 @@ def _cluster_html(c: ClusterStatus) -> str:
            f"<dt>listing</dt><dd>{_e(c.listing)}</dd>",
            f"<dt>auth</dt><dd>{_e(c.auth)}</dd>",
            f"<dt>pipeline</dt><dd>{_e(c.pipeline)}</dd>",
+           f"<dt>events</dt><dd class='{_events_class(c.events)}'>{_e(c.events)}</dd>",
            f"<dt>last poll</dt><dd>{_e(_when(c.last_poll_at))} "
            f"({_e(_seconds(c.last_poll_age_seconds))} ago, took "
            f"{_e(_seconds(c.last_poll_duration_seconds))})</dd>",

@@ -1017,6 +1017,8 @@ def fleet() -> Json:
         (24, 5),
     )
 
+    why_clients_disconnect(lay)
+
     return dashboard(
         FLEET_UID,
         "EMQX clients / Fleet overview",
@@ -1034,6 +1036,74 @@ def fleet() -> Json:
                 desc="Client classes; empty unless 'class' is in the exporter's aggregate.labels.",
             ),
         ],
+    )
+
+
+def why_clients_disconnect(lay: Layout) -> None:
+    """EMQX's client events (`events:` in the exporter's config): why clients disconnect.
+
+    Event counts are a lower bound (QoS 0, and nothing while the subscription is down); the
+    subscription's own state is the last panel, so a quiet graph is never mistaken for calm.
+    """
+    lower_bound = (" From EMQX's client events (at most once): a lower bound, empty unless "
+                   "the exporter has an events: section.")
+    disconnects = f"emqx_clients_disconnected_events_total{{{CNK}}}"
+    lay.row("Why clients disconnect (client events)")
+    lay.add(
+        timeseries(
+            "Disconnects / s by reason",
+            "Disconnects by EMQX's own reason: keepalive_timeout (silent devices), tcp_closed "
+            "or sock_closed (socket lost without DISCONNECT), normal, kicked, discarded or "
+            "takenover (taken over by a new connection)." + lower_bound,
+            targets((f"sum by (cluster, reason) (rate({disconnects}{RI}))",
+                     "{{cluster}} {{reason}}")),
+            unit="cps",
+            stack=True,
+        ),
+        (12, 8),
+    )
+    lay.add(
+        timeseries(
+            "Disconnects / s by class and reason",
+            "The same by client class: which kind of device drops off, and why." + lower_bound,
+            targets((f"sum by (cluster, class, reason) (rate({disconnects}{RI}))",
+                     "{{cluster}} {{class}} {{reason}}")),
+            unit="cps",
+        ),
+        (12, 8),
+    )
+    lay.add(
+        timeseries(
+            "Keepalive timeouts per online client per hour by class",
+            "Keepalive timeouts per hour divided by online clients (alert "
+            "EMQXClientsKeepaliveTimeoutSurge)." + lower_bound,
+            targets((
+                "3600 * sum by (cluster, class) (rate(emqx_clients_disconnected_events_total"
+                f"{{{CNK}, reason=\"keepalive_timeout\"}}{RI}))\n"
+                f"/ sum by (cluster, class) (emqx_clients_online{{{CNK}}})",
+                "{{cluster}} {{class}}")),
+        ),
+        (8, 8),
+    )
+    lay.add(
+        timeseries(
+            "Takeovers / s by class",
+            "Connections taken over by a new one with the same client id (alert "
+            "EMQXClientsTakeoverStorm; EMQX 4.x publishes none)." + lower_bound,
+            targets((f"sum by (cluster, class) (rate(emqx_clients_takeover_events_total"
+                     f"{{{CNK}}}{RI}))", "{{cluster}} {{class}}")),
+            unit="cps",
+        ),
+        (8, 8),
+    )
+    lay.add(
+        state_timeline(
+            "Client events subscription",
+            "emqx_client_exporter_events_up: 0 while the MQTT subscription is down and events "
+            "are missed (alert EMQXClientExporterEventsDown).",
+            targets((f"emqx_client_exporter_events_up{{{C}}}", "{{cluster}} {{instance}}")),
+        ),
+        (8, 8),
     )
 
 

@@ -45,7 +45,10 @@ class MqttClient:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=clientid,
                                   protocol=self.protocol,
                                   clean_session=None if protocol == 5 else clean_start,
-                                  manual_ack=manual_ack)
+                                  manual_ack=manual_ack,
+                                  # a device kicked or taken over stays away: paho would
+                                  # otherwise reconnect it and cause events of its own
+                                  reconnect_on_failure=False)
         if username is not None:
             self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect

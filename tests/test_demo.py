@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,6 +130,47 @@ def test_demo_starts_clean_and_its_banner_commands_work(tmp_path: Path, api: str
         assert "emqx_client_exporter_up 1.0" in shown
         assert re.search(r'^emqx_clients_online\{node="[^"]+",class="sensor"\} [1-9]', shown,
                          re.MULTILINE), shown
+
+        # The simulator's client events reach the exporter: a kick is counted with its reason.
+        assert re.search(r"  events:     mqtt://127\.0\.0\.1:\d+ ", banner), banner
+        _kick_is_counted(url, simulator[1].rsplit("/api/", 1)[0], process)
+
+
+def post(url: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - loopback
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _kick_is_counted(url: str, simulator: str, process: subprocess.Popen[bytes]) -> None:
+    def samples() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        text = get(f"{url}/metrics")[1].decode()
+        return {name: by_name(samples_text(text), name) for name in (
+            "emqx_client_exporter_events_up", "emqx_client_online",
+            "emqx_clients_disconnected_events_total")}
+
+    deadline = time.monotonic() + 30
+    while samples()["emqx_client_exporter_events_up"] != {(): 1.0}:
+        assert process.poll() is None and time.monotonic() < deadline, "events_up never 1"
+        time.sleep(0.2)
+    online = [dict(labels)["clientid"] for labels, value in
+              samples()["emqx_client_online"].items() if value == 1.0]
+    clientid = online[0]
+    kicked = (("class", clientid.split("-")[0]), ("reason", "kicked"))
+
+    def kicks() -> float:
+        return sum(v for labels, v in samples()["emqx_clients_disconnected_events_total"].items()
+                   if tuple(kv for kv in labels if kv[0] != "node") == kicked)
+
+    before = kicks()
+    status, _ = post(f"{simulator}/sim/clients/{clientid}/kick")
+    assert status == 204
+    while kicks() != before + 1:
+        assert time.monotonic() < deadline, f"the kick of {clientid} was never counted"
+        time.sleep(0.2)
 
 
 def test_the_banners_check_and_top_commands_work_as_printed(tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ import yaml
 from aiohttp import web
 
 from emqx_simulator import SimCluster, SimSettings, build_sim_app
+from emqx_simulator.events import EventPublisher
+from emqx_simulator.mqtt import MqttServer
 from exporter.selection import RANKINGS
 from tests.conftest import require_tool
 from tests.ports import free_port
@@ -168,7 +170,8 @@ async def serve_simulator(cluster: SimCluster) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def exporter_config(sim_url: str, port: int, picks: Picks) -> dict[str, Any]:
+def exporter_config(sim_url: str, port: int, picks: Picks,
+                    mqtt_port: int | None = None) -> dict[str, Any]:
     return {
         "listen": f"127.0.0.1:{port}",
         "log_level": "info",
@@ -177,7 +180,10 @@ def exporter_config(sim_url: str, port: int, picks: Picks) -> dict[str, Any]:
         "retries": 0,
         "clusters": [
             {"name": CLUSTER, "emqx_url": sim_url, "api_key": SIM.api_key,
-             "api_secret": SIM.api_secret},
+             "api_secret": SIM.api_secret,
+             # the simulator's client events (churn, the reconnect below) for the
+             # "why clients disconnect" row
+             **({"events": {"host": "127.0.0.1", "port": mqtt_port}} if mqtt_port else {})},
         ],
         "classes": [
             {"name": "sensors", "clientid": "sensor-.*"},
@@ -389,10 +395,16 @@ async def test_dashboards_and_alert_rules_on_a_real_prometheus(tmp_path: Path) -
 
     async with AsyncExitStack() as stack:
         sim_url = await stack.enter_async_context(serve_simulator(cluster))
+        mqtt = MqttServer()
+        mqtt_port = await mqtt.start("127.0.0.1", 0)
+        stack.push_async_callback(mqtt.stop)
+        publisher = EventPublisher(cluster, mqtt)
+        publisher.start()
+        stack.push_async_callback(publisher.stop)
         port = free_port()
         exporter_url = f"http://127.0.0.1:{port}"
         config_file = tmp_path / "exporter.yml"
-        config_file.write_text(yaml.safe_dump(exporter_config(sim_url, port, picks)))
+        config_file.write_text(yaml.safe_dump(exporter_config(sim_url, port, picks, mqtt_port)))
         exporter_log = tmp_path / "exporter.log"
         exporter = await stack.enter_async_context(running(
             [sys.executable, "-m", "exporter", "run", "--config", str(config_file)],
@@ -427,6 +439,11 @@ async def test_dashboards_and_alert_rules_on_a_real_prometheus(tmp_path: Path) -
 
         # 3. Every sample name of the contract arrived (all parts are on), and the watched
         #    client EMQX does not know is exported as offline.
+        # The reconnect's events (the watched client's connect and last disconnect) are
+        # counted as they come; wait until a scrape carried them.
+        while not await prom.query("emqx_client_last_disconnect_timestamp_seconds"):
+            assert time.monotonic() < deadline, "the reconnect's events never reached Prometheus"
+            await asyncio.sleep(0.2)
         names = set(await prom.api("label/__name__/values"))
         absent = contract_metric_names() - CONTRACT_HISTOGRAMS - names  # histograms: _bucket...
         assert not absent, f"contract series Prometheus never received: {sorted(absent)}"

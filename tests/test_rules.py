@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter import contract
+
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROM_DIR / "alerts.yml"
@@ -137,6 +139,8 @@ def distribution_sample_names() -> frozenset[str]:
 def contract_metric_names() -> frozenset[str]:
     """Every sample name the exporter exposes, histogram series included."""
     names = set(CONTRACT_METRICS)
+    # the client events' families (issue 20) come from the contract itself
+    names |= {f.name for f in contract.EVENT_FAMILIES + contract.EVENTS_SELF_FAMILIES}
     for family in CONTRACT_HISTOGRAMS:
         names |= {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
     return frozenset(names)

@@ -45,7 +45,8 @@ def test_every_environment_variable_sets_its_key(tmp_path: Path) -> None:
     secret.write_text("from-file\n")
     values = {"EMQX_URL": "http://env:1", "EMQX_API_KEY": "env-key",
               "EMQX_API_SECRET_FILE": str(secret), "EMQX_PASSWORD_FILE": str(secret),
-              "EMQX_USERNAME": "u", "EMQX_PASSWORD": "p", "EMQX_API_SECRET": "s"}
+              "EMQX_USERNAME": "u", "EMQX_PASSWORD": "p", "EMQX_API_SECRET": "s",
+              "EMQX_EVENTS_PASSWORD": "mqtt-p", "EMQX_EVENTS_PASSWORD_FILE": str(secret)}
     assert set(values) == set(ENVIRONMENT)  # a new variable needs a case here
     api = load_settings({}, {k: values[k] for k in ("EMQX_URL", "EMQX_API_KEY",
                                                      "EMQX_API_SECRET_FILE")}, None)
@@ -54,6 +55,12 @@ def test_every_environment_variable_sets_its_key(tmp_path: Path) -> None:
     user = load_settings({}, {k: values[k] for k in ("EMQX_URL", "EMQX_USERNAME",
                                                       "EMQX_PASSWORD_FILE")}, None)
     assert (user.clusters[0].username, user.clusters[0].password) == ("u", "from-file")
+    # the events password variables fill a configured `events:` section
+    for variable, expected in (("EMQX_EVENTS_PASSWORD", "mqtt-p"),
+                               ("EMQX_EVENTS_PASSWORD_FILE", "from-file")):
+        events = load_settings({**URL, "events": {"username": "u"}},
+                               {variable: values[variable]}, None).clusters[0].events
+        assert events is not None and events.password == expected, variable
 
 
 def test_unset_keys_take_the_declared_defaults() -> None:
