@@ -169,5 +169,5 @@ def test_every_error_is_an_exporter_error() -> None:
 def _raised(error: Exception) -> Exception:
     try:
         raise error
-    except Exception as exc:  # noqa: BLE001 - we want it with its traceback
+    except Exception as exc:  # kept with its traceback
         return exc
