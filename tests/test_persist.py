@@ -73,14 +73,14 @@ def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temporary(tmp_path:
     save_last_seen(str(path), SAVED)
     unserialisable = {"prod": {"a": object()}}
     with pytest.raises(TypeError):
-        save_last_seen(str(path), unserialisable)  # type: ignore[dict-item]
+        save_last_seen(str(path), unserialisable)  # type: ignore[arg-type]
     assert load_last_seen(str(path)) == SAVED
     assert os.listdir(tmp_path) == ["last_seen.json"]
 
 
 def test_saving_into_a_missing_directory_raises_os_error(tmp_path: Path) -> None:
     # The service logs this and keeps polling; it must be an OSError to be caught there.
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No such file or directory"):
         save_last_seen(str(tmp_path / "no-such-dir" / "last_seen.json"), SAVED)
 
 
