@@ -68,6 +68,8 @@ def test_repeated_strings_give_the_same_answer_also_when_the_memo_is_full(
     texts = [f"2026-01-15T12:00:0{i}Z" for i in range(8)] + ["garbage"]
     for _ in range(3):
         assert [parse(t) for t in texts] == [NOON_UTC + i for i in range(8)] + [None]
+        assert [parse(t) for t in texts for _ in range(2)] == [
+            v for i in range(8) for v in (NOON_UTC + i,) * 2] + [None, None]
 
 
 def test_parsers_of_different_zones_do_not_share_answers() -> None:
