@@ -149,6 +149,14 @@ def test_rendering_orders_groups_and_puts_constant_labels_first() -> None:
     assert lines == ['emqx_clients_online{cluster="prod",node="emqx@a",class="other"} 2',
                      'emqx_clients_online{cluster="prod",node="emqx@b",class="other"} 1']
     assert "emqx_clients_received_bytes_total" not in text  # no counters before any count
+    agg.count((B, "other"), deltas(received_bytes=1), new_connection=True)
+    agg.count((A, "other"), deltas(received_bytes=2), new_connection=True)
+    text = compose([{f: [v] for f, v in agg.render({}).items()}], 0.0).text()
+    lines = [line for line in text.splitlines()
+             if line.startswith("emqx_clients_received_bytes_total")]
+    assert lines == [
+        'emqx_clients_received_bytes_total{cluster="prod",node="emqx@a",class="other"} 2',
+        'emqx_clients_received_bytes_total{cluster="prod",node="emqx@b",class="other"} 1']
 
 
 def test_seeds_are_each_node_with_each_class_when_labels_allow() -> None:
