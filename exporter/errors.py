@@ -41,6 +41,10 @@ def reason(name: str) -> str:
     return name
 
 
+# The constructors below take a parameter named `reason`; this is the check under another name.
+_known = reason
+
+
 class ExporterError(Exception):
     """Base of every error the exporter raises on purpose."""
 
@@ -88,7 +92,7 @@ class ApiError(ExporterError):
         self.status = status
         self.code = code
         self.message = message
-        self.reason = reason or _reason_for(status, code)
+        self.reason = _known(reason) if reason else _reason_for(status, code)
         #: Seconds EMQX (or a proxy) asked us to wait, from a 429's or 503's `Retry-After`.
         self.retry_after = retry_after
 
@@ -121,7 +125,7 @@ class ApiConnectionError(ExporterError):
     def __init__(self, endpoint: str, cause: str, *, reason: str = "unreachable") -> None:
         super().__init__(f"{endpoint}: cannot reach EMQX: {cause}")
         self.endpoint = endpoint
-        self.reason = reason
+        self.reason = _known(reason)
 
 
 class ApiTimeoutError(ExporterError):
@@ -140,7 +144,7 @@ class DecodeError(ExporterError):
     def __init__(self, endpoint: str, reason: str, detail: str) -> None:
         super().__init__(f"{endpoint}: {reason}: {detail}")
         self.endpoint = endpoint
-        self.reason = reason
+        self.reason = _known(reason)
 
 
 class WalkError(ExporterError):
@@ -149,7 +153,7 @@ class WalkError(ExporterError):
     def __init__(self, node: str, reason: str, detail: str) -> None:
         super().__init__(f"{node}: {detail}")
         self.node = node
-        self.reason = reason
+        self.reason = _known(reason)
 
 
 class InternalError(ExporterError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,9 +28,14 @@ def load_last_seen(path: str) -> LastSeen:
     if not isinstance(data, dict):
         log.warning("state_file_unreadable", path=path, error="not a JSON object")
         return {}
-    return {str(cluster): {str(cid): float(ts) for cid, ts in clients.items()
-                           if isinstance(ts, int | float)}
+    return {str(cluster): {str(cid): float(ts) for cid, ts in clients.items() if _is_time(ts)}
             for cluster, clients in data.items() if isinstance(clients, dict)}
+
+
+def _is_time(value: object) -> bool:
+    # JSON `true` is an int to Python, and Python's json reads NaN and Infinity: none is a time.
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def save_last_seen(path: str, data: LastSeen) -> None:

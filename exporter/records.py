@@ -323,9 +323,12 @@ def lenient_record(cls: type[ClientRecord], generation: Generation, row: Any) ->
         return LenientResult(None, ["<row>"])
     kwargs: dict[str, Any] = {}
     bad: list[str] = []
+    # Read what the fast path reads: a field outside `only` is neither kept nor counted as bad.
+    only = cls.spec[2] if cls.spec is not None else None
     for f in FIELDS:
         wire = getattr(f, generation)
-        if wire is None or wire not in row:
+        if wire is None or wire not in row or (
+                only is not None and f.attr not in only and f.attr != "clientid"):
             continue
         value = row[wire]
         if valid_value(f.kind, value):

@@ -64,6 +64,7 @@ class Exporter:
     async def poll_all_once(self) -> list[PollReport]:
         """One poll of every cluster, then publish (used by `check` and tests)."""
         reports = await asyncio.gather(*(p.poll_once() for p in self.pollers))
+        self._first_done.update(self.pollers)  # as the poll loop records: readiness needs it
         await self.publish()
         await self.save_state()
         return list(reports)

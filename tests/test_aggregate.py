@@ -1,0 +1,271 @@
+"""Aggregate families: bounded groups, gauges of the current poll, and counters that only grow.
+
+Two levels: the aggregator's own interface (classes, gauges, drop split, seeds, rendering), and
+the promises of the aggregate families over several polls (through a pipeline, as a poll feeds
+it): a reconnect never lowers a counter, a client that vanishes keeps its part of the total.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from exporter import contract as c
+from exporter.aggregate import (
+    AggregateSettings,
+    Aggregator,
+    Classifier,
+    ClassRule,
+    Gauges,
+    GroupKey,
+)
+from exporter.config import PerClientSettings
+from exporter.pipeline import Pipeline
+from exporter.records import ClientRecord, record_type
+from exporter.render import RenderedBatch
+from exporter.selection import SelectionSettings
+from exporter.snapshot import compose
+from exporter.state import COUNTER_FIELDS
+from exporter.timeparse import TimeParser
+from tests.exposition import samples_text
+
+V5 = record_type("v5")
+A, B = "emqx@a", "emqx@b"
+Labels = tuple[tuple[str, str], ...]
+
+
+def rec(clientid: str, **fields: Any) -> ClientRecord:
+    return V5(clientid=clientid, **fields)
+
+
+def rule(name: str, field: str, pattern: str) -> ClassRule:
+    return ClassRule(field, re.compile(pattern), name)
+
+
+def exposed(batch: RenderedBatch | dict[c.Family, list[bytes]]) -> dict[str, dict[Labels, float]]:
+    """family name → label set → value, parsed by prometheus_client."""
+    rendered = {f: (v if isinstance(v, list) else [v]) for f, v in batch.items()}
+    out: dict[str, dict[Labels, float]] = {}
+    for name, labels, v in samples_text(compose([rendered], 0.0).text()):
+        out.setdefault(name, {})[labels] = v
+    return out
+
+
+def deltas(**increase: int) -> list[int]:
+    return [increase.get(name, 0) for name in COUNTER_FIELDS]
+
+
+# --- the aggregator's own interface -----------------------------------------------------------
+
+def test_a_client_gets_the_first_class_whose_rule_matches_else_other() -> None:
+    classify = Classifier([rule("sensors", "clientid", "sensor-.*"),
+                           rule("admins", "username", "admin|root"),
+                           rule("everything", "clientid", ".*")])
+    records = [rec("sensor-1", username="admin"), rec("gw-1", username="root"),
+               rec("gw-2", username=None), rec("x\nsensor-2")]
+    assert classify.page(records) == ["sensors", "admins", "everything", "other"]
+    assert Classifier([]).page(records) == ["other"] * 4
+    assert Classifier([], default="rest").page([rec("a")]) == ["rest"]
+
+
+def test_a_missing_username_is_matched_as_empty() -> None:
+    classify = Classifier([rule("anonymous", "username", "")])
+    assert classify.page([rec("a"), rec("b", username="bob")]) == ["anonymous", "other"]
+
+
+def test_group_keys_are_the_raw_values_of_the_configured_labels() -> None:
+    classify = Classifier([rule("sensors", "clientid", "sensor-.*")])
+    labels = ("node", "class", "listener", "proto_name")
+    agg = Aggregator(AggregateSettings(labels=labels), classify)
+    records = [rec("sensor-1", node=A, listener="tcp:default", proto_name="MQTT"),
+               rec("gw", node=B)]
+    assert agg.keys(records) == [(A, "sensors", "tcp:default", "MQTT"), (B, "other", None, None)]
+    assert Aggregator(AggregateSettings(labels=()), classify).keys(records) == [(), ()]
+
+
+def test_gauges_sum_one_poll_and_count_saturation_against_known_capacities() -> None:
+    agg = Aggregator(AggregateSettings(saturation=0.8), Classifier([]))
+    gauges = Gauges()
+    agg.gauge(gauges, [
+        rec("full", connected=True, mqueue_len=80, mqueue_max=100, inflight=32, inflight_max=32,
+            subscriptions=2),
+        rec("below", connected=True, mqueue_len=79, mqueue_max=100, inflight=1, inflight_max=32),
+        rec("offline", connected=False, mqueue_len=5, mqueue_max=0),       # 0: unlimited
+        rec("v3", mqueue_len=None, inflight=None, subscriptions=None),   # no flag: online
+    ])
+    assert gauges == Gauges(online=3, sessions=4, mqueue=164, inflight=33, subscriptions=2,
+                            mqueue_saturated=1, inflight_saturated=1)
+    agg.gauge(gauges, [rec("more", connected=True, subscriptions=3)])  # a second page adds up
+    assert (gauges.online, gauges.sessions, gauges.subscriptions) == (4, 5, 5)
+
+
+def test_an_unlimited_or_unknown_capacity_is_never_saturated() -> None:
+    agg = Aggregator(AggregateSettings(saturation=0.5), Classifier([]))
+    gauges = Gauges()
+    agg.gauge(gauges, [rec("a", mqueue_len=10**6, mqueue_max=None),
+                       rec("b", mqueue_len=10**6, mqueue_max=0),
+                       rec("c", inflight=10**6)])
+    assert (gauges.mqueue_saturated, gauges.inflight_saturated) == (0, 0)
+    assert (gauges.mqueue, gauges.inflight) == (2 * 10**6, 10**6)
+
+
+def test_counters_split_drops_by_reason_and_the_rest_is_other() -> None:
+    agg = Aggregator(AggregateSettings(), Classifier([]))
+    agg.count((A,), deltas(received_bytes=10, sent_dropped=10, sent_dropped_expired=2,
+                           sent_dropped_queue_full=3, sent_dropped_too_large=1,
+                           received_dropped=4, received_dropped_await_pubrel_timeout=1,
+                           mqueue_dropped=6), new_connection=True)
+    # A reason figure larger than its total never makes "other" negative.
+    agg.count((A,), deltas(sent_dropped=1, sent_dropped_expired=3), new_connection=False)
+    out = exposed(agg.render({}))
+    dropped = {dict(k)["direction"] + "/" + dict(k)["reason"]: v
+               for k, v in out["emqx_clients_dropped_messages_total"].items()}
+    assert dropped == {"sent/expired": 5, "sent/queue_full": 3, "sent/too_large": 1,
+                       "sent/other": 4, "received/await_pubrel_timeout": 1,
+                       "received/other": 3}
+    assert out["emqx_clients_received_bytes_total"] == {(("node", A),): 10}
+    assert out["emqx_clients_mqueue_dropped_messages_total"] == {(("node", A),): 6}
+    assert out["emqx_clients_connects_total"] == {(("node", A),): 1}
+
+
+def test_a_group_first_seen_idle_is_shown_with_zero_counters() -> None:
+    agg = Aggregator(AggregateSettings(), Classifier([]))
+    agg.count((B,), deltas(), new_connection=False)
+    out = exposed(agg.render({}))
+    assert out["emqx_clients_sent_bytes_total"] == {(("node", B),): 0}
+    assert out["emqx_clients_connects_total"] == {(("node", B),): 0}
+
+
+def test_rendering_orders_groups_and_puts_constant_labels_first() -> None:
+    agg = Aggregator(AggregateSettings(labels=("node", "class"), const_labels=(
+        ("cluster", "prod"),)), Classifier([]))
+    gauges: dict[GroupKey, Gauges] = {(B, "other"): Gauges(online=1, sessions=1),
+                                      (A, "other"): Gauges(online=2)}
+    text = compose([{f: [v] for f, v in agg.render(gauges).items()}], 0.0).text()
+    lines = [line for line in text.splitlines() if line.startswith("emqx_clients_online")]
+    assert lines == ['emqx_clients_online{cluster="prod",node="emqx@a",class="other"} 2',
+                     'emqx_clients_online{cluster="prod",node="emqx@b",class="other"} 1']
+    assert "emqx_clients_received_bytes_total" not in text  # no counters before any count
+    agg.count((B, "other"), deltas(received_bytes=1), new_connection=True)
+    agg.count((A, "other"), deltas(received_bytes=2), new_connection=True)
+    text = compose([{f: [v] for f, v in agg.render({}).items()}], 0.0).text()
+    lines = [line for line in text.splitlines()
+             if line.startswith("emqx_clients_received_bytes_total")]
+    assert lines == [
+        'emqx_clients_received_bytes_total{cluster="prod",node="emqx@a",class="other"} 2',
+        'emqx_clients_received_bytes_total{cluster="prod",node="emqx@b",class="other"} 1']
+
+
+def test_seeds_are_each_node_with_each_class_when_labels_allow() -> None:
+    classify = Classifier([rule("sensors", "clientid", "s.*")])
+    both = Aggregator(AggregateSettings(labels=("class", "node")), classify)
+    assert both.seeds([A, B]) == [("sensors", A), ("other", A), ("sensors", B), ("other", B)]
+    assert Aggregator(AggregateSettings(), classify).seeds([A]) == [(A,)]
+    # listener values are not known in advance, and without `node` nothing is per node
+    assert Aggregator(AggregateSettings(labels=("node", "listener")), classify).seeds([A]) == []
+    assert Aggregator(AggregateSettings(labels=("class",)), classify).seeds([A]) == []
+
+
+def test_node_totals_leave_out_what_the_version_does_not_report() -> None:
+    agg = Aggregator(AggregateSettings(), Classifier([]))
+    out = exposed(agg.render_node_totals({B: (3, None), A: (5, None)}))
+    assert out == {"emqx_clients_online": {(("node", A),): 5, (("node", B),): 3}}
+    assert agg.render_node_totals({A: (None, None)}) == {}
+
+
+# --- the promises over polls, through the pipeline a poll feeds -------------------------------
+
+class Polls:
+    """Walks of one node, each poll listing the given clients, 60 s apart."""
+
+    def __init__(self, **aggregate: Any) -> None:
+        self.pipeline = Pipeline(PerClientSettings(), AggregateSettings(**aggregate),
+                                 Classifier([]), TimeParser(ZoneInfo("UTC")),
+                                 selection=SelectionSettings())
+        self.now = 1_767_225_600.0
+
+    def poll(self, *records: ClientRecord, nodes: tuple[str, ...] = (A,)) -> dict[
+            str, dict[Labels, float]]:
+        self.now += 60
+        run = self.pipeline.start_walk(self.now)
+        for node in nodes:
+            run.add_page(node, [r for r in records if r.node == node])
+        return exposed(run.finish(list(nodes)).rendered)
+
+
+def client(clientid: str, connection: int, received: int, node: str = A,
+           **fields: Any) -> ClientRecord:
+    return rec(clientid, node=node, connected=True, received_bytes=received,
+               connected_at=f"2026-01-01T00:00:{connection:02d}Z", **fields)
+
+
+def total(out: dict[str, dict[Labels, float]], name: str, node: str = A) -> float:
+    return out[name][(("node", node),)]
+
+
+BYTES = "emqx_clients_received_bytes_total"
+
+
+def test_counters_add_increases_and_a_reconnect_does_not_lower_them() -> None:
+    polls = Polls()
+    first = polls.poll(client("x", 1, 100), client("y", 1, 50))
+    assert total(first, BYTES) == 150
+    assert total(polls.poll(client("x", 1, 130), client("y", 1, 50)), BYTES) == 180
+    # x reconnects: its counter restarts at 12; the 12 are new traffic, the 130 stay counted
+    after = polls.poll(client("x", 2, 12), client("y", 1, 60))
+    assert total(after, BYTES) == 180 + 12 + 10
+    assert total(after, "emqx_clients_connects_total") == 1  # x's new connection
+
+
+def test_a_counter_going_down_on_one_connection_never_lowers_the_total() -> None:
+    polls = Polls()
+    polls.poll(client("x", 1, 100))
+    assert total(polls.poll(client("x", 1, 40)), BYTES) == 140  # taken as a restart
+    assert total(polls.poll(client("x", 1, 45)), BYTES) == 145
+
+
+def test_a_client_that_vanishes_keeps_its_part_of_the_total() -> None:
+    polls = Polls()
+    polls.poll(client("x", 1, 100), client("y", 1, 50))
+    gone = polls.poll(client("y", 1, 70))
+    assert total(gone, BYTES) == 170
+    assert total(gone, "emqx_clients_sessions") == 1  # gauges are this poll's only
+    assert total(polls.poll(), BYTES) == 170          # everybody gone: the total stays
+    # x comes back with a new connection: counted from zero again, on top of the total
+    assert total(polls.poll(client("x", 2, 5)), BYTES) == 175
+
+
+def test_a_client_moving_to_another_node_is_counted_once() -> None:
+    polls = Polls()
+    polls.poll(client("x", 1, 100), nodes=(A, B))
+    moved = polls.poll(client("x", 2, 7, node=B), nodes=(A, B))
+    assert total(moved, BYTES, A) == 100 and total(moved, BYTES, B) == 7
+    assert total(moved, "emqx_clients_online", A) == 0  # seeded: shown as 0, not vanished
+    assert total(moved, "emqx_clients_online", B) == 1
+
+
+def test_connects_count_connections_made_between_polls() -> None:
+    polls = Polls()
+    # The first poll cannot tell when anybody connected: nothing is counted as new.
+    assert total(polls.poll(client("x", 1, 0)), "emqx_clients_connects_total") == 0
+    out = polls.poll(client("x", 1, 0), client("y", 1, 0))  # y connected since
+    assert total(out, "emqx_clients_connects_total") == 1
+    out = polls.poll(client("x", 2, 0), client("y", 1, 0))  # x reconnected
+    assert total(out, "emqx_clients_connects_total") == 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pipeline.py keys a connection by hash(connected_at or created_at or ''): a row lacking both "
+    "(absent, or a wrong-typed value dropped) looks like a new connection, and so does the next "
+    "row that has them again; each adds the client's full counters again (100, 250, 410 below "
+    "for one connection whose true total is 160). Fix belongs to the state/pipeline rewrite."))
+def test_a_row_without_its_connection_time_never_counts_traffic_twice() -> None:
+    polls = Polls()
+    polls.poll(client("x", 1, 100))
+    unknown = polls.poll(V5(clientid="x", node=A, connected=True, received_bytes=150))
+    assert 100 <= total(unknown, BYTES) <= 150
+    # One connection all along, whose counter reached 160: the total cannot be more.
+    assert 100 <= total(polls.poll(client("x", 1, 160)), BYTES) <= 160
