@@ -22,6 +22,7 @@ from exporter.health import (
     LOGIN_BACKOFF_FIRST,
     LOGIN_BACKOFF_MAX,
     LOGIN_LOCK_SECONDS,
+    RETRY_AFTER_MAX,
     Health,
 )
 
@@ -59,15 +60,16 @@ def test_the_cluster_itself_is_paced_by_the_interval_not_by_a_back_off() -> None
     assert health.waiting(CLUSTER, 10.0) is None
 
 
-def test_a_429_waits_retry_after_bounded_by_the_interval() -> None:
+def test_a_429_waits_its_whole_retry_after_up_to_ten_minutes() -> None:
     health = Health("prod", INTERVAL)
     health.failed(CLUSTER, ApiError("/nodes", 429, retry_after=30.0), 0.0)
     blocked = health.waiting(CLUSTER, 29.0)
     assert blocked is not None and blocked.reason == "rate_limited" and blocked.until == 30.0
     assert health.waiting(CLUSTER, 30.0) is None
     health.failed(NODE, ApiError("/clients", 429, retry_after=3600.0), 0.0)
-    assert health.waiting(NODE, INTERVAL - 1) is not None
-    assert health.waiting(NODE, INTERVAL) is None
+    assert health.waiting(NODE, INTERVAL) is not None  # more than the poll interval
+    assert health.waiting(NODE, RETRY_AFTER_MAX - 1) is not None
+    assert health.waiting(NODE, RETRY_AFTER_MAX) is None  # an hour asked, ten minutes kept
 
 
 def test_a_rejected_login_waits_a_minute_doubling_up_to_half_an_hour() -> None:
