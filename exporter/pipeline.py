@@ -332,7 +332,8 @@ class PollRun:
                 if key not in group_totals:
                     aggregator.count(key, NO_INCREASE, False)  # the group's series exist
             else:
-                connection = hash(record.connected_at or record.created_at or "")
+                began = record.connected_at or record.created_at
+                connection = None if began is None else hash(began)
                 deltas, new, rated, since = state.observe(
                     clientid, connection, _COUNTERS(record), node_index, poll,
                     record.connected_at, fingerprint)

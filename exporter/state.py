@@ -79,8 +79,8 @@ class CounterState:
         self._node[slot] = node
         return rated, self._since[slot]
 
-    def observe(self, clientid: str, connection: int, values: Sequence[int | None], node: int,
-                poll: int, started: str | None = None,
+    def observe(self, clientid: str, connection: int | None, values: Sequence[int | None],
+                node: int, poll: int, started: str | None = None,
                 fingerprint: int = 0) -> tuple[list[int], bool, bool, float]:
         """Record a sighting; return (increase per counter, new connection, rated, since).
 
@@ -93,6 +93,11 @@ class CounterState:
         slot = self._slots.get(clientid)
         if slot is not None:
             self._print[slot] = fingerprint
+        if connection is None:
+            # A row without its connection time (absent, or a wrong-typed value dropped) cannot
+            # say it is a new connection: taken as the one last seen, so its counters are not
+            # added again in full (a counter that went down still counts as a restart).
+            connection = self._connection[slot] if slot is not None else 0
         if slot is not None and self._connection[slot] == connection and None not in values:
             # The common case, in C: the same connection and every counter present.
             present: list[int] = list(values)  # type: ignore[arg-type]

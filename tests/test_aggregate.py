@@ -11,8 +11,6 @@ import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
-
 from exporter import contract as c
 from exporter.aggregate import (
     AggregateSettings,
@@ -257,11 +255,6 @@ def test_connects_count_connections_made_between_polls() -> None:
     assert total(out, "emqx_clients_connects_total") == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline.py keys a connection by hash(connected_at or created_at or ''): a row lacking both "
-    "(absent, or a wrong-typed value dropped) looks like a new connection, and so does the next "
-    "row that has them again; each adds the client's full counters again (100, 250, 410 below "
-    "for one connection whose true total is 160). Fix belongs to the state/pipeline rewrite."))
 def test_a_row_without_its_connection_time_never_counts_traffic_twice() -> None:
     polls = Polls()
     polls.poll(client("x", 1, 100))
