@@ -6,10 +6,12 @@ every scrape, and a weapon in an attacker's hands. So:
 - a verdict, good or bad, is remembered in bounded caches keyed by an HMAC under a per-process
   random key (never the password itself, never a fast hash an attacker could test offline);
   a failure can never push a verified credential out, they are kept apart;
-- bcrypt runs on its own two threads, never the event loop's or the default executor's, and at
-  most MAX_PENDING checks wait for them (the same credential waits once): past that a request
-  is answered 429 at once, so a flood of bad credentials costs two threads, nothing else, and
-  a scrape whose credential is cached is served at once;
+- bcrypt runs on a thread of its own, never the event loop's or the default executor's, and at
+  most MAX_PENDING checks run or wait (the same credential waits once): past that a request is
+  answered 429 at once, so a flood of bad credentials costs one core at most, nothing else,
+  and a scrape whose credential is cached is served at once (one thread, not two: on a busy
+  two-core host the second bcrypt thread took the event loop's core, and cached scrapes' p99
+  under a flood doubled, bench/bad_credentials.py);
 - an unknown user is checked against a configured hash of the cost most users have, and
   refused whatever the outcome: it takes as long as a wrong password of such a user.
 """
@@ -39,7 +41,7 @@ FAILED_CACHE_SIZE = 4096
 MAX_PENDING = 8
 #: A bcrypt hash as htpasswd, Go and Python write it; group 1 is its cost.
 BCRYPT_HASH = re.compile(rb"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
-_BCRYPT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
+_BCRYPT_THREADS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
 
 
 class Verdict(enum.Enum):
