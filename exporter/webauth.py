@@ -54,6 +54,7 @@ class _Budget:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._debt = 0.0
+        self._last = 0.0  # the last check's time: the estimate of a pending one
         self._at = clock()
 
     def _drain(self) -> None:
@@ -61,13 +62,15 @@ class _Budget:
         self._debt = max(0.0, self._debt - (now - self._at))
         self._at = now
 
-    def allows(self) -> bool:
+    def allows(self, pending: int = 0) -> bool:
+        """Room for one more check, counting the `pending` ones at the last check's cost."""
         self._drain()
-        return self._debt <= 1.0
+        return self._debt + pending * self._last / BCRYPT_SHARE <= 1.0
 
     def charge(self, seconds: float) -> None:
         self._drain()
         self._debt += seconds / BCRYPT_SHARE
+        self._last = seconds
 
 
 
@@ -110,7 +113,7 @@ class Credentials:
             return Verdict.REFUSED
         pending = self._pending.get(key)
         if pending is None:
-            if len(self._pending) >= MAX_PENDING or not self.budget.allows():
+            if len(self._pending) >= MAX_PENDING or not self.budget.allows(len(self._pending)):
                 return Verdict.BUSY
             pending = asyncio.ensure_future(self._bcrypt(key, password, hashed))
             self._pending[key] = pending

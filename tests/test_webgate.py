@@ -402,6 +402,7 @@ async def test_bcrypt_gets_a_share_of_a_core_then_unchecked_credentials_wait() -
     assert not budget.allows()
     now[0] = 0.25
     assert budget.allows()  # drained in real time
+    assert not budget.allows(pending=1)  # a check under way counts at the last one's cost
     credentials = Credentials({"prometheus": HASH.encode()})
     assert await credentials.check(auth()["Authorization"]) is Verdict.OK
     credentials.budget.charge(10.0)  # bcrypt has had its share
