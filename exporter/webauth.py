@@ -6,10 +6,13 @@ every scrape, and a weapon in an attacker's hands. So:
 - a verdict, good or bad, is remembered in bounded caches keyed by an HMAC under a per-process
   random key (never the password itself, never a fast hash an attacker could test offline);
   a failure can never push a verified credential out, they are kept apart;
-- bcrypt runs on its own two threads, never the event loop's or the default executor's, and at
-  most MAX_PENDING checks wait for them (the same credential waits once): past that a request
-  is answered 429 at once, so a flood of bad credentials costs two threads, nothing else, and
-  a scrape whose credential is cached is served at once;
+- bcrypt runs on a thread of its own, never the event loop's or the default executor's, and at
+  most MAX_PENDING checks run or wait (the same credential waits once): past that a request is
+  answered 429 at once; and bcrypt may use BCRYPT_SHARE of one core over time, past which
+  too an unchecked credential gets 429 at once. So a flood of bad credentials costs a quarter
+  of a core, nothing else, and a scrape whose credential is cached is served at once (one
+  thread and a budget: on a busy two-core host bcrypt at full speed took the event loop's
+  CPU and cached scrapes' p99 tripled under a flood, bench/bad_credentials.py);
 - an unknown user is checked against a configured hash of the cost most users have, and
   refused whatever the outcome: it takes as long as a wrong password of such a user.
 """
@@ -39,7 +42,36 @@ FAILED_CACHE_SIZE = 4096
 MAX_PENDING = 8
 #: A bcrypt hash as htpasswd, Go and Python write it; group 1 is its cost.
 BCRYPT_HASH = re.compile(rb"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
-_BCRYPT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
+_BCRYPT_THREADS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
+#: The share of one core bcrypt may use over time; past it (a second of debt) an unchecked
+#: credential gets 429 without a check. A scraper needs one check per start or reload.
+BCRYPT_SHARE = 0.25
+
+
+class _Budget:
+    """bcrypt's time, charged after each check at 1/BCRYPT_SHARE, drained in real time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._debt = 0.0
+        self._last = 0.0  # the last check's time: the estimate of a pending one
+        self._at = clock()
+
+    def _drain(self) -> None:
+        now = self.clock()
+        self._debt = max(0.0, self._debt - (now - self._at))
+        self._at = now
+
+    def allows(self, pending: int = 0) -> bool:
+        """Room for one more check, counting the `pending` ones at the last check's cost."""
+        self._drain()
+        return self._debt + pending * self._last / BCRYPT_SHARE <= 1.0
+
+    def charge(self, seconds: float) -> None:
+        self._drain()
+        self._debt += seconds / BCRYPT_SHARE
+        self._last = seconds
+
 
 
 class Verdict(enum.Enum):
@@ -59,6 +91,7 @@ class Credentials:
         self._failed: OrderedDict[bytes, None] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[bool]] = {}
         self.dummy = dummy_hash(self.users.values())
+        self.budget = _Budget()
 
     @property
     def enabled(self) -> bool:
@@ -80,7 +113,7 @@ class Credentials:
             return Verdict.REFUSED
         pending = self._pending.get(key)
         if pending is None:
-            if len(self._pending) >= MAX_PENDING:
+            if len(self._pending) >= MAX_PENDING or not self.budget.allows(len(self._pending)):
                 return Verdict.BUSY
             pending = asyncio.ensure_future(self._bcrypt(key, password, hashed))
             self._pending[key] = pending
@@ -88,10 +121,11 @@ class Credentials:
 
     async def _bcrypt(self, key: bytes, password: bytes, hashed: bytes | None) -> bool:
         try:
-            matched = await asyncio.get_running_loop().run_in_executor(
-                _BCRYPT_THREADS, _checkpw, password, hashed or self.dummy)
+            matched, took = await asyncio.get_running_loop().run_in_executor(
+                _BCRYPT_THREADS, _timed_checkpw, password, hashed or self.dummy)
         finally:
             del self._pending[key]
+        self.budget.charge(took)
         ok = matched and hashed is not None
         cache = self._verified if ok else self._failed
         cache[key] = None
@@ -115,6 +149,13 @@ def dummy_hash(hashes: Iterable[bytes]) -> bytes:
 def _cost(hashed: bytes) -> int:
     match = BCRYPT_HASH.match(hashed)
     return int(match[1]) if match else 0
+
+
+def _timed_checkpw(password: bytes, hashed: bytes) -> tuple[bool, float]:
+    """The check and its own time (not the wait for the thread), on the bcrypt thread."""
+    began = time.perf_counter()
+    matched = _checkpw(password, hashed)
+    return matched, time.perf_counter() - began
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:

@@ -393,6 +393,23 @@ async def test_a_flood_of_bad_credentials_is_bounded_and_cached_ones_pass(
     assert len(started) == webauth.MAX_PENDING
 
 
+async def test_bcrypt_gets_a_share_of_a_core_then_unchecked_credentials_wait() -> None:
+    now = [0.0]
+    budget = webauth._Budget(clock=lambda: now[0])
+    budget.charge(0.25 * webauth.BCRYPT_SHARE)  # a quarter second of debt
+    assert budget.allows()
+    budget.charge(1.0 * webauth.BCRYPT_SHARE)  # 1.25 s of debt: over the allowed second
+    assert not budget.allows()
+    now[0] = 0.25
+    assert budget.allows()  # drained in real time
+    assert not budget.allows(pending=1)  # a check under way counts at the last one's cost
+    credentials = Credentials({"prometheus": HASH.encode()})
+    assert await credentials.check(auth()["Authorization"]) is Verdict.OK
+    credentials.budget.charge(10.0)  # bcrypt has had its share
+    assert await credentials.check(auth(password="new")["Authorization"]) is Verdict.BUSY
+    assert await credentials.check(auth()["Authorization"]) is Verdict.OK  # remembered
+
+
 def test_token_bucket_refills_one_token_per_interval() -> None:
     now = [0.0]
     bucket = TokenBucket(2.0, 2, clock=lambda: now[0])
