@@ -87,7 +87,8 @@ class Authenticator:
                 return None
             if self._features.dashboard_basic_auth and self._user_ok(*creds):
                 return None
-            return v5_error(401, "BAD_API_KEY_OR_SECRET", "Check api_key/api_secret")
+            # Recorded with the dashboard's realm: 5.3.2 and 5.8.9 nodes_bad_key.json.
+            return v5_error(401, "BAD_API_KEY_OR_SECRET", "Check api_key/api_secret", V5_REALM)
         if header and header[:7].lower() == "bearer ":
             expiry = self._tokens.get(header[7:].strip())
             if expiry is None:
