@@ -29,9 +29,12 @@ class DurableSessions:
     """``count`` offline durable sessions: ``durable-0000`` ... on the nodes in turn."""
 
     def __init__(self, features: Features, count: int, nodes: Sequence[str], timezone: str,
-                 start_ms: int) -> None:
+                 start_ms: int, expired: int = 0) -> None:
         self.features = features
         self.count = count if features.durable_sessions else 0
+        #: The last `expired` sessions outlived their expiry interval (5.7+: still listed,
+        #: `is_expired: true`, until EMQX's garbage collection removes them).
+        self.expired = min(expired, self.count)
         self.nodes = tuple(nodes)
         self._fmt = TimeFormatter(timezone).rfc3339
         self._start_ms = start_ms
@@ -57,7 +60,12 @@ class DurableSessions:
             return {"clientid": self.clientid(k), "connected": False, "connected_at": created,
                     "created_at": created, "expiry_interval": EXPIRY_SECONDS,
                     "ip_address": None, "is_persistent": True, "port": None}
-        gone = self._fmt(self._start_ms - 60_000 - k * 1000)
+        expired = k >= self.count - self.expired
+        gone_ms = self._start_ms - 60_000 - k * 1000
+        if expired:  # left longer ago than its expiry interval
+            gone_ms -= EXPIRY_SECONDS * 1000
+            created = self._fmt(gone_ms - 3_600_000)
+        gone = self._fmt(gone_ms)
         # The key set of a real offline durable session's row (5.8.9, recorded in
         # tests/fixtures/recorded/5.8.9/v5_clients.json): the channel's last info, its
         # counters, no `mqueue_max`, `mqueue_len` 0 whatever waits (the messages are in
@@ -70,7 +78,7 @@ class DurableSessions:
             "expiry_interval": EXPIRY_SECONDS, "is_bridge": False, "enable_authn": True,
             "connected": False, "connected_at": created, "created_at": created,
             "disconnected_at": gone, "durable": True, "is_persistent": True,
-            "is_expired": False, "subscriptions_cnt": 1, "subscriptions_max": "infinity",
+            "is_expired": expired, "subscriptions_cnt": 1, "subscriptions_max": "infinity",
             "inflight_cnt": 0, "inflight_max": 32, "mqueue_len": 0, "mqueue_dropped": 0,
             "awaiting_rel_cnt": 0, "awaiting_rel_max": 100, "mailbox_len": 0,
             "heap_size": 1598, "reductions": 11914, "recv_oct": 100 + k, "recv_cnt": 2,

@@ -114,6 +114,7 @@ _V5_ONLINE_TAIL: tuple[Any, ...] = (UNSET, UNSET)
 #: Positions in the traffic tuple of the socket counters (recv_oct, recv_cnt, send_oct,
 #: send_cnt): a v5 session without a connection has no socket, and EMQX leaves them out of
 #: its row (recorded: tests/fixtures/recorded/5.3.2/v5_lookup_offline.json).
+_MQUEUE_DROPPED = TRAFFIC_FIELDS.index("mqueue_dropped")
 _SOCKET_STATS = frozenset(TRAFFIC_FIELDS.index(n) for n in ("recv_oct", "recv_cnt", "send_oct",
                                                             "send_cnt"))
 
@@ -222,8 +223,11 @@ def _v4(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
         static = p.wire
         if static is None:
             static = p.wire = fixed(p)
-        tail = _ONLINE_TAIL if tl[0] else (fmt(tl[3]),)
-        return (*static, tl[0], fmt(tl[1]), fmt(tl[2]), *pick((*tr, UNSET)), *tail)
+        if tl[0]:
+            return (*static, tl[0], fmt(tl[1]), fmt(tl[2]), *pick((*tr, UNSET)), *_ONLINE_TAIL)
+        # No socket counters without a connection (recorded: 4.4.19/v4_lookup_offline.json).
+        offline = tuple(UNSET if i in _SOCKET_STATS else v for i, v in enumerate(tr))
+        return (*static, tl[0], fmt(tl[1]), fmt(tl[2]), *pick((*offline, UNSET)), fmt(tl[3]))
 
     return build
 
@@ -247,7 +251,8 @@ def _v5(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
             p.port if peerport else UNSET, p.listener, None, zone, p.proto_name, p.proto_ver,
             p.clean_start, p.keepalive, p.expiry * expiry_scale, False, True, p.expiry > 0,
             durable, durable, (_SNI if p.tls else None) if peersni else UNSET, cn, dn,
-            attrs, auth_expire, p.subscriptions_max, p.inflight_max, p.mqueue_max, p.awaiting_rel_max,
+            attrs, auth_expire, p.subscriptions_max, p.inflight_max, p.mqueue_max,
+            p.awaiting_rel_max,
         )  # fmt: skip
 
     def build(p: Profile, tl: Timeline, tr: Traffic) -> RowValues:
@@ -256,6 +261,10 @@ def _v5(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
             static = p.wire = fixed(p)
         connected_at = fmt(tl[1])
         created_at = connected_at if tl[2] == tl[1] else fmt(tl[2])
+        if tr[_MQUEUE_DROPPED]:
+            # A full queue counts in send_msg.dropped(.queue_full) only: `mqueue_dropped`
+            # stayed 0 on the real broker (recorded: 5.3.2/observations.json, full_lookup).
+            tr = (*tr[:_MQUEUE_DROPPED], 0, *tr[_MQUEUE_DROPPED + 1:])
         if tl[0]:
             return (*static, tl[0], connected_at, created_at, *tr, *_V5_ONLINE_TAIL)
         offline = tuple(UNSET if i in _SOCKET_STATS else v for i, v in enumerate(tr))

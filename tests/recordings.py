@@ -132,7 +132,9 @@ def shape_differences(real: Any, sim: Any, where: str = "$",
                 out += shape_differences(real[key], sim[key], f"{where}.{key}", optional)
         return out
     if rt == "array":
-        if not real or not sim:
+        if bool(real) != bool(sim):  # e.g. a lookup that finds nothing (v4: 200, data [])
+            return [f"{where}: real {len(real)} items, simulator {len(sim)}"]
+        if not real:
             return []
         if all(isinstance(x, dict) for x in real + sim):
             return _rows_differences(real, sim, where, optional)
