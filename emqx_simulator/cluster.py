@@ -72,6 +72,8 @@ class SimCluster:
         self._looked_up_at: dict[int, int] = {}
         self._touched: set[int] = set()
         self._down: set[int] = set()
+        #: Down nodes whose RPC fails while membership says running (a subset of _down).
+        self.unreachable: set[int] = set()
         #: Bumped on every change of what the API lists (caches key on it).
         self.generation = 0
         self._excluded: dict[tuple[int, View], list[int]] = {}
@@ -94,7 +96,18 @@ class SimCluster:
         k = self._node_ids[node]
         if (k in self._down) != down:
             (self._down.add if down else self._down.discard)(k)
+            if not down:
+                self.unreachable.discard(k)
             self._changed()
+
+    def set_node_unreachable(self, node: str, unreachable: bool = True) -> None:
+        """A node the membership still counts as running while RPC to it fails (it just died,
+        or hangs): it is down for listings, and v3/v4 ``/nodes`` list it as
+        ``{"node": N, "error": "nodedown"}`` (``emqx_mgmt:list_nodes`` then ``format/2``,
+        emqx_mgmt_api_nodes.erl@v4.4.19 L35-41) instead of leaving it out."""
+        k = self._node_ids[node]
+        (self.unreachable.add if unreachable else self.unreachable.discard)(k)
+        self.set_node_down(node, unreachable)
 
     def down_nodes(self) -> frozenset[int]:
         """Indices of the stopped nodes."""
