@@ -189,7 +189,7 @@ async def test_durable_rows_have_the_recorded_keys_and_no_queue(make: Any) -> No
     assert {"n_streams", *SEQNO_KEYS} <= set(real) and "mqueue_max" not in real
     with_fields = recorded("5.8.9", "v5_clients_fields")["body"]["data"]
     assert set(next(r for r in with_fields if r.get("durable"))) == set(real)
-    cluster, client = await make(SimSettings(api="v5", version="5.8.9", nodes=1, clients=10,
+    _cluster, client = await make(SimSettings(api="v5", version="5.8.9", nodes=1, clients=10,
                                              durable_sessions=3))
     _, page = await get(client, "/api/v5/clients?limit=100&fields=clientid,mqueue_len")
     durable = [r for r in page["data"] if r.get("durable")]
@@ -222,7 +222,7 @@ async def test_nodes_connections_leave_durable_sessions_out(make: Any) -> None:
     rows = recorded("5.8.9", "v5_clients")["body"]["data"]
     assert nodes[0]["connections"] == len([r for r in rows if not r.get("durable")])
     assert len(rows) > nodes[0]["connections"]
-    cluster, client = await make(SimSettings(api="v5", version="5.8.9", nodes=2, clients=30,
+    _cluster, client = await make(SimSettings(api="v5", version="5.8.9", nodes=2, clients=30,
                                              offline_sessions=0.0, churn=0.0,
                                              durable_sessions=4))
     _, answer = await get(client, "/api/v5/nodes")
@@ -240,7 +240,7 @@ async def test_cursor_walk_reaches_durable_sessions_with_another_cursor(make: An
     durable = {len(c) for c, r in zip(cursors, walk, strict=True)
                if c and any(row.get("durable") for row in r["body"]["data"])}
     assert live and durable and not live & durable
-    cluster, client = await make(SimSettings(api="v5", version="5.8.9", nodes=1, clients=6,
+    _cluster, client = await make(SimSettings(api="v5", version="5.8.9", nodes=1, clients=6,
                                              offline_sessions=0.0, churn=0.0,
                                              durable_sessions=5))
     cursor, pages = "", []
