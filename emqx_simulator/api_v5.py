@@ -245,7 +245,7 @@ async def clients_v2(request: web.Request) -> web.Response:
             # A page's rows are its stages' rows in reverse: the durable stage's come before
             # the live clients of the same page (format_results folds over a list built by
             # prepending, MAC@v5.8.9 L990-1041; recorded: 5.8.9/v5_clients_v2_fields.json).
-            data = durable[skip : skip + max(0, room)] + data
+            data = [*durable[skip : skip + max(0, room)], *data]
             if skip + room < len(durable):
                 cursor = (len(seqs), skip + max(0, room))
         if cursor is None and faults.phantom and data and seqs:

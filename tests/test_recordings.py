@@ -184,7 +184,7 @@ async def test_cursor_walk_like_the_recording(version: str, simulated: Simulated
         len(pages) - 1) + [False]
     durable_seen = [row.get("durable") is True for p in pages for row in p["body"]["data"]]
     assert any(durable_seen), "the recording holds no durable session: refresh it"
-    got = []
+    got: list[dict[str, Any]] = []
     cursor: str | None = None
     async with aiohttp.ClientSession() as session:
         for _ in range(100):
