@@ -14,8 +14,8 @@ streams, sockets kept open, PINGREQ while they wait), then runs the exporter's o
   poll's duration.
 
 Modes: a full walk (the default configuration), and watch-only lookups of 100 and 1000 ids,
-both batched (`GET /clients?clientid=..&clientid=..`, 5.6+) and one `GET /clients/{id}` per id
-(the only way before 5.6, and forced on 5.6+ here by hiding the dialect's batch lookup).
+both batched (`GET /clients?clientid=..&clientid=..`, 5.6+; `per_client.lookup: batched`) and
+one `GET /clients/{id}` per id (`lookup: single`, the only way before 5.6).
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter.config import load_settings
-from exporter.dialects.v5 import V5Base
 from exporter.service import Exporter
-from tests.realbroker import Broker, BrokerPool
+from tests.realbroker import KINDS, Broker, BrokerPool
 
 TICK = os.sysconf("SC_CLK_TCK")
 CONNECT_CONCURRENCY = 100
@@ -158,21 +157,10 @@ class PollCost:
     emqx_cpu_ms: float
 
 
-@contextlib.contextmanager
-def single_lookups() -> Iterator[None]:
-    """Hide 5.6+'s batch lookup, so watched ids are looked up one `GET /clients/{id}` each."""
-    original = V5Base.batch_lookup
-    V5Base.batch_lookup = property(lambda self: None)  # type: ignore[assignment,method-assign]
-    try:
-        yield
-    finally:
-        V5Base.batch_lookup = original  # type: ignore[method-assign]
-
-
 async def measure(broker: Broker, pid: int, idle: float, polls: int,
                   settings: dict[str, Any]) -> list[PollCost]:
     """`polls` polls of an exporter with `settings` (after one warm-up poll)."""
-    config = broker.exporter_config(retries=0, **settings)
+    config = broker.exporter_config(retries=0, timeout=120, **settings)
     exporter = Exporter(load_settings(config, {}, None))
     poller = exporter.pollers[0]
     counted = [0]
@@ -202,16 +190,17 @@ async def measure(broker: Broker, pid: int, idle: float, polls: int,
     return out
 
 
-def modes(broker: Broker, ids: list[str]) -> list[tuple[str, dict[str, Any], bool]]:
-    """(name, exporter settings, force single lookups) for each mode measured."""
+def modes(broker: Broker, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, exporter settings) for each mode measured."""
     batched = broker.api == "v5" and tuple(int(x) for x in broker.version.split(".")[:2]) >= (
         5, 6)
-    out: list[tuple[str, dict[str, Any], bool]] = [("full walk", {}, False)]
+    out: list[tuple[str, dict[str, Any]]] = [("full walk", {})]
     for n in (100, 1000):
-        watch = {"per_client": {"watch": ids[:n], "watch_only": True}}
+        def watch(mode: str, n: int = n) -> dict[str, Any]:
+            return {"per_client": {"watch": ids[:n], "watch_only": True, "lookup": mode}}
         if batched:
-            out.append((f"watch {n}: batched clientid=", watch, False))
-        out.append((f"watch {n}: GET /clients/{{id}} each", watch, True))
+            out.append((f"watch {n}: batched clientid=", watch("batched")))
+        out.append((f"watch {n}: GET /clients/{{id}} each", watch("single")))
     return out
 
 
@@ -224,10 +213,9 @@ async def bench_one(broker: Broker, clients: int, polls: int) -> list[tuple[str,
             await asyncio.sleep(0.5)
         pid = beam_pid(broker)
         results = []
-        for name, settings, single in modes(broker, fleet.clientids):
+        for name, settings in modes(broker, fleet.clientids):
             idle = await idle_rate(pid)
-            with single_lookups() if single else contextlib.nullcontext():
-                costs = await measure(broker, pid, idle, polls, settings)
+            costs = await measure(broker, pid, idle, polls, settings)
             results.append((name, costs))
             print(f"  {name:36} idle {idle * 1000:6.1f} ms/s  " + _summary(costs), flush=True)
         return results
@@ -252,21 +240,35 @@ def _summary(costs: list[PollCost]) -> str:
             f"max {max(c.emqx_cpu_ms for c in costs):.1f})")
 
 
+def start(pool: BrokerPool, root: Path, kind: str, instance: int | None) -> Broker | None:
+    """The broker of `kind`: the pool's (EMQX_TEST_SLOT), or one as EMQX_INSTANCE `instance`."""
+    if instance is None:
+        pool.start_many([kind])
+        if kind in pool.failed:
+            print(f"{kind}: not measured: {pool.failed[kind]}", file=sys.stderr)
+            return None
+        return pool.started[kind]
+    env = {**KINDS[kind], "EMQX_INSTANCE": str(instance)}
+    broker = pool._start(kind, env, root / kind, env.get("EMQX_DURABLE") == "1")
+    pool.started[f"{kind}@{instance}"] = broker  # stopped with the pool
+    return broker
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("kinds", nargs="*", default=["5.8.9", "4.4.19"])
     parser.add_argument("--clients", type=int, default=3000)
     parser.add_argument("--polls", type=int, default=5)
+    parser.add_argument("--instance", type=int, default=None,
+                        help="start brokers as this EMQX_INSTANCE instead of EMQX_TEST_SLOT's")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="emqx-cost-") as root:
         pool = BrokerPool(Path(root))
         try:
             for kind in args.kinds:
-                pool.start_many([kind])
-                if kind in pool.failed:
-                    print(f"{kind}: not measured: {pool.failed[kind]}", file=sys.stderr)
+                broker = start(pool, Path(root), kind, args.instance)
+                if broker is None:
                     continue
-                broker = pool.started[kind]
                 print(f"EMQX {broker.version} ({broker.api}), {args.clients} MQTT connections, "
                       f"{args.polls} polls per mode (median, min, max):", flush=True)
                 asyncio.run(bench_one(broker, args.clients, args.polls))

@@ -268,8 +268,10 @@ class ClusterPoller:
         async def deliver(records: list[ClientRecord]) -> None:
             await self._on_worker(run.add_page, None, shard.keep(None, records))
 
+        counts = [n.sessions for n in mine if n.running]
+        sessions = None if None in counts else sum(c for c in counts if c is not None)
         result = await look_up(self.client, dialect, sorted(self.pipeline.selection.watch),
-                               deliver)
+                               deliver, self.pipeline.selection.lookup, sessions)
         await self._on_worker(run.mark_unknown, result.unknown)
         for error in result.errors:
             self._count(error)
