@@ -23,11 +23,10 @@ from emqx_simulator.faults import ROW_KINDS, FaultRule, RowFaults
 from emqx_simulator.mqtt import MqttServer
 from emqx_simulator.responses import (
     INTERNAL_ERROR_TEXT,
-    LEGACY_REALM,
     PROXY_ERROR_PAGE,
-    UNAUTHORIZED_TEXT,
+    bare,
     legacy_error,
-    legacy_not_found,
+    legacy_unauthorized,
     plain,
     v5_error,
 )
@@ -77,7 +76,7 @@ def _fault_response(cluster: SimCluster, rule: FaultRule, node: str | None) -> w
         if v5:
             return v5_error(401, str(rule.code or "BAD_API_KEY_OR_SECRET"),
                             rule.message or "Check api_key/api_secret")  # fmt: skip
-        return plain(401, UNAUTHORIZED_TEXT, LEGACY_REALM)
+        return legacy_unauthorized()
     if kind == "forbidden":
         if v5:
             return v5_error(403, str(rule.code or "UNAUTHORIZED_ROLE"),
@@ -147,7 +146,9 @@ async def _damaged(
 
 def _unrouted(cluster: SimCluster, request: web.Request) -> web.Response:
     if cluster.features.api != "v5":
-        return legacy_not_found()  # minirest 0.x: any unmatched method and path
+        # No route at all: cowboy's bare 404 (recorded: 4.4.19/api_v5_on_v4.json); a route
+        # with an unknown node answers minirest's "Not found." (node_unknown.json).
+        return bare(404)
     exc = getattr(request.match_info, "http_exception", None)
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return web.Response(status=405, headers={"Allow": ",".join(sorted(exc.allowed_methods))})

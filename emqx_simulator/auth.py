@@ -12,11 +12,9 @@ import msgspec
 from aiohttp import web
 
 from emqx_simulator.responses import (
-    LEGACY_REALM,
-    UNAUTHORIZED_TEXT,
     V5_REALM,
     json_response,
-    plain,
+    legacy_unauthorized,
     v5_error,
 )
 from emqx_simulator.settings import Features, SimSettings
@@ -78,7 +76,7 @@ class Authenticator:
             creds = _basic_credentials(header) if header is not None and is_basic else None
             if creds is not None and (self._key_ok(*creds) or self._user_ok(*creds)):
                 return None
-            return plain(401, UNAUTHORIZED_TEXT, LEGACY_REALM)
+            return legacy_unauthorized()
         if header and header[:6].lower() == "basic ":
             creds = _basic_credentials(header)
             if creds is None:
@@ -87,7 +85,8 @@ class Authenticator:
                 return None
             if self._features.dashboard_basic_auth and self._user_ok(*creds):
                 return None
-            return v5_error(401, "BAD_API_KEY_OR_SECRET", "Check api_key/api_secret")
+            # Recorded with the dashboard's realm: 5.3.2 and 5.8.9 nodes_bad_key.json.
+            return v5_error(401, "BAD_API_KEY_OR_SECRET", "Check api_key/api_secret", V5_REALM)
         if header and header[:7].lower() == "bearer ":
             expiry = self._tokens.get(header[7:].strip())
             if expiry is None:

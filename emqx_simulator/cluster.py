@@ -53,7 +53,8 @@ class SimCluster:
         self._factory = ProfileFactory(self.population, settings.seed, self.start_ms)
         self.dialect = Dialect(self.features, settings.timezone, self.node_names)
         self.durable = DurableSessions(self.features, settings.durable_sessions, self.node_names,
-                                       settings.timezone, self.start_ms)
+                                       settings.timezone, self.start_ms,
+                                       settings.expired_durable_sessions)
         self._profiles: dict[int, Profile] | None = (
             {} if settings.clients <= _PROFILE_CACHE_MAX else None
         )
@@ -62,8 +63,17 @@ class SimCluster:
         self._disconnected: dict[int, int] = {}  # persistent sessions offline since (ms)
         self._reconnected: dict[int, int] = {}  # connected anew at (ms)
         self._patches: dict[int, dict[str, Any]] = {}
+        # Listing staleness (``settings.listing_refresh_s``): what the listing showed of each
+        # patched client before its latest patch, when that patch came, and when a lookup
+        # last refreshed a client's listed row.
+        self._refresh_ms = int(settings.listing_refresh_s * 1000)
+        self._listed_patches: dict[int, dict[str, Any]] = {}
+        self._patched_at: dict[int, int] = {}
+        self._looked_up_at: dict[int, int] = {}
         self._touched: set[int] = set()
         self._down: set[int] = set()
+        #: Down nodes whose RPC fails while membership says running (a subset of _down).
+        self.unreachable: set[int] = set()
         #: Bumped on every change of what the API lists (caches key on it).
         self.generation = 0
         #: Called on each connect and disconnect the controls cause: (event, client index,
@@ -89,7 +99,18 @@ class SimCluster:
         k = self._node_ids[node]
         if (k in self._down) != down:
             (self._down.add if down else self._down.discard)(k)
+            if not down:
+                self.unreachable.discard(k)
             self._changed()
+
+    def set_node_unreachable(self, node: str, unreachable: bool = True) -> None:
+        """A node the membership still counts as running while RPC to it fails (it just died,
+        or hangs): it is down for listings, and v3/v4 ``/nodes`` list it as
+        ``{"node": N, "error": "nodedown"}`` (``emqx_mgmt:list_nodes`` then ``format/2``,
+        emqx_mgmt_api_nodes.erl@v4.4.19 L35-41) instead of leaving it out."""
+        k = self._node_ids[node]
+        (self.unreachable.add if unreachable else self.unreachable.discard)(k)
+        self.set_node_down(node, unreachable)
 
     def down_nodes(self) -> frozenset[int]:
         """Indices of the stopped nodes."""
@@ -192,6 +213,8 @@ class SimCluster:
         if self.features.api == "v3" and not self.connected(index):
             return None  # v3 looks up connections, and an offline session has none
         rows = self.dict_rows([index])
+        if self._refresh_ms:
+            self._looked_up_at[index] = self.now_ms()  # the lookup refreshes the listed row
         return rows[0] if rows else None
 
     # -- many clients -----------------------------------------------------------------------
@@ -302,6 +325,8 @@ class SimCluster:
         self, indices: Iterable[int], shape: RowShape | None = None
     ) -> list[msgspec.Struct | dict[str, Any]]:
         """Wire rows of these clients now, ready to encode: Structs, or dicts for patched ones."""
+        if self._refresh_ms:
+            return self._materialize_stale(indices, shape)
         # The hot loop of every list request: _values and _timeline are inlined for clients
         # without overrides, which saves ~1 us of a ~6 us row.
         now = self.now_ms()
@@ -329,6 +354,37 @@ class SimCluster:
                 append(self._patched(values, patches[i], shape))
             else:
                 append(encodable(values))
+        return out
+
+    def listed_as_of(self, index: int, now: int) -> int:
+        """The moment a listing's row of this client shows (``listing_refresh_s``): its
+        latest refresh, every period at a phase of its own, or its latest lookup."""
+        period = self._refresh_ms
+        phase = self.population.hash(index) % period
+        refreshed = now - (now - phase) % period
+        return max(refreshed, min(now, self._looked_up_at.get(index, 0)))
+
+    def _materialize_stale(self, indices: Iterable[int],
+                           shape: RowShape | None) -> list[msgspec.Struct | dict[str, Any]]:
+        """Listing rows whose counters and patches are as of each row's last refresh, while
+        connection state is current (EMQX updates the channel-info table on connect and
+        disconnect, and the stats on a timer; recorded in observations.json: queued messages
+        and sent counts showed in the listing ~15 s after a lookup showed them)."""
+        now = self.now_ms()
+        shape = self.dialect.client if shape is None else shape
+        out: list[msgspec.Struct | dict[str, Any]] = []
+        for i in indices:
+            p = self.profile(i)
+            tl = self._timeline(i, p, now)
+            if tl is None:
+                continue
+            as_of = self.listed_as_of(i, now)
+            ref = max(tl[1], as_of) if tl[0] else tl[3]
+            values = self.dialect.build(p, tl, traffic(p, tl[1], tl[2], ref, tl[0]))
+            patch = (self._listed_patches.get(i) if self._patched_at.get(i, 0) > as_of
+                     else self._patches.get(i))
+            out.append(shape.encodable(values) if patch is None
+                       else self._patched(values, patch, shape))
         return out
 
     def dict_rows(self, indices: Iterable[int]) -> list[dict[str, Any]]:
@@ -408,6 +464,12 @@ class SimCluster:
     def patch(self, clientid: str, **wire_fields: Any) -> None:
         """Override wire fields of a client from now on, e.g. ``patch(cid, mqueue_len=990)``."""
         index = self._index(clientid)
+        if self._refresh_ms:
+            now = self.now_ms()
+            if self._patched_at.get(index, 0) <= self.listed_as_of(index, now):
+                # the listing caught up with the previous patch: that is what it shows now
+                self._listed_patches[index] = dict(self._patches.get(index, {}))
+            self._patched_at[index] = now
         self._patches.setdefault(index, {}).update(wire_fields)
         self._changed()
 

@@ -3,7 +3,8 @@
 - ``GET /sim/faults`` lists rules; ``POST /sim/faults`` adds one from JSON such as
   ``{"kind": "http_error", "status": 503, "after": 2, "times": 1}``; ``DELETE /sim/faults``
   clears all, ``DELETE /sim/faults/{id}`` one.
-- ``POST /sim/nodes/{node}/down`` and ``/up`` stop and restart a node.
+- ``POST /sim/nodes/{node}/down`` and ``/up`` stop and restart a node; ``/unreachable``
+  leaves it a member whose RPC fails (v3/v4 ``/nodes`` show an ``error`` row).
 - ``POST /sim/clients/{clientid}/kick|reconnect|disconnect``; ``POST .../patch`` with a JSON
   object of wire fields.
 - ``GET /sim/requests``: API requests served, per route.
@@ -64,9 +65,12 @@ async def node_state(request: web.Request) -> web.Response:
     """Stop or restart a node."""
     cluster = request.app[CLUSTER]
     node, state = request.match_info["node"], request.match_info["state"]
-    if cluster.node_id(node) is None or state not in ("down", "up"):
-        return _bad("use /sim/nodes/{known node}/down or /up")
-    cluster.set_node_down(node, state == "down")
+    if cluster.node_id(node) is None or state not in ("down", "up", "unreachable"):
+        return _bad("use /sim/nodes/{known node}/down, /unreachable or /up")
+    if state == "unreachable":
+        cluster.set_node_unreachable(node)
+    else:
+        cluster.set_node_down(node, state == "down")
     return web.Response(status=204)
 
 

@@ -92,9 +92,13 @@ def node_info(cluster: SimCluster, k: int, single: bool = False) -> dict[str, An
 
 
 def nodes_list(cluster: SimCluster) -> list[dict[str, Any]]:
-    """What ``GET /nodes`` lists: v5 shows stopped nodes, v3/v4 drop them silently."""
+    """What ``GET /nodes`` lists: v5 shows stopped nodes, v3/v4 drop them silently (their
+    stopped-node entries do not match the list comprehension's pattern, emqx_mgmt.erl@v4.4.19
+    L134-138) but write a node whose RPC failed as ``{"node": N, "error": Reason}``."""
     down = cluster.down_nodes()
     ids = range(len(cluster.node_names))
     if cluster.features.api == "v5":
         return [node_info(cluster, k) for k in sorted(ids, key=cluster.node_names.__getitem__)]
-    return [node_info(cluster, k) for k in ids if k not in down]
+    return [node_info(cluster, k) if k not in down
+            else {"node": cluster.node_names[k], "error": "nodedown"}
+            for k in ids if k not in down or k in cluster.unreachable]

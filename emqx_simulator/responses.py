@@ -79,6 +79,19 @@ PROXY_ERROR_PAGE = (
 )
 
 
+def bare(status: int, text: str = "", headers: Mapping[str, str] | None = None) -> web.Response:
+    """A response without a Content-Type header, as minirest 0.x writes its 401 (`UNAUTHORIZED`)
+    and cowboy its 404 for a path no route matches (empty) (recorded:
+    tests/fixtures/recorded/4.4.19/nodes_bad_key.json, api_v5_on_v4.json)."""
+    # aiohttp itself names application/octet-stream for a body without a type.
+    return web.Response(body=text.encode() if text else None, status=status, headers=headers)
+
+
+def legacy_unauthorized() -> web.Response:
+    """v3/v4 failed Basic auth: 401 `UNAUTHORIZED`, minirest's realm, no Content-Type."""
+    return bare(401, UNAUTHORIZED_TEXT, LEGACY_REALM)
+
+
 def legacy_not_found() -> web.Response:
     """v3/v4 unknown route, or an unknown node name in the path."""
     return plain(404, NOT_FOUND_TEXT)

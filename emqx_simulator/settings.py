@@ -49,6 +49,17 @@ class SimSettings:
     #: Offline durable sessions (``durable_sessions.enable = true``, v5 5.6.0+ only), listed
     #: after every node's clients (see ``simulator.durable``).
     durable_sessions: int = 0
+    #: How many of the durable sessions have outlived their expiry interval but are still in
+    #: durable storage (5.7+ lists them with ``is_expired: true``, ``is_expired/1``,
+    #: ``emqx_mgmt_api_clients.erl``@v5.8.9 L1542-1543, L1904).
+    expired_durable_sessions: int = 0
+    #: Seconds between refreshes of a client's counters in *listings* (EMQX's listing reads
+    #: the channel-info table, which each channel refreshes on its stats timer: recorded
+    #: ~15 s on 5.3.2 and 5.8.9, ``tests/fixtures/recorded/*/observations.json``), while
+    #: ``GET /clients/{id}`` answers from the channel itself and is fresh (and refreshes the
+    #: listed row). 0, the default, keeps listings as fresh as lookups, as every test written
+    #: before the recordings assumes; tests of staleness set it.
+    listing_refresh_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.api not in DEFAULT_VERSIONS:
@@ -72,6 +83,12 @@ class SimSettings:
         if self.durable_sessions and (
                 self.api != "v5" or parse_version(self.effective_version) < (5, 6, 0)):
             raise ValueError("durable_sessions exist from EMQX 5.6.0 on")
+        if not 0 <= self.expired_durable_sessions <= self.durable_sessions:
+            raise ValueError("expired_durable_sessions must be between 0 and durable_sessions")
+        if self.expired_durable_sessions and parse_version(self.effective_version) < (5, 7, 0):
+            raise ValueError("expired durable sessions are listed from EMQX 5.7.0 on")
+        if self.listing_refresh_s < 0:
+            raise ValueError("listing_refresh_s must not be negative")
         if self.token_ttl <= 0:
             raise ValueError("token_ttl must be positive")
         try:

@@ -65,11 +65,11 @@ V5_FIELDS = (
     "clientid", "username", "node", "ip_address", "port", "peerport", "listener",
     "mountpoint", "zone", "proto_name", "proto_ver", "clean_start", "keepalive",
     "expiry_interval", "is_bridge", "enable_authn", "is_persistent", "durable", "is_expired",
-    "peersni", "cn", "dn", "subscriptions_max", "inflight_max", "mqueue_max",
-    "awaiting_rel_max",
+    "peersni", "cn", "dn", "client_attrs", "auth_expire_at", "subscriptions_max",
+    "inflight_max", "mqueue_max", "awaiting_rel_max",
     "connected", "connected_at", "created_at",
     *TRAFFIC_FIELDS,
-    "disconnected_at",
+    "disconnected_at", "disconn_props",
 )  # fmt: skip
 
 #: Names v5 ``fields=`` accepts from 5.6.0: exactly the ``fields(client)`` schema of
@@ -110,6 +110,13 @@ def v5_fields_enum(version: tuple[int, int, int]) -> frozenset[str]:
 
 _SNI = "mqtt.example.com"
 _ONLINE_TAIL: tuple[Any, ...] = (UNSET,)
+_V5_ONLINE_TAIL: tuple[Any, ...] = (UNSET, UNSET)
+#: Positions in the traffic tuple of the socket counters (recv_oct, recv_cnt, send_oct,
+#: send_cnt): a v5 session without a connection has no socket, and EMQX leaves them out of
+#: its row (recorded: tests/fixtures/recorded/5.3.2/v5_lookup_offline.json).
+_MQUEUE_DROPPED = TRAFFIC_FIELDS.index("mqueue_dropped")
+_SOCKET_STATS = frozenset(TRAFFIC_FIELDS.index(n) for n in ("recv_oct", "recv_cnt", "send_oct",
+                                                            "send_cnt"))
 
 RowValues = tuple[Any, ...]
 Builder = Callable[[Profile, Timeline, Traffic], RowValues]
@@ -216,8 +223,11 @@ def _v4(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
         static = p.wire
         if static is None:
             static = p.wire = fixed(p)
-        tail = _ONLINE_TAIL if tl[0] else (fmt(tl[3]),)
-        return (*static, tl[0], fmt(tl[1]), fmt(tl[2]), *pick((*tr, UNSET)), *tail)
+        if tl[0]:
+            return (*static, tl[0], fmt(tl[1]), fmt(tl[2]), *pick((*tr, UNSET)), *_ONLINE_TAIL)
+        # No socket counters without a connection (recorded: 4.4.19/v4_lookup_offline.json).
+        offline = tuple(UNSET if i in _SOCKET_STATS else v for i, v in enumerate(tr))
+        return (*static, tl[0], fmt(tl[1]), fmt(tl[2]), *pick((*offline, UNSET)), fmt(tl[3]))
 
     return build
 
@@ -227,6 +237,10 @@ def _v5(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
     zone = "default" if f.v5_zone else UNSET
     expiry_scale = 1000 if f.expiry_in_ms else 1
     peerport, peersni = f.peerport, f.peersni
+    # 5.7.0: the channel's client info carries client_attrs and auth_expire_at (recorded on
+    # 5.8.9: `{}` and null without attributes or an expiring authentication).
+    attrs: Any = {} if f.durable_fields else UNSET
+    auth_expire: Any = None if f.durable_fields else UNSET
     fmt = tf.rfc3339
 
     def fixed(p: Profile) -> tuple[Any, ...]:
@@ -237,7 +251,8 @@ def _v5(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
             p.port if peerport else UNSET, p.listener, None, zone, p.proto_name, p.proto_ver,
             p.clean_start, p.keepalive, p.expiry * expiry_scale, False, True, p.expiry > 0,
             durable, durable, (_SNI if p.tls else None) if peersni else UNSET, cn, dn,
-            p.subscriptions_max, p.inflight_max, p.mqueue_max, p.awaiting_rel_max,
+            attrs, auth_expire, p.subscriptions_max, p.inflight_max, p.mqueue_max,
+            p.awaiting_rel_max,
         )  # fmt: skip
 
     def build(p: Profile, tl: Timeline, tr: Traffic) -> RowValues:
@@ -246,8 +261,17 @@ def _v5(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
             static = p.wire = fixed(p)
         connected_at = fmt(tl[1])
         created_at = connected_at if tl[2] == tl[1] else fmt(tl[2])
-        tail = _ONLINE_TAIL if tl[0] else (fmt(tl[3]),)
-        return (*static, tl[0], connected_at, created_at, *tr, *tail)
+        if tr[_MQUEUE_DROPPED]:
+            # A full queue counts in send_msg.dropped(.queue_full) only: `mqueue_dropped`
+            # stayed 0 on the real broker (recorded: 5.3.2/observations.json, full_lookup).
+            tr = (*tr[:_MQUEUE_DROPPED], 0, *tr[_MQUEUE_DROPPED + 1:])
+        if tl[0]:
+            return (*static, tl[0], connected_at, created_at, *tr, *_V5_ONLINE_TAIL)
+        offline = tuple(UNSET if i in _SOCKET_STATS else v for i, v in enumerate(tr))
+        # An MQTT 5 client that said DISCONNECT leaves its (here empty) DISCONNECT properties
+        # in the session's row (recorded: 5.3.2/v5_lookup_offline.json `"disconn_props": {}`).
+        props = {} if p.proto_ver == 5 else UNSET
+        return (*static, tl[0], connected_at, created_at, *offline, fmt(tl[3]), props)
 
     return build
 

@@ -402,6 +402,7 @@ def _selection(config: PerClientConfig) -> SelectionSettings:
         hysteresis=config.hysteresis,
         max_series=config.max_series,
         watch_only=config.watch_only,
+        lookup=config.lookup,
     )
 
 

@@ -206,7 +206,7 @@ class ClusterPoller:
             seen = self._watched_seen = set() if report.shard.sharded else None
             await self._walk_all(dialect, mine, report.shard, report, run)
             if seen is not None and self.pipeline.selection.watch:
-                await self._place_unseen(dialect, report.shard, run, seen)
+                await self._place_unseen(dialect, report.shard, run, seen, _sessions(mine))
         self._log_bad_rows(report)
         if not report.ok:
             # Every node failed and was counted already; the poll fails with the first cause.
@@ -336,7 +336,7 @@ class ClusterPoller:
             self._cursor_retry_in = CURSOR_RETRY_POLLS
 
     async def _place_unseen(self, dialect: Dialect, shard: ShardPlan, run: Run,
-                            seen: set[str]) -> None:
+                            seen: set[str], sessions: int | None) -> None:
         """Sharded walks: leave out watched clients this replica's rows did not have, unless
         it answers for clients no node has, and a lookup finds them nowhere (then 0)."""
         unseen = set(self.pipeline.selection.watch) - seen
@@ -350,7 +350,8 @@ class ClusterPoller:
         async def collect(records: list[ClientRecord]) -> None:
             found.update(r.clientid for r in records)
 
-        result = await look_up(self.client, dialect, sorted(unseen), collect)
+        result = await look_up(self.client, dialect, sorted(unseen), collect,
+                               self.pipeline.selection.lookup, sessions)
         for error in result.errors:
             self._count(error)
         await self._on_worker(run.mark_unknown, found | result.unknown)
@@ -372,7 +373,8 @@ class ClusterPoller:
 
         result = LookupResult()
         if shard.owned:
-            result = await look_up(self.client, dialect, sorted(watch), collect)
+            result = await look_up(self.client, dialect, sorted(watch), collect,
+                                   self.pipeline.selection.lookup, _sessions(mine))
         totals = {n.name: (n.online, None if result.offline_durable else n.sessions)
                   for n in mine if n.running}
         run = await self._on_worker(self.pipeline.start_lookup, report.started, totals)
@@ -484,6 +486,13 @@ def unlisted_rows(outcomes: list[NodeOutcome], nodes: list[NodeInfo], listed: di
         if gap is not None:
             out[o.node] = gap
     return out
+
+
+def _sessions(nodes: list[NodeInfo]) -> int | None:
+    """The cluster's sessions by `/nodes` (running nodes), which choose how lookups are made;
+    None when a node's count is unknown."""
+    counts = [n.sessions for n in nodes if n.running]
+    return None if None in counts else sum(c for c in counts if c is not None)
 
 
 def _node_scoped(error: ExporterError) -> bool:

@@ -181,6 +181,10 @@ class PerClientConfig(Schema, frozen=True):
     hysteresis: Annotated[float, _key("a top-K member stays while within K x (1 + this)",
                                       gt=0, le=MAX_NUMBER)] = SELECTION_DEFAULTS.hysteresis
     watch_only: Annotated[bool, _key("look up the watch list only, never walk")] = False
+    lookup: Annotated[Literal["auto", "batched", "single"], _key(
+        "watch-only lookups: batched clientid= filters (5.6+), one GET per id, or auto "
+        "(batched on small clusters only: README, Cost to EMQX)")] = \
+        SELECTION_DEFAULTS.lookup  # type: ignore[assignment]
     state_file: Annotated[Text | None, _key("where watched clients' last-seen times "
                                             "survive restarts")] = None
 

@@ -208,6 +208,9 @@ class SelectionSettings:
     max_series: int = 40_000
     #: Only look the watched clients up, never walk the cluster.
     watch_only: bool = False
+    #: How watch-only looks clients up (`exporter.lookup.LookupMode`): `auto` batches
+    #: `clientid=` filters only on small clusters, where they cost EMQX less than single GETs.
+    lookup: str = "auto"
 
     @property
     def export_all(self) -> bool:

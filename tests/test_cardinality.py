@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from emqx_simulator import SimSettings
 from tests.exposition import Sample
 from tests.harness import per_client, rig, value
@@ -85,7 +87,7 @@ async def test_last_seen_survives_a_restart(tmp_path: Path) -> None:
 async def test_watch_only_looks_clients_up_without_walking() -> None:
     watch = [f"client-{i:07d}" for i in range(0, 200_000, 200)]  # 1000 ids
     sim = SimSettings(version=V56, clients=200_000, offline_sessions=0.0, churn=0.0)
-    async with rig(sim, per_client={"watch": watch, "watch_only": True,
+    async with rig(sim, per_client={"watch": watch, "watch_only": True, "lookup": "batched",
                                     "max_series": 1_000_000}) as r:
         await r.poll()
         samples = await r.scrape()
@@ -97,6 +99,23 @@ async def test_watch_only_looks_clients_up_without_walking() -> None:
         assert sum(requests.values()) == lookups + 1  # plus one GET /nodes
         # aggregates come from /nodes in this mode
         assert total(samples, "emqx_clients_online") > 0
+
+
+@pytest.mark.parametrize(("clients", "batched"), [(3000, True), (9000, False)])
+async def test_watch_only_batches_by_default_only_on_small_clusters(
+        clients: int, batched: bool) -> None:
+    """`lookup: auto` (the default): a batched `clientid=` request scans EMQX's whole channel
+    table, a single GET does not; measured on the real 5.8.9 (bench/emqx_cost.py, README
+    "Cost to EMQX"), 100 ids cost EMQX less batched at 3000 sessions, one by one at 9000."""
+    watch = [f"client-{i:07d}" for i in range(100)]
+    sim = SimSettings(version=V56, nodes=1, clients=clients, offline_sessions=0.0, churn=0.0)
+    async with rig(sim, per_client={"watch": watch, "watch_only": True}) as r:
+        await r.poll()
+        assert ids(await r.scrape()) == set(watch)
+        requests = r.cluster.requests
+        singles = requests.get("GET /api/v5/clients/{clientid}", 0)
+        batches = requests.get("GET /api/v5/clients", 0)
+        assert (singles, batches) == ((0, 1) if batched else (100, 0)), requests
 
 
 async def test_watch_only_on_old_versions_uses_single_lookups() -> None:

@@ -87,11 +87,14 @@ async def test_durable_sessions_of_5_6_name_no_node(make_client: MakeClient) -> 
 
 async def test_cursor_listing_filters_durable_sessions(make_client: MakeClient) -> None:
     """CL@v5.8.9 L1721-1790 (`does_offline_chan_info_match`, "used with clients_v2 API"):
-    `/clients_v2` applies the filters to offline durable sessions; they come after the nodes."""
+    `/clients_v2` applies the filters to offline durable sessions; they are the walk's last
+    stage, and a page that holds both stages lists the durable rows first (recorded:
+    tests/fixtures/recorded/5.8.9/v5_clients_v2_fields.json, v5_clients_v2_walk_04.json)."""
     cluster, _ = sim("v5", "5.8.9", clients=30, durable_sessions=2)
     client = await make_client(cluster)
     _, every = await get(client, "/api/v5/clients_v2?limit=1000")
-    assert [r["clientid"] for r in every["data"][-2:]] == ["durable-0000", "durable-0001"]
+    assert [r["clientid"] for r in every["data"][:2]] == ["durable-0000", "durable-0001"]
+    assert not [r for r in every["data"][2:] if r.get("durable")]
     _, online = await get(client, "/api/v5/clients_v2?limit=1000&conn_state=connected")
     assert not [r for r in online["data"] if r.get("durable")]
 
@@ -117,20 +120,21 @@ async def test_v5_path_id_is_decoded_once_and_raw_slash_is_another_route(
 
 
 async def test_v4_decodes_the_path_id_once(make_client: MakeClient) -> None:
-    """minirest routes on the raw path and CL@v4.4.19 L182-188 decodes the segment once
-    (`emqx_mgmt_util:urldecode`): encoded once the client is found, encoded twice it is "no
-    such client" (REFERENCE.md §12.3, measured on a real 4.4.19)."""
+    """Recorded on the real 4.4.19 (tests/fixtures/recorded/4.4.19/v4_lookup_slashed_once.json,
+    v4_lookup_slashed_twice.json, v4_lookup_missing.json): an id encoded once is found, encoded
+    twice it is not (200 with empty data, as for a missing client). REFERENCE.md §12.3 said
+    v4 decodes twice; the real broker showed otherwise (issue 17)."""
     cluster, _ = sim("v4", "4.4.19", clients=5, client_prefix=ODD_PREFIX)
     client = await make_client(cluster)
     clientid = cluster.population.clientid(3)
     once = "factory%2Fline%201%3F%23%25%2Fdev-0000003"
-    _, body = await get(client, f"/api/v4/clients/{once}")
-    assert [r["clientid"] for r in body["data"]] == [clientid]
+    status, body = await get(client, f"/api/v4/clients/{once}")
+    assert status == 200 and [r["clientid"] for r in body["data"]] == [clientid]
     twice = once.replace("%", "%25")
     _, body = await get(client, f"/api/v4/clients/{twice}")
-    assert body == {"code": 0, "data": []}  # no such client
-    _, body = await get(client, f"/api/v4/clients/{once.replace('0003', '0009')}")
     assert body == {"code": 0, "data": []}
+    _, body = await get(client, f"/api/v4/clients/{once.replace('0003', '0009')}")
+    assert body == {"code": 0, "data": []}  # no such client
 
 
 # -- filters ------------------------------------------------------------------------------------

@@ -27,10 +27,13 @@ async def test_every_client_once_with_equal_values(api: str, version: str) -> No
         truth = {row.get("clientid", row.get("client_id")): row for row in r.cluster.rows()}
         assert truth, "the simulator lists clients"
         received = per_client(samples, "emqx_client_received_bytes_total")
-        assert received.keys() == truth.keys()
-        assert received == {cid: row["recv_oct"] for cid, row in truth.items()}
+        # An offline session's row has no socket counters (recorded on 4.4.19 and 5.3.2:
+        # tests/fixtures/recorded/*/v*_lookup_offline.json): no byte counts for it.
+        assert received == {cid: row["recv_oct"] for cid, row in truth.items()
+                            if "recv_oct" in row}
+        assert len(received) >= sum(1 for row in truth.values() if row.get("connected", True))
         sent = per_client(samples, "emqx_client_sent_bytes_total")
-        assert sent == {cid: row["send_oct"] for cid, row in truth.items()}
+        assert sent == {cid: row["send_oct"] for cid, row in truth.items() if "send_oct" in row}
         online = per_client(samples, "emqx_client_online")
         assert online == {cid: 1.0 if row.get("connected", True) else 0.0
                           for cid, row in truth.items()}

@@ -9,7 +9,14 @@ import pytest
 from emqx_simulator import SimCluster, SimSettings
 from exporter.api import ApiClient
 from exporter.dialects import Dialect, make_dialect
-from exporter.lookup import MAX_REQUEST_LINE, LookupResult, batches, look_up
+from exporter.lookup import (
+    BATCH_MAX_SESSIONS,
+    MAX_REQUEST_LINE,
+    LookupResult,
+    batches,
+    look_up,
+    use_batches,
+)
 from exporter.records import ClientRecord
 from tests.harness import sim_api
 
@@ -83,3 +90,13 @@ async def test_v4_looks_each_client_up() -> None:
         assert dialect.batch_lookup is None
         result, found = await looked_up(client, dialect, [*ids, MISSING])
     assert found == set(ids) and not result.unknown and result.requests == 4
+
+
+def test_auto_batches_only_where_the_cluster_is_small() -> None:
+    """`lookup: auto` (README "Cost to EMQX", measured by bench/emqx_cost.py on 5.8.9)."""
+    batched = make_dialect("v5", "5.8.9").batch_lookup
+    assert use_batches("auto", batched, BATCH_MAX_SESSIONS)
+    assert not use_batches("auto", batched, BATCH_MAX_SESSIONS + 1)
+    assert not use_batches("auto", batched, None)  # size unknown: the bounded cost
+    assert use_batches("batched", batched, 10**6) and not use_batches("single", batched, 10)
+    assert not use_batches("batched", make_dialect("v5", "5.5.1").batch_lookup, 10)
