@@ -201,6 +201,10 @@ def test_the_fields_we_name_are_in_every_fields_enum() -> None:
 
     for version in ((5, 6, 0), (5, 7, 0), (5, 7, 1), (5, 8, 9), (6, 0, 1)):
         assert v5_fields_enum(version) >= records.V5_FIELDS_ENUM, version
+        if version >= (5, 7, 0):
+            assert v5_fields_enum(version) >= records.V5_7_FIELDS, version
+        else:
+            assert not v5_fields_enum(version) & records.V5_7_FIELDS, version
     assert not records.V5_FIELDS_ENUM & {"zone", "listener", "is_persistent", "peerport"}
 
 
