@@ -229,9 +229,8 @@ def valid_number(value: Any) -> bool:
 #: 5.8.9 accepts them); before that these rows carry no such key, so nothing is asked.
 V5_7_FIELDS = frozenset({"durable", "is_expired"})
 #: What v5's `fields=` enum accepts (REFERENCE.md §3.6, §12.1): the names of the client schema,
-#: `fields(client)` in `emqx_mgmt_api_clients.erl`@v5.6.0, as far as `FIELDS` reads them, plus
-#: the 5.7.0 durable-session flags (`V5_7_FIELDS`, asked for from 5.7.0 only). 5.7.1 adds
-#: `client_attrs`, which the exporter does not read.
+#: `fields(client)` in `emqx_mgmt_api_clients.erl`@v5.6.0, as far as `FIELDS` reads them; from
+#: 5.7.0 also `V5_7_FIELDS`. 5.7.1 adds `client_attrs`, which the exporter does not read.
 V5_FIELDS_ENUM = frozenset({
     "clientid", "username", "node", "mountpoint", "ip_address", "proto_name", "proto_ver",
     "clean_start", "connected", "keepalive", "expiry_interval", "connected_at", "created_at",
@@ -241,7 +240,7 @@ V5_FIELDS_ENUM = frozenset({
     "send_msg.dropped", "send_msg.dropped.expired", "send_msg.dropped.queue_full",
     "send_msg.dropped.too_large", "mqueue_len", "mqueue_max", "mqueue_dropped", "inflight_cnt",
     "inflight_max", "awaiting_rel_cnt", "awaiting_rel_max", "subscriptions_cnt",
-    "subscriptions_max", "mailbox_len", "heap_size", "reductions", *V5_7_FIELDS,
+    "subscriptions_max", "mailbox_len", "heap_size", "reductions",
 })
 #: Not in the enum, and not worth all fields: list rows lose `zone` from 5.1 on, and 5.0 has
 #: no `fields=`.
@@ -271,9 +270,10 @@ def v5_fields_param(version: tuple[int, int, int], attrs: frozenset[str]) -> lis
     `listener`, comes only with every field)."""
     if version < (5, 6, 0):
         return None
+    newer = V5_7_FIELDS if version >= (5, 7, 0) else frozenset()
     wanted = [name for name in wire_names("v5", attrs) if name not in V5_NEVER_LISTED
-              and (version >= (5, 7, 0) or name not in V5_7_FIELDS)]
-    if not V5_FIELDS_ENUM.issuperset(wanted):
+              and (name in newer or name not in V5_7_FIELDS)]
+    if not (V5_FIELDS_ENUM | newer).issuperset(wanted):
         return None
     return wanted
 
