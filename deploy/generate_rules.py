@@ -240,7 +240,7 @@ class Rules:
 
     # -- recording rules ----------------------------------------------------------------------
     def recording(self) -> list[dict[str, Any]]:
-        g, gi, m, t = self.g, self.gi, self.m, self
+        gi, m, t = self.gi, self.m, self
         window = self.s.rate_window
         up = m("emqx_client_exporter_node_up")
         fill = {
