@@ -323,7 +323,9 @@ class Rules:
         # bad_row/bad_value count rejected values, not failed requests.
         failed = m(errors_total, 'reason!~"bad_row|bad_value"')
         errors = f"sum by ({gi}) (rate({failed}[10m]))"
-        errors_rising = f"sum by ({gi}) (increase({failed}[5m])) > 0"
+        # A reason's first failure creates its series: recent() sees it at once, so a walk
+        # failing for the first time is not taken for a stopped node.
+        errors_rising = self.recent(failed, "5m")
         reachable = f"on ({gi}) {m('emqx_client_exporter_up')} == 1"
         # Why a poll fails: a rejected credential is retried minutes apart (no request in
         # between), a 429 at every poll; any other failing request makes it "unreachable".
@@ -390,19 +392,22 @@ class Rules:
                 "# Listed as stopped by /nodes (node_up 0 without API errors), or gone from the\n"
                 "# listing (EMQX 3/4 drop stopped nodes) within the hold window.\n"
                 f"(\n    {m('emqx_client_exporter_node_up')} == 0\n"
-                f"  unless on ({gi}) ({errors_rising})\n)\n"
-                f"and {reachable}\nor\n(\n"
-                f"    max by ({g}, node) (max_over_time({m('emqx_client_exporter_node_up')}"
+                f"  unless on ({gi})\n{indent(errors_rising, 2)}\n)\n"
+                f"and {reachable}\nor\n"
+                "# Gone from the listing: listed by this exporter within `hold`, by no exporter\n"
+                "# now, while this one polls (a dead exporter's nodes are not gone; with\n"
+                "# --shard, a node dealt to another replica is still listed).\n"
+                f"(\n    max by ({gi}, node) (max_over_time({m('emqx_client_exporter_node_up')}"
                 f"[{self.s.hold}]))\n"
                 f"  unless on ({g}, node) {m('emqx_client_exporter_node_up')}\n"
-                f")\nand on ({g}) max by ({g}) ({m('emqx_client_exporter_up')}) == 1",
+                f")\nand {reachable}",
                 "critical", "An EMQX node is stopped.",
                 f"EMQX node {{{{ $labels.node }}}}{in_cluster} is not running (EMQX lists it as "
                 "stopped, or no longer lists it). Its clients are gone or moved to other nodes."),
             self.alert(
                 "EMQXClientExporterNodeWalkFailing",
                 f"(\n    {m('emqx_client_exporter_node_up')} == 0\n"
-                f"  and on ({gi}) ({errors_rising})\n)\nand {reachable}",
+                f"  and on ({gi})\n{indent(errors_rising, 2)}\n)\nand {reachable}",
                 "warning", "The exporter cannot list the clients of an EMQX node.",
                 f"Walking the client list of node {{{{ $labels.node }}}}{in_cluster} has failed "
                 f"for {self.for_('EMQXClientExporterNodeWalkFailing')} while the API answers; "
