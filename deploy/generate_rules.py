@@ -132,6 +132,10 @@ class Settings:
     credential_window: str = "35m"
     #: The window of the per-client rates (recorded as `...:rate5m`); tests shorten it.
     rate_window: str = "5m"
+    #: Samples a per-client rate needs in its window: after a gap (exporter restarted), a
+    #: rate of two samples, maybe of one snapshot scraped twice, is noise, not a figure. 5 is
+    #: half the default window at 30 s scrapes; until then firing rate alerts hold.
+    rate_min_samples: int = 5
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> Settings:
@@ -179,6 +183,12 @@ class Rules:
                 f"    (\n{indent(expr, 6)}\n    )\n"
                 f"  * on ({self.g}, instance, clientid) group_left (node, username)\n"
                 f"    topk by ({self.g}, instance, clientid) (1, {self.m('emqx_client_info')})\n)")
+
+    def rate(self, counter: str) -> str:
+        """Per-client rate of ``counter``, only where its window holds enough samples."""
+        window, n = self.s.rate_window, self.s.rate_min_samples
+        return (f"sum by ({self.gi}, clientid) (\n  rate({counter}[{window}])\n"
+                f"    and count_over_time({counter}[{window}]) >= {n}\n)")
 
     def held(self, alert: str, current: str, recorded: str, scope: str,
              present: str | None = None) -> str:
@@ -241,7 +251,6 @@ class Rules:
     # -- recording rules ----------------------------------------------------------------------
     def recording(self) -> list[dict[str, Any]]:
         gi, m, t = self.gi, self.m, self
-        window = self.s.rate_window
         up = m("emqx_client_exporter_node_up")
         fill = {
             "mqueue": f"{m('emqx_client_mqueue_messages')}\n"
@@ -274,11 +283,10 @@ class Rules:
             ("clientid:emqx_client_mqueue_fill:ratio", t.info_join(fill["mqueue"])),
             ("clientid:emqx_client_inflight_fill:ratio", t.info_join(fill["inflight"])),
             ("clientid:emqx_client_sent_messages_dropped:rate5m",
-             t.info_join(f"sum by ({gi}, clientid) "
-                         f"(rate({m('emqx_client_sent_messages_dropped_total')}[{window}]))")),
+             "# A rate only over a window with enough samples (rate_min_samples).\n"
+             + t.info_join(self.rate(m("emqx_client_sent_messages_dropped_total")))),
             ("clientid:emqx_client_received_messages_dropped:rate5m",
-             t.info_join(f"sum by ({gi}, clientid) "
-                         f"(rate({m('emqx_client_received_messages_dropped_total')}[{window}]))")),
+             t.info_join(self.rate(m("emqx_client_received_messages_dropped_total")))),
             ("clientid:emqx_client_connects:changes15m",
              "# Each new connection moves the connected time; the first sample is no change.\n"
              + t.info_join(f"changes({m('emqx_client_connected_timestamp_seconds')}[15m])")),
