@@ -201,10 +201,12 @@ class Rules:
         ``present``: the client's input series, for rates. After a gap (exporter killed,
         restarted) the node is walked at once but the rate's window holds one sample: while
         the input is there and the rate is not, the alert holds too."""
-        # The recorded node status, not the raw one: the recording group may not have run on
-        # the newest scrape yet, and a raw node_up 1 beside a missing recorded value would
-        # resolve the alert for one evaluation. "poll": `unless recorded` alone ends the hold.
-        up = NODE_UP
+        # The node status from the same source as the data it is judged with: the recording
+        # group may not have run on the newest scrape yet, and a raw node_up 1 beside a
+        # recorded value still missing (or a raw input gone beside a recorded node_up 1) would
+        # resolve the alert for one evaluation. So: the recorded status with recorded data,
+        # the raw one with the raw ``present``. "poll": `unless recorded` alone ends the hold.
+        up = self.m("emqx_client_exporter_node_up") if present else NODE_UP
         walked = {
             "node": f"on ({self.gi}, node) {up} == 1",
             "cluster": f"on ({self.gi}) min by ({self.gi}) ({up}) == 1",
