@@ -334,6 +334,17 @@ def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
     assert not (firing | quiet) - names, "tests for alerts that do not exist"
 
 
+def test_readme_alerts_table_names_every_alert() -> None:
+    """README's Alerts section is written by hand: it must name exactly the alerts of the pack
+    (`...Foo` abbreviates `EMQXClientExporterFoo`)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for name in re.findall(r"`(EMQX[A-Za-z]+|\.\.\.[A-Za-z]+)`", section):
+        named.add("EMQXClientExporter" + name[3:] if name.startswith("...") else name)
+    assert named == {rule["alert"] for rule in alert_rules()}
+
+
 def runbook_anchors() -> set[str]:
     """GitHub's anchors of the runbook's alert sections (`## EMQXFoo` -> `emqxfoo`)."""
     text = RUNBOOK.read_text(encoding="utf-8")
