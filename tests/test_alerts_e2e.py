@@ -342,7 +342,8 @@ DRILL_SETTINGS: dict[str, Any] = {
     "for_override": "2s",
     # The rates' window, short so that a gap empties it within seconds; `hold` stays 1h.
     "rate_window": f"{DRILL_RATE_WINDOW_SECONDS}s",
-    "thresholds": {"client_drop_rate": 0.5},
+    # A third of the slowest rate: a rate over 8 s of 1 s polls is noisy.
+    "thresholds": {"client_drop_rate": 0.3},
 }
 #: Seconds for the whole drill, start-up included.
 DRILL_BUDGET_SECONDS = 120.0
