@@ -23,13 +23,18 @@ Conventions:
 
 - ``selector`` goes into every selector of an exporter metric and of `up`; nothing else names
   a job. ``job_labels`` are the labels Prometheus gives every series of one scrape target
-  (besides `instance`), ``cluster_label`` the exporter's cluster label; alerts group by both.
+  (besides `instance`), ``cluster_label`` the exporter's cluster label.
+- Every alert carries the `instance` of the exporter that saw it (with ``--shard``, the
+  replica that owns the node), so an inhibition with `equal: [..., instance]` silences only
+  what the broken exporter was responsible for. Alerts group by job labels, instance, cluster.
 - Client and fleet alerts are *held* while the exporter cannot see their data: when the
-  series behind a firing (or pending) alert vanish and the exporter did not walk the node (or
-  cluster) they belong to (EMQX unreachable, node stopped, exporter down), the alert keeps its
-  last value for up to ``hold`` instead of resolving. Once the exporter walks the node again,
-  the current data decides.
+  series behind a firing alert vanish and the exporter did not walk the node (or cluster)
+  they belong to (EMQX unreachable, node stopped, exporter down), the alert keeps its last
+  value for up to ``hold`` instead of resolving. Rates are also held while their window lacks
+  two samples after a gap. Once the exporter walks the node again, the current data decides.
 - Counters are read through rate()/increase()/changes() only, so resets never fire an alert.
+- Groups: ``Rules.groups()`` lists them; a new group is one more method returning its rules
+  and one more entry there (its alerts then get unit tests and a runbook section).
 """
 
 from __future__ import annotations
@@ -44,6 +49,16 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
+
+#: The recorded node status (one per exporter and node).
+NODE_UP = "node:emqx_client_exporter_node_up:max"
+#: The group of alerts about the exporter itself; every other alert group is about clients.
+EXPORTER_GROUP = "emqx-client-exporter"
+#: The client-events group: its alerts come from the MQTT subscription, not from the polls, so no
+#: poll failure inhibits them (`EMQXClientExporterEventsDown` speaks for a lost subscription).
+EVENTS_GROUP = "emqx-client-events"
+#: `reason` values of api_errors_total that mean EMQX rejected the credential (exporter/errors.py).
+CREDENTIAL_REASONS = "unauthorized|login_locked|forbidden"
 
 FLEET_UID = "emqx-clients-fleet"
 DRILLDOWN_UID = "emqx-clients-drilldown"
@@ -82,12 +97,16 @@ class Settings:
         "sample_limit_ratio": 0.8,  # samples scraped / sample_limit
         "poll_slow_ratio": 0.8,  # poll duration / poll interval
         "stale_intervals": 3,  # snapshot age in poll intervals
+        "unlisted_min": 10,  # rows EMQX reports for a node but the walk did not list ...
+        "unlisted_ratio": 0.05,  # ... and this share of the node's count (beyond churn)
     })
     #: `for:` per alert.
     for_: dict[str, str] = field(default_factory=lambda: {
         "EMQXClientExporterDown": "5m",
-        "EMQXClientExporterTargetMissing": "15m",
+        "EMQXClientExporterTargetMissing": "5m",
         "EMQXClientExporterEMQXUnreachable": "3m",
+        "EMQXClientExporterCredentialsRejected": "3m",
+        "EMQXClientExporterRateLimited": "3m",
         "EMQXNodeStopped": "2m",
         "EMQXClientExporterNodeWalkFailing": "5m",
         "EMQXClientExporterSnapshotStale": "2m",
@@ -95,6 +114,7 @@ class Settings:
         "EMQXClientExporterSeriesCapReached": "15m",
         "EMQXClientExporterScrapeNearSampleLimit": "15m",
         "EMQXClientExporterAPIErrors": "10m",
+        "EMQXClientExporterListingIncomplete": "15m",
         "EMQXClientMqueueFilling": "5m",
         "EMQXClientInflightFull": "10m",
         "EMQXClientDroppingMessages": "10m",
@@ -125,6 +145,15 @@ class Settings:
     })
     #: How long an event surge stays firing after the burst (bursts are short by nature).
     events_keep_firing_for: str = "10m"
+    #: How far back a rejected login still explains a failing poll: longer than the exporter's
+    #: longest pause between login retries (30 minutes), so the alert holds between retries.
+    credential_window: str = "35m"
+    #: The window of the per-client rates (recorded as `...:rate5m`); tests shorten it.
+    rate_window: str = "5m"
+    #: Samples a per-client rate needs in its window: after a gap (exporter restarted), a
+    #: rate of two samples, maybe of one snapshot scraped twice, is noise, not a figure. 5 is
+    #: half the default window at 30 s scrapes; until then firing rate alerts hold.
+    rate_min_samples: int = 5
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> Settings:
@@ -151,7 +180,9 @@ class Rules:
     def __init__(self, s: Settings) -> None:
         self.s = s
         self.job = ", ".join(s.job_labels)
-        self.g = ", ".join([*s.job_labels, s.cluster_label])  # one exporter's cluster
+        self.g = ", ".join([*s.job_labels, s.cluster_label])  # one cluster, whoever polls it
+        # One exporter's view of one cluster: with --shard, each replica's share of the nodes.
+        self.gi = ", ".join([*s.job_labels, "instance", s.cluster_label])
         self.t = s.thresholds
 
     # -- building blocks ----------------------------------------------------------------------
@@ -166,29 +197,53 @@ class Rules:
     def info_join(self, expr: str) -> str:
         """``expr`` per client, with `node` and `username` of emqx_client_info. One info series
         per client: for a lookback window after a client moved nodes there may be two."""
-        return (f"max by ({self.g}, clientid, node, username) (\n"
+        return (f"max by ({self.gi}, clientid, node, username) (\n"
                 f"    (\n{indent(expr, 6)}\n    )\n"
                 f"  * on ({self.g}, instance, clientid) group_left (node, username)\n"
                 f"    topk by ({self.g}, instance, clientid) (1, {self.m('emqx_client_info')})\n)")
 
-    def held(self, alert: str, current: str, recorded: str, scope: str) -> str:
+    def rate(self, counter: str) -> str:
+        """Per-client rate of ``counter``, only where its window holds enough samples."""
+        window, n = self.s.rate_window, self.s.rate_min_samples
+        return (f"sum by ({self.gi}, clientid) (\n  rate({counter}[{window}])\n"
+                f"    and count_over_time({counter}[{window}]) >= {n}\n)")
+
+    def held(self, alert: str, current: str, recorded: str, scope: str,
+             present: str | None = None) -> str:
         """``current``, or the last value of ``recorded`` while the alert fires, the series
-        has no current value, and the exporter has not walked ``scope`` ("node" or "cluster")
-        since. Pending alerts are not held: a condition nobody saw last for its `for:` must
-        not fire on data that is gone. A client with current data anywhere (back online, moved
-        to another node) is judged on it."""
-        if scope == "node":
-            walked = f"on ({self.g}, node) node:emqx_client_exporter_node_up:max == 1"
-        else:
-            walked = (f"on ({self.g}) min by ({self.g}) "
-                      f"(node:emqx_client_exporter_node_up:max) == 1")
+        has no current value, and the exporter (that instance) has not walked ``scope``
+        ("node", "cluster", or "poll": a complete poll) since. Pending alerts are not held: a
+        condition nobody saw last for its `for:` must not fire on data that is gone. A client
+        with current data anywhere (back online, moved to another node) is judged on it.
+
+        ``present``: the client's input series, for rates. After a gap (exporter killed,
+        restarted) the node is walked at once but the rate's window holds one sample: while
+        the input is there and the rate is not, the alert holds too."""
+        # The node status from the same source as the data it is judged with: the recording
+        # group may not have run on the newest scrape yet, and a raw node_up 1 beside a
+        # recorded value still missing (or a raw input gone beside a recorded node_up 1) would
+        # resolve the alert for one evaluation. So: the recorded status with recorded data,
+        # the raw one with the raw ``present``. "poll": `unless recorded` alone ends the hold.
+        up = self.m("emqx_client_exporter_node_up") if present else NODE_UP
+        walked = {
+            "node": f"on ({self.gi}, node) {up} == 1",
+            "cluster": f"on ({self.gi}) min by ({self.gi}) ({up}) == 1",
+            "poll": "",
+        }[scope]
         current_data = f"on ({self.g}, clientid) " if recorded.startswith("clientid:") else ""
-        return (f"(\n{indent(current, 2)}\n)\nor\n(\n"
-                f"    last_over_time({recorded}[{self.s.hold}])\n"
+        last = (f"last_over_time({recorded}[{self.s.hold}])\n"
                 f"  unless {current_data}{recorded}\n"
                 f"  and ignoring (alertname, alertstate, severity)\n"
-                f'    ALERTS{{alertname="{alert}", alertstate="firing"}}\n'
-                f"  unless {walked}\n)")
+                f'    ALERTS{{alertname="{alert}", alertstate="firing"}}')
+        if not walked:
+            hold = f"    {last}"
+        elif present is None:
+            hold = f"    {last}\n  unless {walked}"
+        else:
+            hold = (f"  (\n      {indent(last, 4).lstrip()}\n    unless {walked}\n  )\n"
+                    f"  or\n  (\n      {indent(last, 4).lstrip()}\n"
+                    f"    and on ({self.gi}, clientid) {present}\n  )")
+        return f"(\n{indent(current, 2)}\n)\nor\n(\n{hold}\n)"
 
     def annotations(self, alert: str, summary: str, description: str,
                     dashboard: str = FLEET_UID, client: bool = False) -> dict[str, str]:
@@ -215,42 +270,43 @@ class Rules:
 
     # -- recording rules ----------------------------------------------------------------------
     def recording(self) -> list[dict[str, Any]]:
-        g, m, t = self.g, self.m, self
+        gi, m, t = self.gi, self.m, self
+        up = m("emqx_client_exporter_node_up")
         fill = {
             "mqueue": f"{m('emqx_client_mqueue_messages')}\n"
                       f"      / ({m('emqx_client_mqueue_capacity_messages')} > 0)",
             "inflight": f"{m('emqx_client_inflight_messages')}\n"
                         f"      / ({m('emqx_client_inflight_capacity_messages')} > 0)\n"
-                        f"    and on ({g}, instance, clientid) {m('emqx_client_online')} == 1",
+                        f"    and on ({gi}, clientid) {m('emqx_client_online')} == 1",
         }
         rules = [
-            ("node:emqx_client_exporter_node_up:max",
-             "# 1 when the last poll walked the node completely; the hold condition of alerts.\n"
-             f"max by ({g}, node) ({m('emqx_client_exporter_node_up')})"),
             ("node:emqx_clients_online:sum",
-             "# A node the exporter lists but cannot walk (stopped) counts 0, not nothing.\n"
-             f"sum by ({g}, node) ({m('emqx_clients_online')})\nor\n"
-             f"sum by ({g}, node) ({m('emqx_client_exporter_node_up')} == 0)"),
+             "# Only nodes the exporter walked completely (node_up 1): a node it could not walk\n"
+             "# (listing failed, EMQX unreachable, stopped) has no figure, not 0, so a listing\n"
+             "# failure never reads as a drop. A walked node without online clients counts 0.\n"
+             f"(\n    sum by ({gi}, node) ({m('emqx_clients_online')})\n"
+             f"  and on ({gi}, node) {up} == 1\n)\nor\n"
+             f"max by ({gi}, node) ({up} == 1) * 0"),
             ("node:emqx_clients_online:ratio_of_peak15m",
+             "# Both figures come from complete walks only.\n"
              "node:emqx_clients_online:sum\n  /\nmax_over_time(node:emqx_clients_online:sum[15m])"),
             ("node:emqx_clients_sessions:sum",
-             f"sum by ({g}, node) ({m('emqx_clients_sessions')})"),
+             f"sum by ({gi}, node) ({m('emqx_clients_sessions')})"),
             ("node_class:emqx_clients_mqueue_saturated:ratio",
-             f"sum by ({g}, node, class) ({m('emqx_clients_mqueue_saturated')})\n  /\n"
-             f"sum by ({g}, node, class) ({m('emqx_clients_sessions')})"),
+             f"sum by ({gi}, node, class) ({m('emqx_clients_mqueue_saturated')})\n  /\n"
+             f"sum by ({gi}, node, class) ({m('emqx_clients_sessions')})"),
             ("node_class:emqx_clients_inflight_saturated:ratio",
-             f"sum by ({g}, node, class) ({m('emqx_clients_inflight_saturated')})\n  /\n"
-             f"sum by ({g}, node, class) ({m('emqx_clients_sessions')})"),
+             f"sum by ({gi}, node, class) ({m('emqx_clients_inflight_saturated')})\n  /\n"
+             f"sum by ({gi}, node, class) ({m('emqx_clients_sessions')})"),
             ("class:emqx_clients_connects:increase5m",
-             f"sum by ({g}, class) (increase({m('emqx_clients_connects_total')}[5m]))"),
+             f"sum by ({gi}, class) (increase({m('emqx_clients_connects_total')}[5m]))"),
             ("clientid:emqx_client_mqueue_fill:ratio", t.info_join(fill["mqueue"])),
             ("clientid:emqx_client_inflight_fill:ratio", t.info_join(fill["inflight"])),
             ("clientid:emqx_client_sent_messages_dropped:rate5m",
-             t.info_join(f"sum by ({g}, instance, clientid) "
-                         f"(rate({m('emqx_client_sent_messages_dropped_total')}[5m]))")),
+             "# A rate only over a window with enough samples (rate_min_samples).\n"
+             + t.info_join(self.rate(m("emqx_client_sent_messages_dropped_total")))),
             ("clientid:emqx_client_received_messages_dropped:rate5m",
-             t.info_join(f"sum by ({g}, instance, clientid) "
-                         f"(rate({m('emqx_client_received_messages_dropped_total')}[5m]))")),
+             t.info_join(self.rate(m("emqx_client_received_messages_dropped_total")))),
             ("clientid:emqx_client_connects:changes15m",
              "# Each new connection moves the connected time; the first sample is no change.\n"
              + t.info_join(f"changes({m('emqx_client_connected_timestamp_seconds')}[15m])")),
@@ -258,67 +314,128 @@ class Rules:
              "# Watched clients: those with a last-seen time, and those EMQX does not know\n"
              "# (online 0 without emqx_client_info). Other offline clients (allow list,\n"
              "# top-K) do not count.\n"
-             f"max by ({g}, clientid) ({m('emqx_client_online')})\n"
-             f"  and on ({g}, clientid)\n(\n"
-             f"    max by ({g}, clientid) ({m('emqx_client_last_seen_timestamp_seconds')})\n"
+             f"max by ({gi}, clientid) ({m('emqx_client_online')})\n"
+             f"  and on ({gi}, clientid)\n(\n"
+             f"    max by ({gi}, clientid) ({m('emqx_client_last_seen_timestamp_seconds')})\n"
              f"  or\n"
-             f"    max by ({g}, clientid) (\n"
+             f"    max by ({gi}, clientid) (\n"
              f"      {m('emqx_client_online')}\n"
-             f"        unless on ({g}, instance, clientid) {m('emqx_client_info')}\n"
+             f"        unless on ({gi}, clientid) {m('emqx_client_info')}\n"
              f"    )\n)"),
+            ("instance:emqx_client_exporter_series_dropped:polled",
+             "# series_dropped of complete polls only: a failed poll reports 0, which is no news.\n"
+             f"max by ({gi}) ({m('emqx_client_exporter_series_dropped')})\n"
+             f"  and on ({gi}) {m('emqx_client_exporter_up')} == 1"),
+            # Last: an alert that sees this evaluation's node status sees its other figures too.
+            (NODE_UP,
+             "# 1 when the exporter's last poll walked the node completely: node status, and\n"
+             "# the end of the hold of client alerts (read with this group's figures).\n"
+             f"max by ({gi}, node) ({up})"),
         ]
         return [{"record": name, "expr": expr + "\n"} for name, expr in rules]
 
     # -- alerts -------------------------------------------------------------------------------
+    def recent(self, errors: str, window: str) -> str:
+        """Instances whose ``errors`` counter rose within ``window``: increase() > 0, or a
+        series that appeared within it (a reason's first error creates its series at 1,
+        which increase() cannot see)."""
+        return (f"(\n    sum by ({self.gi}) (increase({errors}[{window}])) > 0\n  or\n"
+                f"    sum by ({self.gi}) ({errors} unless {errors} offset {window})\n)")
+
     def exporter_alerts(self) -> list[dict[str, Any]]:
-        g, m, t, job = self.g, self.m, self.t, self.job
+        g, gi, m, t, job = self.g, self.gi, self.m, self.t, self.job
         cl = self.s.cluster_label
         in_cluster = f"{{{{ with $labels.{cl} }}}} of cluster {{{{ . }}}}{{{{ end }}}}"
+        for_cluster = f"{{{{ with $labels.{cl} }}}} for cluster {{{{ . }}}}{{{{ end }}}}"
+        errors_total = "emqx_client_exporter_api_errors_total"
         # bad_row/bad_value count rejected values, not failed requests.
-        failed = m("emqx_client_exporter_api_errors_total", 'reason!~"bad_row|bad_value"')
-        errors = f"sum by ({g}, instance) (rate({failed}[10m]))"
-        errors_rising = f"sum by ({g}, instance) (increase({failed}[5m])) > 0"
-        reachable = f"on ({g}, instance) {m('emqx_client_exporter_up')} == 1"
+        failed = m(errors_total, 'reason!~"bad_row|bad_value"')
+        errors = f"sum by ({gi}) (rate({failed}[10m]))"
+        # A reason's first failure creates its series: recent() sees it at once, so a walk
+        # failing for the first time is not taken for a stopped node.
+        errors_rising = self.recent(failed, "5m")
+        reachable = f"on ({gi}) {m('emqx_client_exporter_up')} == 1"
+        # Why a poll fails: a rejected credential is retried minutes apart (no request in
+        # between), a 429 at every poll; any other failing request makes it "unreachable".
+        rejected = m(errors_total, f'reason=~"{CREDENTIAL_REASONS}"')
+        limited = m(errors_total, 'reason="rate_limited"')
+        others = m(errors_total,
+                   f'reason!~"{CREDENTIAL_REASONS}|rate_limited|bad_row|bad_value"')
+        any_but_rejected = m(errors_total, f'reason!~"{CREDENTIAL_REASONS}|bad_row|bad_value"')
+        polls_fail = f"{m('emqx_client_exporter_up')} == 0"
+        credentials = (f"{polls_fail}\nand on ({gi})\n"
+                       f"{self.recent(rejected, self.s.credential_window)}\n"
+                       f"unless on ({gi})\n{self.recent(any_but_rejected, '5m')}")
+        rate_limited = (f"{polls_fail}\nand on ({gi})\n{self.recent(limited, '5m')}\n"
+                        f"unless on ({gi})\n{self.recent(others, '5m')}")
         limit = f"{m('scrape_sample_limit')} > 0"
         interval = m("emqx_client_exporter_poll_interval_seconds")
         last_success = m("emqx_client_exporter_last_poll_success_timestamp_seconds")
+        dropped = "instance:emqx_client_exporter_series_dropped:polled"
+        listed = m("emqx_client_exporter_clients_listed")
+        unlisted = m("emqx_client_exporter_clients_unlisted")
         return [
             self.alert(
                 "EMQXClientExporterDown", f"{m('up')} == 0", "critical",
                 "Prometheus cannot scrape the EMQX client exporter.",
                 "Scrapes of {{ $labels.instance }}{{ with $labels.pod }} (pod {{ . }}){{ end }} "
-                "have failed for " + self.for_("EMQXClientExporterDown") + ". Client alerts of "
-                "its clusters are held at their last state and no new one can fire."),
+                "have failed for " + self.for_("EMQXClientExporterDown") + ". Client alerts it "
+                "raised are held at their last state and no new one can fire."),
             self.alert(
-                "EMQXClientExporterTargetMissing", f"absent({m('up')})", "warning",
-                "Prometheus has no EMQX client exporter target.",
-                "No scrape target matches the exporter's selector{{ with $labels.job }} (job "
-                "{{ . }}){{ end }}: every other rule of this pack is silent."),
+                "EMQXClientExporterTargetMissing",
+                "# No target at all, or one that was a target within `hold` and is no longer\n"
+                "# (a replica gone from service discovery: its `up` is stale, not 0).\n"
+                f"absent({m('up')})\nor\n"
+                f"max by ({job}, instance) (max_over_time({m('up')}[{self.s.hold}]))\n"
+                f"  unless on ({job}, instance) {m('up')}",
+                "warning", "Prometheus has no EMQX client exporter target.",
+                "{{ with $labels.instance }}Target {{ . }} was scraped within the last "
+                f"{self.s.hold} and is no longer a target: client alerts it raised are held and "
+                "no new one can fire.{{ else }}No scrape target matches the exporter's "
+                "selector{{ with $labels.job }} (job {{ . }}){{ end }}: every other rule of "
+                "this pack is silent.{{ end }}"),
             self.alert(
                 "EMQXClientExporterEMQXUnreachable",
-                f"{m('emqx_client_exporter_up')} == 0", "critical",
+                "# Credentials and rate limiting have their own alerts.\n"
+                f"{polls_fail}\nunless on ({gi}) (\n{indent(credentials, 2)}\n)\n"
+                f"unless on ({gi}) (\n{indent(rate_limited, 2)}\n)", "critical",
                 "The exporter cannot reach the EMQX management API.",
                 f"{{{{ $labels.instance }}}} has not completed a poll{in_cluster} for "
                 f"{self.for_('EMQXClientExporterEMQXUnreachable')}: client metrics are missing "
                 "and client alerts are held at their last state."),
             self.alert(
+                "EMQXClientExporterCredentialsRejected", credentials, "critical",
+                "EMQX rejects the exporter's credentials.",
+                f"EMQX rejects the credentials of {{{{ $labels.instance }}}}{for_cluster} (401, "
+                "403 or a locked login): no poll completes. The login is retried after a "
+                "growing pause (up to 30 minutes); a reload (SIGHUP) retries at once."),
+            self.alert(
+                "EMQXClientExporterRateLimited", rate_limited, "warning",
+                "EMQX (or a proxy in front of it) rate-limits the exporter.",
+                f"The requests of {{{{ $labels.instance }}}}{for_cluster} are answered 429 (Too "
+                "Many Requests): polls do not complete. The exporter waits as Retry-After says; "
+                "raise the limit or poll less often."),
+            self.alert(
                 "EMQXNodeStopped",
                 "# Listed as stopped by /nodes (node_up 0 without API errors), or gone from the\n"
                 "# listing (EMQX 3/4 drop stopped nodes) within the hold window.\n"
                 f"(\n    {m('emqx_client_exporter_node_up')} == 0\n"
-                f"  unless on ({g}, instance) ({errors_rising})\n)\n"
-                f"and {reachable}\nor\n(\n"
-                f"    max by ({g}, node) (max_over_time({m('emqx_client_exporter_node_up')}"
+                f"  unless on ({gi})\n{indent(errors_rising, 2)}\n)\n"
+                f"and {reachable}\nor\n"
+                "# Gone from the listing: listed by this exporter within `hold`, by no exporter\n"
+                "# now, while this one polls (a dead exporter's nodes are not gone; with\n"
+                "# --shard, a node dealt to another replica is still listed).\n"
+                f"(\n    max by ({gi}, node) (max_over_time({m('emqx_client_exporter_node_up')}"
                 f"[{self.s.hold}]))\n"
                 f"  unless on ({g}, node) {m('emqx_client_exporter_node_up')}\n"
-                f")\nand on ({g}) max by ({g}) ({m('emqx_client_exporter_up')}) == 1",
+                f")\nand {reachable}",
                 "critical", "An EMQX node is stopped.",
                 f"EMQX node {{{{ $labels.node }}}}{in_cluster} is not running (EMQX lists it as "
                 "stopped, or no longer lists it). Its clients are gone or moved to other nodes."),
             self.alert(
                 "EMQXClientExporterNodeWalkFailing",
                 f"(\n    {m('emqx_client_exporter_node_up')} == 0\n"
-                f"  and on ({g}, instance) ({errors_rising})\n)\nand {reachable}",
+                f"  and on ({gi})\n{indent(errors_rising, 2)}\n)\nand {reachable}",
                 "warning", "The exporter cannot list the clients of an EMQX node.",
                 f"Walking the client list of node {{{{ $labels.node }}}}{in_cluster} has failed "
                 f"for {self.for_('EMQXClientExporterNodeWalkFailing')} while the API answers; "
@@ -343,7 +460,9 @@ class Rules:
                 "{{ $value | humanizeDuration }}: the snapshot will soon go stale."),
             self.alert(
                 "EMQXClientExporterSeriesCapReached",
-                f"{m('emqx_client_exporter_series_dropped')} > 0", "info",
+                "# Held through failed polls and exporter restarts: only a complete poll decides.\n"
+                + self.held("EMQXClientExporterSeriesCapReached", f"{dropped} > 0", dropped,
+                            "poll"), "info",
                 "The exporter leaves per-client series out (per_client.max_series).",
                 f"{{{{ $labels.instance }}}}{in_cluster} leaves {{{{ $value | humanize }}}} "
                 "per-client series out: watched or top-K clients may be missing."),
@@ -360,17 +479,30 @@ class Rules:
                 "the sample limit; over it every scrape fails as a whole."),
             self.alert(
                 "EMQXClientExporterAPIErrors",
-                f"{errors}\n  /\nsum by ({g}, instance) "
+                f"{errors}\n  /\nsum by ({gi}) "
                 f"(rate({m('emqx_client_exporter_api_requests_total')}[10m]))\n"
                 f"  > {t['api_error_ratio']:g}\n"
                 "# Only while the exporter is scraped and reaches EMQX: otherwise\n"
                 "# EMQXClientExporterDown or EMQXClientExporterEMQXUnreachable speak.\n"
                 f"and on ({job}, instance) {m('up')} == 1\n"
-                f"unless on ({g}, instance) {m('emqx_client_exporter_up')} == 0",
+                f"unless on ({gi}) {m('emqx_client_exporter_up')} == 0",
                 "warning", "Many EMQX API requests of the exporter fail.",
                 f"{{{{ $value | humanizePercentage }}}} of the API requests of "
                 f"{{{{ $labels.instance }}}}{in_cluster} failed over the last 10 minutes; "
                 "polls may be partial."),
+            self.alert(
+                "EMQXClientExporterListingIncomplete",
+                "# Rows EMQX counts for a walked node that the walk did not list (offset drift,\n"
+                "# rows skipped), beyond the churn of clients connecting during a walk.\n"
+                f"{unlisted} >= {t['unlisted_min']:g}\n"
+                f"and on ({gi}, node)\n"
+                f"  {unlisted}\n    > on ({gi}, node)\n"
+                f"  ({unlisted} + on ({gi}, node) {listed}) * {t['unlisted_ratio']:g}\n"
+                f"and on ({gi}, node) {m('emqx_client_exporter_node_up')} == 1",
+                "warning", "The exporter's walks miss clients EMQX reports.",
+                "EMQX reports {{ $value | humanize }} more clients on node {{ $labels.node }}"
+                f"{in_cluster} than the walks of {{{{ $labels.instance }}}} list: those clients "
+                "are missing from metrics and alerts."),
         ]
 
     def client_alerts(self) -> list[dict[str, Any]]:
@@ -384,10 +516,10 @@ class Rules:
         drill = {"dashboard": DRILLDOWN_UID, "client": True}
 
         def per_client(name: str, recorded: str, op: str, key: str, summary: str,
-                       text: str) -> dict[str, Any]:
+                       text: str, present: str | None = None) -> dict[str, Any]:
             current = f"{recorded} {op} {t[key]:g}"
-            return self.alert(name, self.held(name, current, recorded, "node"), "warning",
-                              summary, f"{who} {text}", **drill)
+            return self.alert(name, self.held(name, current, recorded, "node", present),
+                              "warning", summary, f"{who} {text}", **drill)
 
         watched = "clientid:emqx_client_watched_online:max"
         saturated = (
@@ -395,7 +527,7 @@ class Rules:
             "and on ({2}, node, class)\n"
             "sum by ({2}, node, class) ({3}) >= {4:g}")
         storm = (f"class:emqx_clients_connects:increase5m\n  /\n"
-                 f"sum by ({self.g}, class) ({self.m('emqx_clients_online')})\n"
+                 f"sum by ({self.gi}, class) ({self.m('emqx_clients_online')})\n"
                  f"  > {t['storm_ratio']:g}\n"
                  f"and\nclass:emqx_clients_connects:increase5m >= {t['storm_min']:g}")
         online = "node:emqx_clients_online:sum"
@@ -416,13 +548,15 @@ class Rules:
                        "clientid:emqx_client_sent_messages_dropped:rate5m", ">",
                        "client_drop_rate", "EMQX drops messages meant for an MQTT client.",
                        "loses {{ $value | humanize }} messages per second that EMQX "
-                       "dropped instead of delivering (queue full, expired, too large)."),
+                       "dropped instead of delivering (queue full, expired, too large).",
+                       self.m("emqx_client_sent_messages_dropped_total")),
             per_client("EMQXClientPublishDropping",
                        "clientid:emqx_client_received_messages_dropped:rate5m", ">",
                        "client_publish_drop_rate",
                        "EMQX drops messages an MQTT client publishes.",
                        "publishes {{ $value | humanize }} messages per second that EMQX drops "
-                       "(no subscriber, authorization denied, QoS 2 PUBREL timeout, quota)."),
+                       "(no subscriber, authorization denied, QoS 2 PUBREL timeout, quota).",
+                       self.m("emqx_client_received_messages_dropped_total")),
             self.alert(
                 "EMQXWatchedClientOffline",
                 self.held("EMQXWatchedClientOffline", f"{watched} == 0", watched, "cluster"),
@@ -439,7 +573,7 @@ class Rules:
             self.alert(
                 "EMQXClientsMqueueSaturated",
                 self.held("EMQXClientsMqueueSaturated", saturated.format(
-                    "mqueue", t["saturated_ratio"], self.g,
+                    "mqueue", t["saturated_ratio"], self.gi,
                     self.m("emqx_clients_mqueue_saturated"), t["saturated_min"]),
                     "node_class:emqx_clients_mqueue_saturated:ratio", "node"),
                 "warning", "Many MQTT sessions of one class have nearly full queues.",
@@ -448,7 +582,7 @@ class Rules:
             self.alert(
                 "EMQXClientsInflightSaturated",
                 self.held("EMQXClientsInflightSaturated", saturated.format(
-                    "inflight", t["saturated_ratio"], self.g,
+                    "inflight", t["saturated_ratio"], self.gi,
                     self.m("emqx_clients_inflight_saturated"), t["saturated_min"]),
                     "node_class:emqx_clients_inflight_saturated:ratio", "node"),
                 "warning", "Many MQTT sessions of one class have full inflight windows.",
@@ -467,7 +601,7 @@ class Rules:
                 "Online MQTT clients of an EMQX node dropped sharply.",
                 f"Connected clients on node {{{{ $labels.node }}}}{{{{ with $labels.{cl} }}}} in "
                 "cluster {{ . }}{{ end }} are down to {{ $value | humanizePercentage }} of their "
-                "15-minute peak (a stopped node counts 0)."),
+                "15-minute peak (seen by {{ $labels.instance }})."),
         ]
 
     # -- client events (issue 20): EMQX's own disconnect reasons ------------------------------
@@ -524,39 +658,54 @@ class Rules:
         ]
 
     def groups(self) -> dict[str, dict[str, Any]]:
+        """Rule files and their groups. The exporter group comes first; every later alert
+        group is about clients (what the exporter sees), so a blind exporter inhibits it: a new
+        group is one more entry in ``client_groups``."""
+        client_groups = [
+            {"name": "emqx-clients", "rules": self.client_alerts()},
+        ]
         return {
             "recording.yml": {"groups": [
                 {"name": "emqx-client-exporter.rules", "rules": self.recording()}]},
             "alerts.yml": {"groups": [
-                {"name": "emqx-client-exporter", "rules": self.exporter_alerts()},
-                {"name": "emqx-clients", "rules": self.client_alerts()},
-                {"name": "emqx-client-events", "rules": self.event_alerts()},
-            ]},
+                {"name": EXPORTER_GROUP, "rules": self.exporter_alerts()}, *client_groups,
+                {"name": EVENTS_GROUP, "rules": self.event_alerts()}]},
         }
 
-    def inhibit_rules(self, client_alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A blind exporter silences what it cannot see; a stopped node, its clients."""
-        clients = [r["alert"] for r in client_alerts]
+    def inhibit_rules(self, alert_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A blind exporter silences what it, and only it, cannot see (`equal` on `instance`:
+        one down replica of a sharded job does not silence the others); a stopped or
+        unwalkable node, the client alerts of that node."""
+        clients = [r["alert"] for g in alert_groups if g["name"] not in (EXPORTER_GROUP,
+                                                                          EVENTS_GROUP)
+                   for r in g["rules"]]
         exporter_side = [*clients, "EMQXNodeStopped", "EMQXClientExporterNodeWalkFailing",
                          "EMQXClientExporterSnapshotStale", "EMQXClientExporterPollSlow",
-                         "EMQXClientExporterAPIErrors"]
-        per_node = [n for n in clients if n not in {"EMQXWatchedClientOffline",
-                                                    "EMQXClientsReconnectStorm"}]
+                         "EMQXClientExporterAPIErrors", "EMQXClientExporterSeriesCapReached",
+                         "EMQXClientExporterListingIncomplete"]
+        job, cluster = list(self.s.job_labels), self.s.cluster_label
+
+        def rule(sources: list[str], targets: list[str], equal: list[str]) -> dict[str, Any]:
+            def matcher(names: list[str]) -> str:
+                return (f'alertname="{names[0]}"' if len(names) == 1
+                        else f'alertname=~"{"|".join(names)}"')
+            return {"source_matchers": [matcher(sources)], "target_matchers": [matcher(targets)],
+                    "equal": equal}
+
+        # Alerts without a `node` label never match the node rules' `equal`.
         return [
-            {"source_matchers": ['alertname=~"EMQXClientExporterDown|'
-                                 'EMQXClientExporterTargetMissing"'],
-             "target_matchers": [f'alertname=~"{"|".join(exporter_side)}"'],
-             "equal": list(self.s.job_labels)},
-            {"source_matchers": ['alertname="EMQXClientExporterEMQXUnreachable"'],
-             "target_matchers": [f'alertname=~"{"|".join(exporter_side)}"'],
-             "equal": [*self.s.job_labels, self.s.cluster_label]},
-            {"source_matchers": ['alertname=~"EMQXNodeStopped|EMQXClientExporterNodeWalkFailing"'],
-             "target_matchers": [f'alertname=~"{"|".join(per_node)}"'],
-             "equal": [*self.s.job_labels, self.s.cluster_label, "node"]},
+            rule(["EMQXClientExporterDown", "EMQXClientExporterTargetMissing"], exporter_side,
+                 [*job, "instance"]),
+            rule(["EMQXClientExporterEMQXUnreachable", "EMQXClientExporterCredentialsRejected",
+                  "EMQXClientExporterRateLimited"], exporter_side, [*job, "instance", cluster]),
+            # A stopped node is stopped for every exporter.
+            rule(["EMQXNodeStopped"], clients, [*job, cluster, "node"]),
+            rule(["EMQXClientExporterNodeWalkFailing"],
+                 [*clients, "EMQXClientExporterListingIncomplete"],
+                 [*job, "instance", cluster, "node"]),
             # During a storm every client reconnects: the storm speaks for the single loops.
-            {"source_matchers": ['alertname="EMQXClientsReconnectStorm"'],
-             "target_matchers": ['alertname="EMQXClientReconnectLoop"'],
-             "equal": [*self.s.job_labels, self.s.cluster_label]},
+            rule(["EMQXClientsReconnectStorm"], ["EMQXClientReconnectLoop"],
+                 [*job, "instance", cluster]),
         ]
 
 
@@ -635,7 +784,7 @@ def render(settings: Settings) -> dict[str, str]:
         "prometheus/alerts.yml": HEADER + dump(alerts),
         "kubernetes/prometheusrule.yaml": HEADER + rule_note + dump(prometheus_rule),
         "alertmanager/alertmanager.yml": HEADER + ALERTMANAGER_NOTE + dump(
-            alertmanager_config(settings, rules.inhibit_rules(alerts["groups"][1]["rules"]))),
+            alertmanager_config(settings, rules.inhibit_rules(alerts["groups"]))),
     }
 
 
