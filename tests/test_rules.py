@@ -434,7 +434,8 @@ def test_generator_settings_reach_every_selector_and_grouping(tmp_path: Path) ->
     by_name = {r.get("alert", r.get("record")): r for r in rules}
     assert by_name["EMQXClientMqueueFilling"]["for"] == "7m"
     assert "> 2.5" in by_name["EMQXClientDroppingMessages"]["expr"]
-    assert "by (k8s_namespace, job, emqx_cluster, node)" in by_name["EMQXNodeStopped"]["expr"]
+    stopped = by_name["EMQXNodeStopped"]["expr"]
+    assert "by (k8s_namespace, job, instance, emqx_cluster, node)" in stopped
     bad = tmp_path / "bad.yaml"
     bad.write_text("threshold: {x: 1}\n")
     result = run(sys.executable, GENERATOR, "--settings", bad, "--out-dir", tmp_path)
