@@ -12,6 +12,7 @@ import pytest
 from exporter.records import (
     FIELDS,
     NUMBER_MAX,
+    V5_7_FIELDS,
     V5_FIELDS_ENUM,
     ClientRecord,
     lenient_record,
@@ -180,4 +181,4 @@ def test_wire_names_and_the_v5_fields_parameter() -> None:
     # `listener` is not in the enum: asking for it means asking for every field.
     assert v5_fields_param((5, 8, 9), attrs | {"listener"}) is None
     every = frozenset(f.attr for f in FIELDS if f.v5) - {"listener", "zone"}
-    assert set(v5_fields_param((5, 8, 9), every) or ()) <= V5_FIELDS_ENUM
+    assert set(v5_fields_param((5, 8, 9), every) or ()) <= V5_FIELDS_ENUM | V5_7_FIELDS
