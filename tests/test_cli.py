@@ -246,9 +246,10 @@ def get(url: str, **headers: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 15.0,
+def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 60.0,
              **headers: str) -> bytes:
-    """GET `url` until it answers 200 (bounded); fail early if the process died."""
+    """GET `url` until it answers 200 (bounded: a daemon's first poll on a loaded machine can take
+    15 s and more); fail early if the process died."""
     deadline = time.monotonic() + seconds
     while True:
         assert process.poll() is None, process.communicate()[1].decode()[-2000:]
