@@ -102,7 +102,7 @@ async def test_each_reason_counted_exactly(real_emqx: Broker) -> None:
     try:
         await _until(lambda: _up(exporter) == 1.0, "events subscription up")
 
-        def cause_each_reason() -> None:
+        def cause_each_reason() -> MqttClient:
             MqttClient(broker, f"{prefix}-normal").connect().disconnect()
             MqttClient(broker, f"{prefix}-kick").connect()
             status, _ = broker.request("DELETE", f"/clients/{prefix}-kick")
@@ -114,8 +114,11 @@ async def test_each_reason_counted_exactly(real_emqx: Broker) -> None:
             second.disconnect()
             first.drop()  # already closed by EMQX; releases the paho client
             MqttClient(broker, f"{prefix}-drop").connect().drop()  # no DISCONNECT
+            # Held until EMQX ends it: a paho client that is garbage collected closes its
+            # socket, which EMQX would count as tcp_closed instead of keepalive_timeout.
+            return silent
 
-        await asyncio.to_thread(cause_each_reason)
+        silent = await asyncio.to_thread(cause_each_reason)
         takeover = {} if broker.version.startswith("4.") else {"discarded": 1.0,
                                                                "takeovers": 1.0}
         expected = {"connects": 6.0, "normal": 2.0, "kicked": 1.0, "keepalive_timeout": 1.0,
@@ -128,6 +131,7 @@ async def test_each_reason_counted_exactly(real_emqx: Broker) -> None:
         expected.update(connects=7.0, normal=3.0)
         await _counts_become(exporter, broker.node, expected,
                              f"{broker.kind}: counts with the end marker {expected}")
+        silent.drop()  # EMQX closed it already
         samples = _samples(exporter)
         watched = (("clientid", f"{prefix}-take"),)
         # the watched client's connects are each counted, though both fell between polls
