@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -121,6 +120,16 @@ class MqttClient:
         """Stop the network loop with the socket open: no PINGREQ, so keepalive expires."""
         self.client.loop_stop()
 
+    def leave(self) -> None:
+        """Go away whatever the state: disconnect if connected, else (or failing that) drop."""
+        try:
+            if self.connected:
+                self.disconnect()
+            else:
+                self.drop()
+        except (OSError, TimeoutError):
+            self.drop()
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -136,22 +145,4 @@ def devices(broker: Broker, clientids: list[str], **options: Any) -> Iterator[li
         yield clients
     finally:
         for client in clients:
-            try:
-                if client.connected:
-                    client.disconnect()
-                else:
-                    client.drop()
-            except (OSError, TimeoutError):
-                client.drop()
-
-
-def wait_until(condition: Any, what: str, timeout: float = 60.0, every: float = 0.25) -> Any:
-    """Poll `condition` until it returns something true, or raise naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(every)
+            client.leave()

@@ -151,14 +151,7 @@ class Broker:
         EMQX updates its listing and counters asynchronously, so tests wait for the state they
         caused to show instead of sleeping a guessed time.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            result = condition()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                pytest.fail(f"{self.kind}: {what} did not happen within {timeout:.0f} s")
-            time.sleep(every)
+        return wait_until(condition, f"{self.kind}: {what}", timeout, every)
 
     # -- lifecycle (brokers started here only) ------------------------------------------------
 
@@ -445,3 +438,16 @@ def _wait_running(members: list[Broker]) -> None:
         return True
 
     members[0].wait_for(all_running, "every cluster member running", timeout=90)
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0,
+               every: float = 0.25) -> Any:
+    """Poll `condition` until it returns something true; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(every)

@@ -23,8 +23,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.mqtt import MqttClient, wait_until
-from tests.realbroker import KINDS, Broker, BrokerPool
+from tests.mqtt import MqttClient
+from tests.realbroker import KINDS, Broker, BrokerPool, wait_until
 from tests.recordings import KEPT_HEADERS, RECORDED, Spec, resolve, sent_target
 
 V5_ONLY = ("5.3.2", "5.8.9")

@@ -131,7 +131,7 @@ async def test_every_per_client_figure_matches_emqx(real_emqx: Broker) -> None:
             **dict.fromkeys(ODD_IDS, 1.0), "i17-persist": 0.0, "no-such-client": 0.0}
     finally:
         for client in everyone:
-            _leave(client)
+            client.leave()
         _end_session(broker, "i17-persist")
 
 
@@ -165,7 +165,7 @@ async def test_reconnect_resets_counters_and_a_kick_removes_the_client(
             await rig.until(lambda s: [cid] if cid in per_client(s, "emqx_client_online")
                             else [], "the kicked client gone")
     finally:
-        _leave(client)
+        client.leave()
 
 
 async def test_several_pages_list_every_client_once(real_emqx: Broker) -> None:
@@ -193,16 +193,6 @@ def _quote(clientid: str) -> str:
     from urllib.parse import quote
 
     return quote(clientid, safe="")
-
-
-def _leave(client: MqttClient) -> None:
-    try:
-        if client.connected:
-            client.disconnect()
-        else:
-            client.drop()
-    except (OSError, TimeoutError):
-        client.drop()
 
 
 def _end_session(broker: Broker, clientid: str) -> None:
