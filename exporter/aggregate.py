@@ -15,8 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter, itemgetter, not_
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from exporter import contract as c
+from exporter.columns import INT64_MAX, Columns, exact
 from exporter.contract import Family
 from exporter.distribution import Histograms
 from exporter.distribution import render as render_distributions
@@ -24,6 +29,7 @@ from exporter.exposition import ConstLabels, extend, group_lines, label_set
 from exporter.records import ClientRecord
 from exporter.render import RenderedBatch, as_label
 from exporter.selection import Pattern, fullmatches
+from exporter.state import COUNTER_INDEX, Bools, Ints
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,38 +71,41 @@ class AggregateSettings:
     const_labels: ConstLabels = ()
 
 
-@dataclass(slots=True)
-class Gauges:
-    """Point-in-time sums of one group in one poll."""
-
-    online: int = 0
-    sessions: int = 0
-    mqueue: int = 0
-    inflight: int = 0
-    subscriptions: int = 0
-    mqueue_saturated: int = 0
-    inflight_saturated: int = 0
-
-    def add(self, other: Gauges) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
+#: Point-in-time sums of a group in one poll, in this order in every gauge row.
+GAUGES = ("online", "sessions", "mqueue", "inflight", "subscriptions", "mqueue_saturated",
+          "inflight_saturated")
 
 GroupKey = tuple[object, ...]
 
-# Indexes into a group's counter list.
-(RX_BYTES, TX_BYTES, RX_MSGS, TX_MSGS, MQUEUE_DROPPED, RX_DROP_PUBREL, RX_DROP_OTHER,
- TX_DROP_EXPIRED, TX_DROP_QUEUE_FULL, TX_DROP_TOO_LARGE, TX_DROP_OTHER, CONNECTS) = range(12)
 
-_DROP_SERIES = (
-    ("received", "await_pubrel_timeout", RX_DROP_PUBREL), ("received", "other", RX_DROP_OTHER),
-    ("sent", "expired", TX_DROP_EXPIRED), ("sent", "queue_full", TX_DROP_QUEUE_FULL),
-    ("sent", "too_large", TX_DROP_TOO_LARGE), ("sent", "other", TX_DROP_OTHER),
-)
-_COUNTER_FAMILIES: tuple[tuple[Family, int], ...] = (
-    (c.CLIENTS_RECEIVED_BYTES, RX_BYTES), (c.CLIENTS_SENT_BYTES, TX_BYTES),
-    (c.CLIENTS_RECEIVED_MESSAGES, RX_MSGS), (c.CLIENTS_SENT_MESSAGES, TX_MSGS),
-    (c.CLIENTS_MQUEUE_DROPPED, MQUEUE_DROPPED), (c.CLIENTS_CONNECTS, CONNECTS),
+def _drop_series() -> tuple[tuple[str, str, str, tuple[str, ...], str | None], ...]:
+    """Drop series by direction and reason, from the per-client dropped families' splits:
+    (direction, reason, total field, piece fields, piece field or None for the remainder)."""
+    series: list[tuple[str, str, str, tuple[str, ...], str | None]] = []
+    for col in c.CLIENT_COLUMNS:
+        if col.part != "dropped" or col.split is None or col.field is None:
+            continue
+        direction = "received" if col.family is c.CLIENT_RECEIVED_DROPPED else "sent"
+        pieces = tuple(f for _, f in col.split.pieces)
+        series.extend((direction, reason, col.field, pieces, piece)
+                      for reason, piece in col.split.pieces)
+        if col.split.remainder is not None:
+            series.append((direction, col.split.remainder, col.field, pieces, None))
+    return tuple(series)
+
+
+#: (direction, reason, total field, piece fields, piece field or None: the remainder).
+_DROP_SERIES = _drop_series()
+#: Lasting counters of a group, in this order in every counter row: counter fields summed as
+#: they are, then the drop series, then new connections.
+_SUMMED = ("received_bytes", "sent_bytes", "received_messages", "sent_messages",
+           "mqueue_dropped")
+COUNTER_SERIES = (*_SUMMED, *(f"{d}:{r}" for d, r, *_ in _DROP_SERIES), "connects")
+_COUNTER_FAMILIES: tuple[tuple[Family, str], ...] = (
+    (c.CLIENTS_RECEIVED_BYTES, "received_bytes"), (c.CLIENTS_SENT_BYTES, "sent_bytes"),
+    (c.CLIENTS_RECEIVED_MESSAGES, "received_messages"),
+    (c.CLIENTS_SENT_MESSAGES, "sent_messages"), (c.CLIENTS_MQUEUE_DROPPED, "mqueue_dropped"),
+    (c.CLIENTS_CONNECTS, "connects"),
 )
 _GAUGE_FAMILIES: tuple[tuple[Family, str], ...] = (
     (c.CLIENTS_ONLINE, "online"), (c.CLIENTS_SESSIONS, "sessions"),
@@ -105,13 +114,20 @@ _GAUGE_FAMILIES: tuple[tuple[Family, str], ...] = (
     (c.CLIENTS_MQUEUE_SATURATED, "mqueue_saturated"),
     (c.CLIENTS_INFLIGHT_SATURATED, "inflight_saturated"),
 )
+_COUNTER_AT = {name: i for i, name in enumerate(COUNTER_SERIES)}
+_GAUGE_AT = {name: i for i, name in enumerate(GAUGES)}
 
 
-_CONNECTED = attrgetter("connected")
-_SUBSCRIPTIONS = attrgetter("subscriptions")
-#: (length, capacity, Gauges total, Gauges saturated count) of each bounded buffer.
-_FILLS = ((attrgetter("mqueue_len"), attrgetter("mqueue_max"), "mqueue", "mqueue_saturated"),
-          (attrgetter("inflight"), attrgetter("inflight_max"), "inflight", "inflight_saturated"))
+def group_sums(groups: Ints, matrix: npt.NDArray[Any]) -> dict[int, list[int]]:
+    """Each group's column sums of `matrix` (a row per client), exact whatever the values."""
+    if not len(groups):
+        return {}
+    present, inverse = np.unique(groups, return_inverse=True)
+    if matrix.size and int(matrix.max()) > INT64_MAX // len(groups):
+        matrix = matrix.astype(object)  # Python ints: a sum past 2**63 stays exact
+    sums = np.zeros((len(present), matrix.shape[1]), matrix.dtype)
+    np.add.at(sums, inverse, matrix)
+    return dict(zip(present.tolist(), sums.tolist(), strict=True))
 
 
 class Aggregator:
@@ -120,7 +136,11 @@ class Aggregator:
     def __init__(self, settings: AggregateSettings, classify: Classifier) -> None:
         self.settings = settings
         self.classify = classify
+        #: Lasting counters of every group seen, in `COUNTER_SERIES` order.
         self.counters: dict[GroupKey, list[int]] = {}
+        #: Every group seen, by number, and each group's number.
+        self.keys_by_id: list[GroupKey] = []
+        self._ids: dict[GroupKey, int] = {}
 
     def keys(self, records: Sequence[ClientRecord]) -> list[GroupKey]:
         """Each record's group: its raw values of the labels (the class name for `class`)."""
@@ -128,46 +148,56 @@ class Aggregator:
                    else list(map(attrgetter(name), records)) for name in self.settings.labels]
         return list(zip(*columns, strict=True)) if columns else [()] * len(records)
 
-    def count(self, key: GroupKey, deltas: list[int], new_connection: bool) -> None:
-        """Add one client's increases (in `state.COUNTER_FIELDS` order) to its group."""
-        totals = self.counters.get(key)
-        if totals is None:
-            totals = self.counters[key] = [0] * 12
-        elif not new_connection and not any(deltas):
-            return  # an idle client, most of a large fleet
-        (rx_bytes, tx_bytes, rx_msgs, tx_msgs, mq_dropped, rx_dropped, rx_pubrel,
-         tx_dropped, tx_expired, tx_full, tx_large) = deltas
-        totals[RX_BYTES] += rx_bytes
-        totals[TX_BYTES] += tx_bytes
-        totals[RX_MSGS] += rx_msgs
-        totals[TX_MSGS] += tx_msgs
-        totals[MQUEUE_DROPPED] += mq_dropped
-        if rx_dropped:
-            totals[RX_DROP_PUBREL] += rx_pubrel
-            totals[RX_DROP_OTHER] += max(0, rx_dropped - rx_pubrel)
-        if tx_dropped:
-            totals[TX_DROP_EXPIRED] += tx_expired
-            totals[TX_DROP_QUEUE_FULL] += tx_full
-            totals[TX_DROP_TOO_LARGE] += tx_large
-            totals[TX_DROP_OTHER] += max(0, tx_dropped - tx_expired - tx_full - tx_large)
-        if new_connection:
-            totals[CONNECTS] += 1
+    def groups(self, records: Sequence[ClientRecord]) -> Ints:
+        """Each record's group number (`keys_by_id`), new groups numbered as they come."""
+        keys = self.keys(records)
+        ids = self._ids
+        for key in dict.fromkeys(keys):
+            if key not in ids:
+                ids[key] = len(self.keys_by_id)
+                self.keys_by_id.append(key)
+        return np.fromiter(map(ids.__getitem__, keys), np.int64, len(keys))
 
-    def gauge(self, gauges: Gauges, records: Sequence[ClientRecord]) -> None:
-        """Add a group's records of one page, a column at a time (in C, not per client)."""
-        gauges.sessions += len(records)
-        gauges.online += len(records) - list(map(_CONNECTED, records)).count(False)
+    def count(self, groups: Ints, deltas: Ints, connects: Bools) -> None:
+        """Add a page's counter increases (`state.COUNTER_FIELDS` columns) to their groups;
+        `connects` marks new connections."""
+        at = COUNTER_INDEX
+        columns = [deltas[:, at[name]] for name in _SUMMED]
+        for _, _, total, pieces, piece in _DROP_SERIES:
+            dropped = deltas[:, at[total]]
+            if piece is not None:
+                share = deltas[:, at[piece]]
+            else:  # the total minus the named pieces, never below 0
+                total_col, *piece_cols = exact(dropped, *(deltas[:, at[p]] for p in pieces))
+                share = np.maximum(0, total_col - sum(piece_cols))
+            columns.append(np.where(dropped != 0, share, 0))
+        columns.append(connects.astype(np.int64))
+        if any(col.dtype == object for col in columns):  # see `_exact`
+            columns = [col.astype(object) for col in columns]
+        matrix = np.stack(columns, axis=1)
+        for group, sums in group_sums(groups, matrix).items():
+            key = self.keys_by_id[group]
+            totals = self.counters.get(key)
+            if totals is None:
+                self.counters[key] = sums
+            else:
+                self.counters[key] = [a + b for a, b in zip(totals, sums, strict=True)]
+
+    def gauge(self, groups: Ints, page: Columns) -> dict[int, list[int]]:
+        """Each group's point-in-time sums (`GAUGES` order) over a page's rows."""
         threshold = self.settings.saturation
-        for length, capacity, total, saturated in _FILLS:
-            lengths = list(map(length, records))
-            if not any(lengths):
-                continue  # empty queues and windows, most of a fleet
-            setattr(gauges, total, getattr(gauges, total) + sum(filter(None, lengths)))
-            capacities = compress(map(capacity, records), lengths)
-            full = sum(1 for n, m in zip(compress(lengths, lengths), capacities, strict=True)
-                       if isinstance(m, int) and m > 0 and n >= threshold * m)
-            setattr(gauges, saturated, getattr(gauges, saturated) + full)
-        gauges.subscriptions += sum(filter(None, map(_SUBSCRIPTIONS, records)))
+        lengths = {}
+        saturated = {}
+        for length, capacity in (("mqueue_len", "mqueue_max"), ("inflight", "inflight_max")):
+            n = page.number(length)
+            m = page.capacity(capacity)
+            lengths[length] = np.maximum(n, 0)
+            saturated[length] = (n > 0) & (m > 0) & (n >= threshold * m)
+        matrix = np.stack([
+            ~page.offline(), np.ones(page.size, np.bool_), lengths["mqueue_len"],
+            lengths["inflight"], np.maximum(page.number("subscriptions"), 0),
+            saturated["mqueue_len"], saturated["inflight"]], axis=1).astype(np.int64)
+        return group_sums(groups, matrix)
 
     def seeds(self, nodes: Iterable[str]) -> list[GroupKey]:
         """Groups that must show 0 rather than vanish: each walked node (with each class).
@@ -201,7 +231,7 @@ class Aggregator:
                 out[family] = group_lines(family, known)
         return out
 
-    def render(self, gauges: dict[GroupKey, Gauges],
+    def render(self, gauges: dict[GroupKey, list[int]],
                histograms: dict[GroupKey, Histograms] | None = None) -> RenderedBatch:
         """Every aggregate family: this poll's gauges and distributions, the lasting counters."""
         out: RenderedBatch = {}
@@ -209,17 +239,20 @@ class Aggregator:
             out.update(render_distributions(sorted(
                 ((self._labels(k), h) for k, h in histograms.items()), key=itemgetter(0))))
         gauge_rows = sorted((self._labels(k), g) for k, g in gauges.items())
-        for family, attr in _GAUGE_FAMILIES:
+        for family, name in _GAUGE_FAMILIES:
             if gauge_rows:
-                out[family] = group_lines(family, [(ls, getattr(g, attr))
-                                                   for ls, g in gauge_rows])
+                at = _GAUGE_AT[name]
+                out[family] = group_lines(family, [(ls, g[at]) for ls, g in gauge_rows])
         counter_rows = sorted((self._labels(k), totals) for k, totals in self.counters.items())
         if counter_rows:
-            for family, index in _COUNTER_FAMILIES:
-                out[family] = group_lines(family, [(ls, t[index]) for ls, t in counter_rows])
+            for family, name in _COUNTER_FAMILIES:
+                at = _COUNTER_AT[name]
+                out[family] = group_lines(family, [(ls, t[at]) for ls, t in counter_rows])
+            drops = [(direction, reason, _COUNTER_AT[f"{direction}:{reason}"])
+                     for direction, reason, *_ in _DROP_SERIES]
             out[c.CLIENTS_DROPPED] = group_lines(c.CLIENTS_DROPPED, [
-                (extend(ls, ("direction", direction), ("reason", reason)), t[index])
-                for ls, t in counter_rows for direction, reason, index in _DROP_SERIES])
+                (extend(ls, ("direction", direction), ("reason", reason)), t[at])
+                for ls, t in counter_rows for direction, reason, at in drops])
         return out
 
     def _labels(self, key: GroupKey) -> str:

@@ -40,7 +40,6 @@ from exporter.schema import (
     Names,
     PerClientConfig,
     TlsConfig,
-    WorkerKind,
     decode,
     setting,
     variables,
@@ -108,8 +107,6 @@ class Settings:
     status_page: bool
     #: Linked from the status page, e.g. the Grafana dashboards of this exporter.
     dashboard_url: str | None
-    #: Where each cluster's pipeline runs: "process" (a worker process) or "thread".
-    pipeline_worker: WorkerKind
 
 
 # --- validators for what a type cannot say -------------------------------------------------
@@ -482,5 +479,4 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         reload_endpoint=config.reload_endpoint,
         status_page=config.status_page,
         dashboard_url=_dashboard_url(config.dashboard_url),
-        pipeline_worker=config.pipeline_worker,
     )

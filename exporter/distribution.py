@@ -10,23 +10,27 @@ samples as gauges (see `contract.Distribution`):
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
-from itertools import accumulate, compress, repeat
-from operator import add, and_, attrgetter, is_not, itemgetter, mul, sub, truediv
+from dataclasses import dataclass
+from itertools import accumulate
+from operator import add
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client.utils import floatToGoString
 
 from exporter import contract as c
+from exporter.columns import Columns, exact, ratios
 from exporter.exposition import encode_text, extend, sample_line
-from exporter.records import ClientRecord
 from exporter.render import RenderedBatch
+from exporter.state import COUNTER_INDEX, Bools, Floats, Ints
 
 _BOUNDS = tuple(d.bounds for d in c.DISTRIBUTIONS)
 _WIDTHS = tuple(len(b) + 1 for b in _BOUNDS)  # one more for +Inf
 _OFFSETS = tuple(accumulate(_WIDTHS, initial=0))[:-1]
 _SLOTS = sum(_WIDTHS)
+_BOUND_ARRAYS = tuple(np.array(b, np.float64) for b in _BOUNDS)
 # Bounds written as the Go client writes them (`1e+06`), which is what Prometheus users see.
 _LE = tuple((*(floatToGoString(b) for b in bounds), "+Inf")  # type: ignore[no-untyped-call]
             for bounds in _BOUNDS)
@@ -35,125 +39,114 @@ _LE = tuple((*(floatToGoString(b) for b in bounds), "+Inf")  # type: ignore[no-u
  DROP_RATE, CONNECTION_AGE, SUBSCRIPTIONS) = range(len(c.DISTRIBUTIONS))
 
 
-def fill(length: int | None, capacity: int | str | None) -> float | None:
-    """A fill ratio, or None when the capacity is unlimited (0, "infinity") or unknown."""
-    if length is None or not isinstance(capacity, int) or capacity <= 0:
-        return None
-    return length / capacity
-
-
-def dropped(deltas: Sequence[int]) -> int:
-    """Messages dropped for a client in an interval: received and sent drops.
+def dropped(deltas: Ints) -> npt.NDArray[Any]:
+    """Messages dropped for each client in an interval (rows of counter increases): received
+    and sent drops.
 
     A full queue's drops count in `send_msg.dropped` on every version measured (4.4.19, 5.3.2,
     5.8.9), and in `mqueue_dropped` too on 5.8.9 only: adding both counted them twice. v3 has
     no `send_msg.dropped`, only `mqueue_dropped`: the larger of the two is the sent drops.
     """
-    return deltas[5] + max(deltas[4], deltas[7])  # received, max(mqueue_dropped, sent)
+    at = COUNTER_INDEX
+    received, queue, sent = exact(deltas[:, at["received_dropped"]],
+                                   deltas[:, at["mqueue_dropped"]], deltas[:, at["sent_dropped"]])
+    total: npt.NDArray[Any] = np.maximum(queue, sent) + received
+    return total
 
 
-#: Capacities that mean "unlimited" (v5 writes some as the string "infinity").
-_UNLIMITED: dict[object, None] = {0: None, "infinity": None}
-
-
-def _ratios(records: Sequence[ClientRecord], length: str, capacity: str) -> list[float]:
-    lengths = list(map(attrgetter(length), records))
-    capacities = list(map(attrgetter(capacity), records))
-    if None not in lengths and set(map(type, capacities)) == {int} and min(capacities) > 0:
-        return list(map(truediv, lengths, capacities))  # the common case, in C
-    # Still in C: unlimited capacities become None, then pairs with a None are left out.
-    known = list(map(_UNLIMITED.get, capacities, capacities))
-    keep = list(map(and_, map(is_not, known, repeat(None)), map(is_not, lengths, repeat(None))))
-    kept: list[Any] = list(compress(known, keep))
-    if set(map(type, kept)) <= {int} and min(kept, default=1) > 0:
-        return list(map(truediv, compress(lengths, keep), kept))
-    return [n / m for n, m in zip(lengths, capacities, strict=True)  # odd values: one by one
-            if n is not None and type(m) is int and m > 0]
-
-
-def _present(values: Sequence[float], records: Sequence[ClientRecord],
-             *fields: str) -> Sequence[float]:
-    """The values of the records that have at least one of the fields (a figure the version or
-    a rejected value left out is not 0)."""
-    if any(None not in map(attrgetter(f), records) for f in fields):
-        return values  # the common case: one field every record has, found by a scan in C
-    columns = [list(map(attrgetter(f), records)) for f in fields]
-    keep = [any(v is not None for v in row) for row in zip(*columns, strict=True)]
-    return list(compress(values, keep))
-
-
-_RATE_COUNTERS = ((RX_BYTES_RATE, 0, "received_bytes"), (TX_BYTES_RATE, 1, "sent_bytes"),
-                  (RX_MSGS_RATE, 2, "received_messages"), (TX_MSGS_RATE, 3, "sent_messages"))
+#: Counter increases binned as rates: (figure, counter field).
+_RATE_COUNTERS = ((RX_BYTES_RATE, "received_bytes"), (TX_BYTES_RATE, "sent_bytes"),
+                  (RX_MSGS_RATE, "received_messages"), (TX_MSGS_RATE, "sent_messages"))
+#: The drop rate is known where any of these is reported.
 _DROP_FIELDS = ("mqueue_dropped", "received_dropped", "sent_dropped")
 
 
-class Histograms:
-    """Every distribution of one group: bucket counts (not cumulative) and sums.
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Every distribution's figure for each row of a page, and where it is known."""
 
-    The pipeline queues each client and bins a page's worth at once (`flush`): column
-    operations in C instead of a dozen Python steps per client.
+    values: tuple[npt.NDArray[Any], ...]
+    known: tuple[Bools, ...]
+
+
+def figures(page: Columns, deltas: Ints, rated: Bools, since: Floats,
+            per_second: float | None, now: float) -> Figures:
+    """The figures of a page's rows, in the order of `contract.DISTRIBUTIONS`.
+
+    Fill ratios need a length and a limited capacity; a rate, one poll interval's increase of
+    a reported counter (`rated`); a connection age, a connected client's known start; a
+    figure the version or a rejected value left out is not 0.
     """
+    values: list[npt.NDArray[Any]] = []
+    known: list[Bools] = []
+    for length, capacity in (("mqueue_len", "mqueue_max"), ("inflight", "inflight_max")):
+        ratio, ok = ratios(page.number(length), page.capacity(capacity))
+        values.append(ratio)
+        known.append(ok)
+    rates: dict[int, tuple[npt.NDArray[Any], Bools]] = {}
+    nothing = np.zeros(page.size, np.bool_)
+    for figure, field in _RATE_COUNTERS:
+        if per_second is None:
+            rates[figure] = (np.zeros(page.size), nothing)
+        else:
+            rates[figure] = (deltas[:, COUNTER_INDEX[field]] * per_second,
+                             rated & page.reported(field))
+    for figure in (RX_BYTES_RATE, TX_BYTES_RATE, RX_MSGS_RATE, TX_MSGS_RATE):
+        values.append(rates[figure][0])
+        known.append(rates[figure][1])
+    if per_second is None:
+        values.append(np.zeros(page.size))
+        known.append(nothing)
+    else:
+        drops = dropped(deltas)
+        values.append(drops * per_second if drops.dtype != object else np.array(
+            [d * per_second for d in drops.tolist()], np.float64))
+        reported = np.logical_or.reduce([page.reported(f) for f in _DROP_FIELDS])
+        known.append(rated & reported)
+    started = since == since  # NaN (unknown) != NaN
+    values.append(np.maximum(now - np.where(started, since, now), 0.0))
+    known.append(started & ~page.offline())
+    subscriptions = page.number("subscriptions")
+    values.append(subscriptions)
+    known.append(subscriptions >= 0)
+    return Figures(tuple(values), tuple(known))
 
-    __slots__ = ("counts", "deltas", "records", "since", "sums")
+
+class Histograms:
+    """Every distribution of one group: bucket counts (not cumulative) and sums."""
+
+    __slots__ = ("counts", "sums")
 
     def __init__(self) -> None:
-        self.counts = [0] * _SLOTS
-        self.sums = [0.0] * len(_BOUNDS)
-        # The queue, appended to by the pipeline's loop directly (a call per client costs):
-        #: each client's record, and its counter increases if they make a rate (else None);
-        self.records: list[ClientRecord] = []
-        self.deltas: list[list[int] | None] = []
-        #: connected clients' connection starts, when known (Unix time).
-        self.since: list[float] = []
+        self.counts = np.zeros(_SLOTS, np.int64)
+        self.sums: list[float] = [0.0] * len(_BOUNDS)
 
-    def flush(self, per_second: float | None, now: float) -> None:
-        """Bin the queued clients; `per_second` is 1 / the seconds since the previous poll."""
-        records = self.records
-        if not records:
-            return
-        self._bin(MQUEUE_FILL, _ratios(records, "mqueue_len", "mqueue_max"))
-        self._bin(INFLIGHT_FILL, _ratios(records, "inflight", "inflight_max"))
-        if per_second is not None and any(self.deltas):
-            keep = list(map(is_not, self.deltas, repeat(None)))
-            rated = list(compress(records, keep))
-            rows: list[list[int]] = list(compress(self.deltas, keep))  # type: ignore[arg-type]
-            factor = repeat(per_second)
-            for figure, index, name in _RATE_COUNTERS:
-                rates = list(map(mul, map(itemgetter(index), rows), factor))
-                self._bin(figure, _present(rates, rated, name))
-            drops = list(map(mul, map(add, map(max, map(itemgetter(4), rows),
-                                               map(itemgetter(7), rows)),
-                                      map(itemgetter(5), rows)), factor))  # as `dropped`
-            self._bin(DROP_RATE, _present(drops, rated, *_DROP_FIELDS))
-        ages = list(map(sub, repeat(now), self.since))
-        if ages and min(ages) < 0:
-            ages = [age if age > 0 else 0.0 for age in ages]  # a start in the future: age 0
-        self._bin(CONNECTION_AGE, ages)
-        subscriptions = list(map(attrgetter("subscriptions"), records))
-        if None in subscriptions:
-            subscriptions = [n for n in subscriptions if n is not None]
-        self._bin(SUBSCRIPTIONS, subscriptions)
-        self.records, self.deltas, self.since = [], [], []
-
-    def _bin(self, figure: int, values: Sequence[float]) -> None:
-        if not values:
-            return
-        # Sorting is C work and nearly free on the long runs of equal values a fleet has (idle
-        # clients, empty queues); then each bound is one bisection, not one per client.
-        ordered = sorted(values)
-        counts = self.counts
-        below = 0
-        offset = _OFFSETS[figure]
-        for i, bound in enumerate(_BOUNDS[figure]):
-            upto = bisect_right(ordered, bound)  # values <= le
-            counts[offset + i] += upto - below
-            below = upto
-        counts[offset + len(_BOUNDS[figure])] += len(ordered) - below
-        self.sums[figure] += sum(values)
+    def add_rows(self, page: Figures, rows: Ints | slice) -> None:
+        """Count these rows of a page (in their order: sums add up as the rows come)."""
+        for figure, (values, known) in enumerate(zip(page.values, page.known, strict=True)):
+            chosen = values[rows][known[rows]]
+            if not len(chosen):
+                continue
+            bounds = _BOUND_ARRAYS[figure]
+            # Values <= le count in le's bucket: a bucket's index is the bounds below the value.
+            buckets = np.searchsorted(bounds, chosen, side="left")
+            offset = _OFFSETS[figure]
+            self.counts[offset:offset + _WIDTHS[figure]] += np.bincount(
+                buckets, minlength=_WIDTHS[figure])
+            self.sums[figure] += _sum(chosen)
 
     def add(self, other: Histograms) -> None:
-        self.counts = list(map(add, self.counts, other.counts))
+        self.counts = self.counts + other.counts
         self.sums = list(map(add, self.sums, other.sums))
+
+
+def _sum(values: npt.NDArray[Any]) -> float | int:
+    """`sum()` of the values as Python adds them: integers exactly, floats one after the other
+    from the first (numpy's `sum` pairs them, which can round differently)."""
+    if values.dtype.kind == "f":
+        return float(np.add.accumulate(values)[-1])
+    total: int = sum(values.tolist())
+    return total
 
 
 def render(rows: Sequence[tuple[str, Histograms]]) -> RenderedBatch:
@@ -173,7 +166,7 @@ def render(rows: Sequence[tuple[str, Histograms]]) -> RenderedBatch:
         grouped: list[str] = []
         offset, width = _OFFSETS[i], _WIDTHS[i]
         for labels, h in rows:
-            cumulative = list(accumulate(h.counts[offset:offset + width]))
+            cumulative = list(accumulate(h.counts[offset:offset + width].tolist()))
             group_buckets = [sample_line(f"{name}_bucket", extend(labels, ("le", le)), n)
                              for le, n in zip(_LE[i], cumulative, strict=True)]
             gcount = sample_line(f"{name}_gcount", labels, cumulative[-1])

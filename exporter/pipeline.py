@@ -1,25 +1,27 @@
 """Stages after the download, fed page by page: de-duplication, counters, aggregation,
-distributions, selection and rendering of one cluster's poll.
+distributions and selection of one cluster's poll; rendering once at its end.
 
-Pages are processed as they arrive, so a poll never holds more than a page of full records
-beside the compact counter state, the top-K candidates and the watched clients. Every method
-of `PollRun` runs off the event loop: in the cluster's worker process (`exporter.worker`), or
-on its pipeline thread with `pipeline_worker: thread`.
+Pages are taken in as they arrive, as columns (`exporter.columns`) with array operations: no
+stage takes a Python step per client. A poll holds a page of records beside the compact
+counter state, the top-K candidates, the watched clients and the records of the clients
+chosen for per-client series, which are rendered once, at `PollRun.finish`. Every method of
+`PollRun` runs off the event loop, on the cluster's pipeline thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import attrgetter, ge, gt
 
+import numpy as np
 import structlog
 
 from exporter import contract as c
-from exporter.aggregate import AggregateSettings, Aggregator, Classifier, Gauges, GroupKey
+from exporter.aggregate import GAUGES, AggregateSettings, Aggregator, Classifier, GroupKey
+from exporter.columns import Columns
 from exporter.config import PerClientSettings
 from exporter.distribution import Histograms
+from exporter.distribution import figures as distribution_figures
 from exporter.exposition import client_lines
 from exporter.records import ClientRecord
 from exporter.render import (
@@ -30,15 +32,12 @@ from exporter.render import (
 )
 from exporter.selection import (
     DEFAULT_RANKING,
-    RANKINGS,
     RankedClient,
-    Scorer,
-    Scores,
     SelectionSettings,
     Selector,
-    default_key,
+    score_page,
 )
-from exporter.state import COUNTER_FIELDS, NO_INCREASE, CounterState
+from exporter.state import COUNTER_FIELDS, CounterState, Floats, Ints, Observation
 from exporter.timeparse import TimeParser
 
 log = structlog.get_logger(__name__)
@@ -65,11 +64,6 @@ SUMMARY_TOP = 10
 #: What to configure when the cap leaves clients out (logs, `check` and the status page).
 CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_client.top_k, "
             "raise per_client.max_series, or turn per-client parts off")
-
-_COUNTERS = attrgetter(*COUNTER_FIELDS)
-#: What a row's fingerprint covers (`CounterState.quiet`): its connection and its counters.
-_ROW = attrgetter("connected_at", "created_at", *COUNTER_FIELDS)
-_CLIENTID = attrgetter("clientid")
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -116,12 +110,10 @@ class SelectionSummary:
 
 @dataclass(frozen=True, slots=True)
 class Footprint:
-    """Memory a pipeline holds: its lasting counter state and, when it runs in a worker
-    process (`exporter.worker`), that process's peak resident memory."""
+    """Memory a pipeline holds: its lasting counter state."""
 
     state_bytes: int
     clients: int
-    worker_peak_rss_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -213,36 +205,32 @@ class Pipeline:
     def footprint(self) -> Footprint:
         return Footprint(self.state.nbytes(), len(self.state))
 
-    def describe(self) -> str:
-        """Where this pipeline runs, for the status page."""
-        return "in the exporter's process (pipeline_worker: thread)"
-
-    def close(self) -> None:
-        """Nothing to release in-process (`ProcessPipeline.close` stops its worker)."""
-
 
 @dataclass(slots=True)
 class _NodePart:
     """What one node contributed to a poll, dropped whole if its walk fails."""
 
-    chunks: dict[c.Family, list[bytes]] = field(default_factory=dict)
-    gauges: dict[GroupKey, Gauges] = field(default_factory=dict)
-    histograms: dict[GroupKey, Histograms] = field(default_factory=dict)
+    #: Each group's gauge sums (`aggregate.GAUGES`) and distributions, by group number.
+    gauges: dict[int, list[int]] = field(default_factory=dict)
+    histograms: dict[int, Histograms] = field(default_factory=dict)
     clientids: list[str] = field(default_factory=list)
-    #: Clients of this node rendered with the allow list.
-    streamed: set[str] = field(default_factory=set)
+    #: The counter state's slots of the clients listed, a page at a time.
+    slots: list[Ints] = field(default_factory=list)
+    #: Allowed clients within the cap's streaming budget, in listing order: rendered at the end.
+    streamed: list[ClientRecord] = field(default_factory=list)
     #: Allowed clients past the streaming budget, kept (boundedly) for room left at the end.
     overflow: list[ClientRecord] = field(default_factory=list)
-    #: With no selection configured, the streamed clients and their rate increases: ranked
+    #: With no selection configured, the streamed clients' scores (a page at a time): ranked
     #: by the default ranking at the end only if the cap turns out to bind in this poll.
-    scored: list[tuple[ClientRecord, list[int] | None]] = field(default_factory=list)
+    scores: list[Floats] = field(default_factory=list)
 
 
 class PollRun:
     """One poll's accumulation, fed a page at a time.
 
     Made by `Pipeline.start_walk` or `Pipeline.start_lookup`; every method takes and returns
-    plain data.
+    plain data. A page is taken in with array operations over its columns (`Columns`); the
+    chosen clients are rendered once, at `finish`.
     """
 
     def __init__(self, pipeline: Pipeline, now: float, elapsed: float | None, *,
@@ -260,167 +248,159 @@ class PollRun:
         #: No selection configured and the cap bound last time: rank everyone, stream nobody.
         self.ranked = pipeline.selector.default is not None and pipeline.cap_binds
         self.budget = pipeline.selector.budget()
-        self.scorer = Scorer(pipeline.ranked_by, pipeline.state, self.per_second)
-        self.seen: set[str] = set()
         self.duplicates = 0
         self.nodes: dict[str, _NodePart] = {}
         self.failed: set[str] = set()
         self.watched: dict[str, ClientRecord] = {}
         #: Watched ids whose lookup failed: unknown, so not reported offline.
         self.unknown: set[str] = set()
+        #: Clients a watch-only poll's lookups found (a client found twice counts once).
+        self._looked_up: set[str] = set()
 
-    def add_page(self, walk_node: str | None, records: Sequence[ClientRecord],
-                 keys: Sequence[GroupKey] | None = None) -> None:
-        """Take one page of one walk (records may name their node; cursor walks span nodes).
-
-        `keys` are the records' aggregate groups when the caller has them already
-        (`Aggregator.keys`: the worker's parent computes them on its own, idler core).
-        """
+    def add_page(self, walk_node: str | None, records: Sequence[ClientRecord]) -> None:
+        """Take one page of one walk (records may name their node; cursor walks span nodes)."""
+        if not records:
+            return
+        if self.lookup:
+            self._add_lookups(records)
+            return
         p = self.p
-        if keys is None:
-            keys = p.aggregator.keys(records)
-        selector = p.selector
-        watch = selector.settings.watch
         state = p.state
-        aggregator = p.aggregator
-        baseline = p.baseline
-        seen = self.seen
-        export_all = selector.settings.export_all
-        allow = bool(selector.settings.allow)
-        default = selector.default
-        ranking = bool(selector.top)
-        ranked = self.ranked
-        lookup = self.lookup
-        poll = p.polls
-        idle_is_zero = self.scorer.idle_is_zero
-        admit = self.budget.admit
-        batch: dict[str, list[ClientRecord]] = {}
-        # Clients to score, with their rate increases: a page's worth at once is C work.
-        to_rank: tuple[list[ClientRecord], list[list[int] | None]] = ([], [])
-        to_default: tuple[list[ClientRecord], list[list[int] | None]] = ([], [])
-        # Records of one page nearly always share a node: look its part up once per change.
-        current_node: str | None = None
-        part = _NodePart()
-        node_index = 0
-        prints = list(map(hash, map(_ROW, records)))
-        quiet = state.quiet(list(map(_CLIENTID, records)), prints)
-        touch = state.touch
-        group_totals = aggregator.counters
-        for record, key, slot, fingerprint in zip(records, keys, quiet, prints, strict=True):
-            clientid = record.clientid
-            if clientid in seen:
-                self.duplicates += 1  # the first row listed wins; the rest are drift
-                continue
-            seen.add(clientid)
-            if lookup:
-                self._watch(record)
-                continue
-            node = record.node or walk_node or ""
-            if node != current_node:
-                current_node = node
-                part = self.nodes.setdefault(node, _NodePart())
-                node_index = p.node_index(node)
-            part.clientids.append(clientid)
-            histograms = part.histograms.get(key)
+        page = Columns(records)
+        slots, allocated = state.slots(page.clientids)
+        first = state.first_listing(slots, p.polls)
+        if not first.all():  # the first row listed wins; the rest are drift
+            self.duplicates += int((~first).sum())
+            rows = np.flatnonzero(first)
+            page, slots, allocated = Columns(page.take(rows)), slots[rows], allocated[rows]
+        parts, part_of_row = self._parts(page, walk_node)
+        starts = page.connection_starts()
+        has_connection = (np.ones(page.size, np.bool_) if None not in starts
+                          else np.array([s is not None for s in starts], np.bool_))
+        seen = state.observe_page(
+            slots, allocated, np.fromiter(map(hash, starts), np.int64, page.size),
+            has_connection, page.counters(),
+            np.array([p.node_index(name) for name, _ in parts], np.int64)[part_of_row],
+            p.polls, page.values("connected_at"))
+        groups = p.aggregator.groups(page.records)
+        p.aggregator.count(groups, seen.deltas, seen.new if not p.baseline
+                           else np.zeros(page.size, np.bool_))
+        self._aggregate(page, seen, groups, parts, part_of_row)
+        for (_, part), rows in zip(parts, self._rows_of_parts(parts, part_of_row), strict=True):
+            part.clientids.extend(page.clientids if len(parts) == 1
+                                  else [page.clientids[i] for i in rows.tolist()])
+            part.slots.append(slots[rows])
+        self._select(page, seen, parts, part_of_row, slots)
+
+    def _parts(self, page: Columns, walk_node: str | None) -> tuple[
+            list[tuple[str, _NodePart]], Ints]:
+        """The node parts of a page's rows: (name, part) of each node, and each row's index
+        into them (a row without a node belongs to the walk's node)."""
+        nodes = page.values("node")
+        distinct = list(dict.fromkeys(nodes))
+        if len(distinct) == 1 and distinct[0]:
+            names, index = [distinct[0]], np.zeros(page.size, np.int64)
+        else:
+            named = [node or walk_node or "" for node in nodes]
+            names = list(dict.fromkeys(named))
+            at = {name: i for i, name in enumerate(names)}
+            index = np.fromiter(map(at.__getitem__, named), np.int64, page.size)
+        return [(name, self.nodes.setdefault(name, _NodePart())) for name in names], index
+
+    @staticmethod
+    def _rows_of_parts(parts: list[tuple[str, _NodePart]], part_of_row: Ints) -> list[Ints]:
+        if len(parts) == 1:
+            return [np.arange(len(part_of_row))]
+        return [np.flatnonzero(part_of_row == i) for i in range(len(parts))]
+
+    def _aggregate(self, page: Columns, seen: Observation, groups: Ints,
+                   parts: list[tuple[str, _NodePart]], part_of_row: Ints) -> None:
+        """Add the page's gauges and distributions to each node part's groups."""
+        p = self.p
+        width = len(p.aggregator.keys_by_id)
+        cells = part_of_row * width + groups  # one cell per (node part, group)
+        figures = distribution_figures(page, seen.deltas, seen.rated, seen.since,
+                                       self.per_second, self.now)
+        single = len(parts) == 1 and bool((groups == groups[0]).all())
+        for cell, sums in p.aggregator.gauge(cells, page).items():
+            part = parts[cell // width][1]
+            group = cell % width
+            gauges = part.gauges.get(group)
+            part.gauges[group] = sums if gauges is None else [
+                a + b for a, b in zip(gauges, sums, strict=True)]
+            histograms = part.histograms.get(group)
             if histograms is None:
-                part.gauges[key] = Gauges()
-                histograms = part.histograms[key] = Histograms()
-            if slot >= 0:  # the row the last poll saw: nothing to add
-                rated, since = touch(slot, node_index, poll)
-                rate_deltas = NO_INCREASE if rated else None
-                moved = False
-                if key not in group_totals:
-                    aggregator.count(key, NO_INCREASE, False)  # the group's series exist
-            else:
-                began = record.connected_at or record.created_at
-                connection = None if began is None else hash(began)
-                deltas, new, rated, since = state.observe(
-                    clientid, connection, _COUNTERS(record), node_index, poll,
-                    record.connected_at, fingerprint)
-                aggregator.count(key, deltas, new and not baseline)
-                rate_deltas = deltas if rated else None
-                moved = rate_deltas is not None and any(rate_deltas)
-            histograms.records.append(record)
-            histograms.deltas.append(rate_deltas)
-            if since == since and record.connected is not False:  # NaN (unknown) != NaN
-                histograms.since.append(since)
-            if ranking and (not idle_is_zero or record.mqueue_len or record.inflight or moved):
-                # (Most of a fleet is idle, scoring 0 everywhere: no top-K takes it.)
-                to_rank[0].append(record)
-                to_rank[1].append(rate_deltas)
-            if clientid in watch:
-                self._watch(record)
-            elif export_all or (allow and selector.allowed(record)):
-                if ranked:
-                    to_default[0].append(record)
-                    to_default[1].append(rate_deltas)
+                histograms = part.histograms[group] = Histograms()
+            histograms.add_rows(figures, slice(None) if single
+                                else np.flatnonzero(cells == cell))
+
+    def _select(self, page: Columns, seen: Observation, parts: list[tuple[str, _NodePart]],
+                part_of_row: Ints, slots: Ints) -> None:
+        """Offer the page to the top-K rankings, note watched clients, and take the allowed
+        ones' room under the cap (rendered at `finish`)."""
+        p = self.p
+        selector = p.selector
+        settings = selector.settings
+        default = selector.default
+        scores: Floats | None = None
+        if selector.top or default is not None:
+            scores = score_page(page, seen.deltas, seen.rated, self.per_second,
+                                p.state.reconnect_scores(slots))
+        everyone = np.arange(page.size)
+        for top in selector.top:
+            assert scores is not None
+            top.offer_page(scores, page, everyone)
+        eligible = np.ones(page.size, np.bool_)
+        if settings.watch:
+            watched = np.fromiter(map(settings.watch.__contains__, page.clientids), np.bool_,
+                                  page.size)
+            for i in np.flatnonzero(watched).tolist():
+                self._watch(page.records[i])
+            eligible &= ~watched
+        if not settings.export_all:
+            eligible &= selector.allowed(page) if settings.allow else False
+        rows = np.flatnonzero(eligible)
+        if self.ranked:
+            assert default is not None and scores is not None
+            default.offer_page(scores, page, rows)
+            return
+        streamed, waiting = self.budget.admit_many(len(rows))
+        full = rows[streamed + waiting:]
+        for chosen, waits in ((rows[:streamed], False), (rows[streamed:streamed + waiting], True)):
+            for (_, part), mine in zip(parts, self._split(chosen, parts, part_of_row),
+                                       strict=True):
+                if not len(mine):
                     continue
-                admission = admit()
-                if admission == "stream":
-                    batch.setdefault(node, []).append(record)
-                    if default is not None:
-                        part.scored.append((record, rate_deltas))
-                elif admission == "overflow":
-                    part.overflow.append(record)
-                elif default is not None:
-                    to_default[0].append(record)
-                    to_default[1].append(rate_deltas)
-                else:
-                    self.budget.leave_out()
-        if to_rank[0]:
-            self._rank(*to_rank)
-        if to_default[0]:
-            self._offer_default(*to_default)
-        for node, chosen in batch.items():
-            self._render(self.nodes[node], chosen)
-        for part in self.nodes.values():
-            for key, histograms in part.histograms.items():
-                if histograms.records:
-                    aggregator.gauge(part.gauges[key], histograms.records)
-                histograms.flush(self.per_second, self.now)
+                (part.overflow if waits else part.streamed).extend(page.take(mine))
+                if default is not None and not waits:
+                    assert scores is not None
+                    part.scores.append(scores[mine])
+        if len(full):
+            if default is not None:
+                assert scores is not None
+                default.offer_page(scores, page, full)
+            else:
+                self.budget.leave_out(len(full))
+
+    @staticmethod
+    def _split(rows: Ints, parts: list[tuple[str, _NodePart]], part_of_row: Ints) -> list[Ints]:
+        """These rows by node part, each in listing order."""
+        if len(parts) == 1:
+            return [rows]
+        return [rows[part_of_row[rows] == i] for i in range(len(parts))]
+
+    def _add_lookups(self, records: Sequence[ClientRecord]) -> None:
+        for record in records:
+            if record.clientid not in self._looked_up:
+                self._looked_up.add(record.clientid)
+                self._watch(record)
+            else:
+                self.duplicates += 1
 
     def _watch(self, record: ClientRecord) -> None:
         self.watched[record.clientid] = record
         if record.connected is not False:
             self.p.last_seen[record.clientid] = self.now
-
-    def _rank(self, records: list[ClientRecord], rate_deltas: list[list[int] | None]) -> None:
-        """Offer each configured top-K the clients whose score may enter it (a page at once:
-        each ranking's scores are computed for the whole page, mostly in C)."""
-        scorer = self.scorer
-        columns: dict[int, list[float]] = {}  # by ranking, computed when first needed
-
-        def column(index: int) -> list[float]:
-            if index not in columns:
-                columns[index] = scorer.column(index, records, rate_deltas)
-            return columns[index]
-
-        for top in self.p.selector.top:
-            scores = column(top.index)
-            floor = top.floor
-            # Above 0 and not below the lowest candidate (the floor only rises while offering):
-            # a few clients of a large fleet, found in C.
-            passing = map(ge, scores, repeat(floor)) if floor > 0 else map(gt, scores, repeat(0))
-            for i in compress(range(len(scores)), passing):
-                score = scores[i]
-                if score >= top.floor:
-                    every = tuple(column(j)[i] for j in range(len(RANKINGS)))
-                    top.offer(score, every, records[i])
-
-    def _offer_default(self, records: list[ClientRecord],
-                       rate_deltas: list[list[int] | None]) -> None:
-        default = self.p.selector.default
-        assert default is not None
-        rows: list[Scores] = list(zip(*self.scorer.columns(records, rate_deltas), strict=True))
-        for key, scores, record in zip(map(default_key, rows), rows, records, strict=True):
-            default.offer(key, scores, record)
-
-    def _render(self, part: _NodePart, records: Sequence[ClientRecord]) -> None:
-        rendered = self.p.renderer.render(records, identity_labels(records,
-                                                                    self.p.render_settings))
-        for family, text in rendered.items():
-            part.chunks.setdefault(family, []).append(text)
-        part.streamed.update(r.clientid for r in records)
 
     def fail(self, nodes: Iterable[str]) -> None:
         """Forget what failed walks contributed; their counter increases stay counted.
@@ -433,7 +413,8 @@ class PollRun:
             part = self.nodes.pop(node, None)
             if part is None:
                 continue
-            self.seen.difference_update(part.clientids)
+            if part.slots:
+                self.p.state.unlist(np.concatenate(part.slots))
             self.budget.refund(len(part.streamed), len(part.overflow))
             for top in self.p.selector.trackers:
                 top.discard(part.clientids)
@@ -452,48 +433,48 @@ class PollRun:
         ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
         listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         rendered: Rendered = {}
-        streamed: set[str] = set()
-        complete = self.scorer.complete if self.scorer.deferred else None
+        streamed: list[ClientRecord] = []
         default = p.selector.default
         by_default = default is not None and (self.ranked or budget.full)
         if by_default:
             assert default is not None
             if not self.ranked:
-                # The cap started binding mid-poll: what streamed first came by listing order,
-                # so it is ranked with the rest and its rendering thrown away.
+                # The cap started binding mid-poll: what was admitted first came by listing
+                # order, so it is ranked with the rest.
                 for part in ok_parts.values():
-                    if part.scored:
-                        self._offer_default([r for r, _ in part.scored],
-                                            [d for _, d in part.scored])
-            late = default.finish(complete) if walked else []
+                    if part.streamed:
+                        default.offer_page(np.concatenate(part.scores), Columns(part.streamed),
+                                           np.arange(len(part.streamed)))
+            late = default.finish() if walked else []
             if walked:
                 budget.leave_out(max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))
                                      - len(late)))
         else:
             overflow: list[ClientRecord] = []
             for part in ok_parts.values():
-                for family, texts in part.chunks.items():
-                    rendered.setdefault(family, []).extend(texts)
-                streamed.update(part.streamed)
+                streamed.extend(part.streamed)
                 overflow.extend(part.overflow)
             # A failed poll saw too little to change who is in the top-K.
-            members = [top.finish(complete) for top in p.selector.top] if walked else []
-            late = budget.choose(streamed, [r for _, r in sorted(self.watched.items())],
-                                 members, overflow)
-        if late:
-            batch = p.renderer.render(late, identity_labels(late, p.render_settings))
+            members = [top.finish() for top in p.selector.top] if walked else []
+            late = budget.choose({r.clientid for r in streamed},
+                                 [r for _, r in sorted(self.watched.items())], members, overflow)
+        chosen = streamed + late
+        if chosen:
+            batch = p.renderer.render(chosen, identity_labels(chosen, p.render_settings))
             for family, text in batch.items():
                 rendered.setdefault(family, []).append(text)
         offline = self._render_watch_extras(rendered)
         per_client = sum(t.count(b"\n") for texts in rendered.values() for t in texts)
         seeds = p.aggregator.seeds(walked)
-        gauges: dict[GroupKey, Gauges] = {key: Gauges() for key in seeds}
+        gauges: dict[GroupKey, list[int]] = {key: [0] * len(GAUGES) for key in seeds}
         histograms: dict[GroupKey, Histograms] = {key: Histograms() for key in seeds}
+        keys = p.aggregator.keys_by_id
         for part in ok_parts.values():
-            for key, g in part.gauges.items():
-                gauges.setdefault(key, Gauges()).add(g)
-            for key, h in part.histograms.items():
-                histograms.setdefault(key, Histograms()).add(h)
+            for group, sums in part.gauges.items():
+                total = gauges.setdefault(keys[group], [0] * len(GAUGES))
+                gauges[keys[group]] = [a + b for a, b in zip(total, sums, strict=True)]
+            for group, h in part.histograms.items():
+                histograms.setdefault(keys[group], Histograms()).add(h)
         if self.lookup:
             # Without a walk, only /nodes knows totals, only per node, and only those the
             # version reports: the rest is unknown, so absent.
@@ -506,7 +487,7 @@ class PollRun:
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))
         p.last_poll_at = self.now
         clients = sum(listed.values())
-        summary = self._summary(clients, per_client_clients=len(streamed) + len(late),
+        summary = self._summary(clients, per_client_clients=len(chosen),
                                 offline=offline, by_default=by_default)
         if walked:
             p.baseline = False

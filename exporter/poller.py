@@ -20,13 +20,12 @@ from exporter.dialects.discovery import DialectOptions, Discovery
 from exporter.errors import AuthError, BackingOffError, ExporterError, InternalError
 from exporter.health import CLUSTER, Health
 from exporter.lookup import LookupResult, look_up
-from exporter.pipeline import PipelineResult
+from exporter.pipeline import Pipeline, PipelineResult, PollRun
 from exporter.records import ClientRecord, take_bad_example
 from exporter.render import Rendered
 from exporter.selfmetrics import ClusterStats
 from exporter.sharding import ShardPlan, assign
 from exporter.walker import NodeWalk, walk
-from exporter.worker import PipelineHost, Run
 
 T = TypeVar("T")
 
@@ -96,7 +95,7 @@ class PollReport:
 class ClusterPoller:
     """Polls one cluster on its interval; keeps the last rendering of its families."""
 
-    def __init__(self, settings: ClusterSettings, pipeline: PipelineHost, stats: ClusterStats,
+    def __init__(self, settings: ClusterSettings, pipeline: Pipeline, stats: ClusterStats,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -130,9 +129,9 @@ class ClusterPoller:
         self._watched_seen: set[str] | None = None
         #: Nodes whose last listing missed rows EMQX reported (logged on change).
         self._incomplete: set[str] = set()
-        # One thread per cluster calls the pipeline (`exporter.worker`: in a worker process,
-        # or in this thread): pages are processed in arrival order while the event loop
-        # downloads the next ones, and scrapes stay responsive.
+        # One thread per cluster runs the pipeline: pages are taken in in arrival order while
+        # the event loop downloads the next ones, and scrapes stay responsive (the array work
+        # and much of the rendering run in C).
         self._worker = ThreadPoolExecutor(max_workers=1,
                                           thread_name_prefix=f"pipeline-{settings.name or 0}")
 
@@ -160,7 +159,6 @@ class ClusterPoller:
     async def close(self) -> None:
         await self.client.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
-        self.pipeline.close()
 
     async def _on_worker(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
@@ -272,7 +270,7 @@ class ClusterPoller:
                              "in api_errors_total{reason=\"bad_value\"}")
 
     async def _walk_all(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
-                        report: PollReport, run: Run) -> None:
+                        report: PollReport, run: PollRun) -> None:
         """Walk this replica's nodes (`mine`); a stopped node is a failed outcome."""
         running = [n.name for n in mine if n.running]
         for n in mine:
@@ -335,7 +333,7 @@ class ClusterPoller:
             self._cursor_failing = True
             self._cursor_retry_in = CURSOR_RETRY_POLLS
 
-    async def _place_unseen(self, dialect: Dialect, shard: ShardPlan, run: Run,
+    async def _place_unseen(self, dialect: Dialect, shard: ShardPlan, run: PollRun,
                             seen: set[str], sessions: int | None) -> None:
         """Sharded walks: leave out watched clients this replica's rows did not have, unless
         it answers for clients no node has, and a lookup finds them nowhere (then 0)."""
@@ -357,7 +355,7 @@ class ClusterPoller:
         await self._on_worker(run.mark_unknown, found | result.unknown)
 
     async def _look_up(self, dialect: Dialect, mine: list[NodeInfo], shard: ShardPlan,
-                       report: PollReport) -> Run:
+                       report: PollReport) -> PollRun:
         """Watch-only: look the watched clients up; nodes are up when /nodes says running.
 
         The lookup comes first and the run starts after it: only then is it known whether
@@ -400,7 +398,7 @@ class ClusterPoller:
             for n in mine)
         return run
 
-    async def _walk_one(self, dialect: Dialect, node: str | None, run: Run,
+    async def _walk_one(self, dialect: Dialect, node: str | None, run: PollRun,
                         covers: list[str], shard: ShardPlan, *,
                         track: bool = True) -> NodeOutcome:
         """Walk one node (or, `node` None, the cluster); `track` False leaves the failure

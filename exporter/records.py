@@ -45,11 +45,15 @@ class Field:
     v3: str | None
     v4: str | None
     v5: str | None
+    #: A cumulative count of one connection: the counter state follows its increases across
+    #: polls and reconnects (`exporter.state`), aggregates add them up.
+    counter: bool = False
 
 
-def _same(attr: str, kind: Kind, wire: str | None = None, *, v3: bool = True) -> Field:
+def _same(attr: str, kind: Kind, wire: str | None = None, *, v3: bool = True,
+          counter: bool = False) -> Field:
     name = wire or attr
-    return Field(attr, kind, name if v3 else None, name, name)
+    return Field(attr, kind, name if v3 else None, name, name, counter)
 
 
 FIELDS: tuple[Field, ...] = (
@@ -69,28 +73,28 @@ FIELDS: tuple[Field, ...] = (
     _same("connected_at", "str"),
     Field("created_at", "str", None, "created_at", "created_at"),
     Field("disconnected_at", "str", None, "disconnected_at", "disconnected_at"),
-    _same("received_bytes", "int", "recv_oct"),
-    _same("sent_bytes", "int", "send_oct"),
+    _same("received_bytes", "int", "recv_oct", counter=True),
+    _same("sent_bytes", "int", "send_oct", counter=True),
     _same("received_packets", "int", "recv_pkt"),
     _same("sent_packets", "int", "send_pkt"),
-    _same("received_messages", "int", "recv_msg"),
-    _same("sent_messages", "int", "send_msg"),
+    _same("received_messages", "int", "recv_msg", counter=True),
+    _same("sent_messages", "int", "send_msg", counter=True),
     _same("received_qos0", "int", "recv_msg.qos0", v3=False),
     _same("received_qos1", "int", "recv_msg.qos1", v3=False),
     _same("received_qos2", "int", "recv_msg.qos2", v3=False),
     _same("sent_qos0", "int", "send_msg.qos0", v3=False),
     _same("sent_qos1", "int", "send_msg.qos1", v3=False),
     _same("sent_qos2", "int", "send_msg.qos2", v3=False),
-    _same("received_dropped", "int", "recv_msg.dropped", v3=False),
+    _same("received_dropped", "int", "recv_msg.dropped", v3=False, counter=True),
     Field("received_dropped_await_pubrel_timeout", "int", None, None,
-          "recv_msg.dropped.await_pubrel_timeout"),
-    _same("sent_dropped", "int", "send_msg.dropped", v3=False),
-    _same("sent_dropped_expired", "int", "send_msg.dropped.expired", v3=False),
-    _same("sent_dropped_queue_full", "int", "send_msg.dropped.queue_full", v3=False),
-    _same("sent_dropped_too_large", "int", "send_msg.dropped.too_large", v3=False),
+          "recv_msg.dropped.await_pubrel_timeout", counter=True),
+    _same("sent_dropped", "int", "send_msg.dropped", v3=False, counter=True),
+    _same("sent_dropped_expired", "int", "send_msg.dropped.expired", v3=False, counter=True),
+    _same("sent_dropped_queue_full", "int", "send_msg.dropped.queue_full", v3=False, counter=True),
+    _same("sent_dropped_too_large", "int", "send_msg.dropped.too_large", v3=False, counter=True),
     Field("mqueue_len", "int", None, "mqueue_len", "mqueue_len"),
     Field("mqueue_max", "int", None, "max_mqueue", "mqueue_max"),
-    Field("mqueue_dropped", "int", None, "mqueue_dropped", "mqueue_dropped"),
+    Field("mqueue_dropped", "int", None, "mqueue_dropped", "mqueue_dropped", counter=True),
     Field("inflight", "int", None, "inflight", "inflight_cnt"),
     Field("inflight_max", "int", None, "max_inflight", "inflight_max"),
     Field("awaiting_rel", "int", None, "awaiting_rel", "awaiting_rel_cnt"),
@@ -105,6 +109,8 @@ FIELDS: tuple[Field, ...] = (
     Field("durable", "bool", None, None, "durable"),
     Field("is_expired", "bool", None, None, "is_expired"),
 )
+#: The fields the counter state follows (`Field.counter`), in table order.
+COUNTERS: tuple[str, ...] = tuple(f.attr for f in FIELDS if f.counter)
 
 
 class ClientRecord(msgspec.Struct, gc=False, omit_defaults=True):

@@ -64,9 +64,6 @@ def _text_hook(kind: type, value: Any) -> Any:
     raise ValueError("must be a string")
 
 
-#: Where a cluster's pipeline runs (`exporter.worker`): a child process, or a thread of the
-#: exporter's own process (one core; for tests that reach into the pipeline).
-WorkerKind = Literal["process", "thread"]
 Count = Annotated[int, Meta(ge=1, le=MAX_NUMBER)]
 Seconds = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
 #: A list of names, or one comma-separated string of them.
@@ -225,10 +222,6 @@ class ExporterConfig(Schema, frozen=True):
                                       flag=True)] = True
     dashboard_url: Annotated[Text | None, _key("URL of your dashboards, linked from the status "
                                                "page", flag=True)] = None
-    pipeline_worker: Annotated[WorkerKind,
-                               _key("where each cluster's pipeline runs: a worker process "
-                                    "(a second core) or a thread of the exporter",
-                                    flag=True)] = "process"
 
 
 # --- what derives from the schema ----------------------------------------------------------

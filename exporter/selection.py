@@ -11,20 +11,23 @@ hysteresis, never by listing order.
 
 from __future__ import annotations
 
-import heapq
 import math
 import re
 import zlib
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from itertools import repeat
-from operator import and_, attrgetter, contains, itemgetter, mul, not_, truediv
-from typing import Literal
+from operator import and_, contains, not_
+from typing import Any, Literal
 
-from exporter.distribution import dropped, fill
+import numpy as np
+import numpy.typing as npt
+
+from exporter.columns import Columns, exact, ratios
+from exporter.distribution import dropped
 from exporter.records import ClientRecord
-from exporter.state import COUNTER_FIELDS, NO_INCREASE, CounterState
+from exporter.state import COUNTER_INDEX, Bools, Floats, Ints
 
 #: A regex that is only a plain prefix and `.*`, as class rules usually are (`sensor-.*`).
 _PREFIX_ONLY = re.compile(r"([A-Za-z0-9_/:@ -]*)\.\*")
@@ -57,13 +60,17 @@ class Pattern:
         value = record.clientid if self.field == "clientid" else (record.username or "")
         return self.pattern.fullmatch(value) is not None
 
+    def matches_page(self, page: Columns) -> Bools:
+        """`matches` of each row of a page."""
+        values = page.clientids if self.field == "clientid" else [
+            u or "" for u in page.values("username")]
+        return np.array(fullmatches(self.pattern, values), np.bool_).reshape(page.size)
 
-#: The scores of a page of clients in one ranking, larger is worse, one per record: from the
-#: records, each one's counter increases when they make a rate (None while the client has no
-#: rate yet), 1 / seconds since the previous poll (None on the first poll) and the counter
-#: state. A page at a time, so the work per client stays in C where it can.
-ScoreFunction = Callable[[Sequence[ClientRecord], Sequence[list[int] | None], float | None,
-                          CounterState], list[float]]
+
+#: The scores of a page's rows in one ranking, larger is worse: from the page, each row's
+#: counter increases over one poll interval (0 where the row has no rate), 1 / seconds since
+#: the previous poll (None on the first poll) and each row's reconnect score.
+ScoreFunction = Callable[[Columns, Ints, float | None, Floats], Floats]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,60 +80,41 @@ class Ranking:
     name: str
     help: str
     score: ScoreFunction
-    #: The score comes from the counter state, a lookup per client: computed for every client
-    #: only when a top-K ranks by it, otherwise only for the members shown. Every other score
-    #: is 0 for an idle client (empty queue and window, no traffic), so the pipeline skips
-    #: scoring idle clients, most of a large fleet, unless such a score is ranked by.
-    from_state: bool = False
 
 
-def _fills(records: Sequence[ClientRecord], length: str, capacity: str) -> list[float]:
-    """Fill ratios, 0 where the capacity is unlimited or a figure unknown."""
-    lengths = list(map(attrgetter(length), records))
-    capacities = list(map(attrgetter(capacity), records))
-    if (records and None not in lengths and set(map(type, capacities)) == {int}
-            and min(capacities) > 0):
-        return list(map(truediv, lengths, capacities))  # the common case, in C
-    return [fill(n, m) or 0.0 for n, m in zip(lengths, capacities, strict=True)]
+def _mqueue_fill(page: Columns, increases: Ints, per_second: float | None,
+                 reconnects: Floats) -> Floats:
+    return ratios(page.number("mqueue_len"), page.capacity("mqueue_max"))[0]
 
 
-def _rated(rate_deltas: Sequence[list[int] | None]) -> Sequence[list[int]]:
-    """The counter increases, zeros for a client without a rate."""
-    if None not in rate_deltas:
-        return rate_deltas  # type: ignore[return-value]
-    return [deltas or NO_INCREASE for deltas in rate_deltas]
+def _inflight_fill(page: Columns, increases: Ints, per_second: float | None,
+                   reconnects: Floats) -> Floats:
+    return ratios(page.number("inflight"), page.capacity("inflight_max"))[0]
 
 
-_BYTES = itemgetter(COUNTER_FIELDS.index("received_bytes"), COUNTER_FIELDS.index("sent_bytes"))
-
-
-def _mqueue_fill(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
-                 per_second: float | None, state: CounterState) -> list[float]:
-    return _fills(records, "mqueue_len", "mqueue_max")
-
-
-def _inflight_fill(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
-                   per_second: float | None, state: CounterState) -> list[float]:
-    return _fills(records, "inflight", "inflight_max")
-
-
-def _drop_rate(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
-               per_second: float | None, state: CounterState) -> list[float]:
+def _per_second(counts: npt.NDArray[Any], per_second: float | None) -> Floats:
     if per_second is None:
-        return [0.0] * len(records)
-    return list(map(mul, map(dropped, _rated(rate_deltas)), repeat(per_second)))
+        return np.zeros(len(counts))
+    if counts.dtype == object:  # Python ints past int64 (see `columns.exact`)
+        return np.array([n * per_second for n in counts.tolist()], np.float64)
+    return counts * per_second
 
 
-def _byte_rate(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
-               per_second: float | None, state: CounterState) -> list[float]:
-    if per_second is None:
-        return [0.0] * len(records)
-    return list(map(mul, map(sum, map(_BYTES, _rated(rate_deltas))), repeat(per_second)))
+def _drop_rate(page: Columns, increases: Ints, per_second: float | None,
+               reconnects: Floats) -> Floats:
+    return _per_second(dropped(increases), per_second)
 
 
-def _reconnects(records: Sequence[ClientRecord], rate_deltas: Sequence[list[int] | None],
-                per_second: float | None, state: CounterState) -> list[float]:
-    return list(map(state.reconnect_score, map(attrgetter("clientid"), records)))
+def _byte_rate(page: Columns, increases: Ints, per_second: float | None,
+               reconnects: Floats) -> Floats:
+    received, sent = exact(increases[:, COUNTER_INDEX["received_bytes"]],
+                           increases[:, COUNTER_INDEX["sent_bytes"]])
+    return _per_second(received + sent, per_second)
+
+
+def _reconnects(page: Columns, increases: Ints, per_second: float | None,
+                reconnects: Floats) -> Floats:
+    return reconnects
 
 
 #: The rankings for top-K: a client's `Scores` hold one value per ranking, in this order.
@@ -135,8 +123,7 @@ RANKING_TABLE: tuple[Ranking, ...] = (
     Ranking("inflight_fill", "inflight messages / window size", _inflight_fill),
     Ranking("drop_rate", "messages dropped per second", _drop_rate),
     Ranking("byte_rate", "bytes received + sent per second", _byte_rate),
-    Ranking("reconnects", "new connections over about the last ten polls", _reconnects,
-            from_state=True),
+    Ranking("reconnects", "new connections over about the last ten polls", _reconnects),
 )
 RANKINGS = tuple(r.name for r in RANKING_TABLE)
 #: Rankings by a rate: counter increases between two polls, so nobody has one on the first.
@@ -147,42 +134,18 @@ Scores = tuple[float, ...]
 #: The default ranking under the cap: queue fill first, then drop rate, inflight fill, traffic.
 DEFAULT_RANKING = ("mqueue_fill", "drop_rate", "inflight_fill", "byte_rate")
 DEFAULT_RANKING_NAME = "default"
-#: A client's place in the default ranking: compared value by value, larger is worse.
-default_key: Callable[[Scores], tuple[float, ...]] = itemgetter(
-    *(RANKINGS.index(name) for name in DEFAULT_RANKING))
+#: Positions in `Scores` of the default ranking's values, compared in this order.
+DEFAULT_KEY = tuple(RANKINGS.index(name) for name in DEFAULT_RANKING)
 
 
-class Scorer:
-    """Every ranking's scores of a page of clients, for one poll."""
-
-    def __init__(self, ranked_by: Collection[str], state: CounterState,
-                 per_second: float | None) -> None:
-        self.state = state
-        self.per_second = per_second
-        #: Indexes of the rankings read from the counter state that no top-K ranks by: left
-        #: at 0 while ranking, filled in by `complete` for the members shown.
-        self.deferred = tuple(i for i, r in enumerate(RANKING_TABLE)
-                              if r.from_state and r.name not in ranked_by)
-        #: An idle client scores 0 everywhere (see `Ranking.from_state`): it need not be scored.
-        self.idle_is_zero = all(not r.from_state or i in self.deferred
-                                for i, r in enumerate(RANKING_TABLE))
-
-    def column(self, index: int, records: Sequence[ClientRecord],
-               rate_deltas: Sequence[list[int] | None]) -> list[float]:
-        """The scores of one ranking (by its index in `RANKINGS`), aligned with the records."""
-        if index in self.deferred:
-            return [0.0] * len(records)
-        return RANKING_TABLE[index].score(records, rate_deltas, self.per_second, self.state)
-
-    def columns(self, records: Sequence[ClientRecord],
-                rate_deltas: Sequence[list[int] | None]) -> list[list[float]]:
-        """Every ranking's `column` (`zip(*columns)` gives each client's `Scores`)."""
-        return [self.column(i, records, rate_deltas) for i in range(len(RANKING_TABLE))]
-
-    def complete(self, record: ClientRecord, scores: Scores) -> Scores:
-        """The scores with the deferred ones computed (for the members of a ranking)."""
-        return tuple(RANKING_TABLE[i].score([record], [None], self.per_second, self.state)[0]
-                     if i in self.deferred else value for i, value in enumerate(scores))
+def score_page(page: Columns, deltas: Ints, rated: Bools, per_second: float | None,
+               reconnects: Floats) -> Floats:
+    """Every ranking's scores of a page's rows: a row per client, a column per ranking."""
+    increases = np.where(rated[:, None], deltas, 0)
+    if not page.size:
+        return np.zeros((0, len(RANKING_TABLE)))
+    return np.stack([np.asarray(r.score(page, increases, per_second, reconnects), np.float64)
+                     for r in RANKING_TABLE], axis=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,14 +181,9 @@ class SelectionSettings:
         return not (self.watch or self.allow or self.top_k)
 
 
-@dataclass(order=True, slots=True)
-class _Candidate:
-    score: float | tuple[float, ...]
-    #: Ties go by a hash of the client id: stable across polls, unlike the listing order.
-    tie: int
-    clientid: str = field(compare=False)
-    record: ClientRecord = field(compare=False)
-    scores: Scores = field(compare=False)
+def _tie(clientid: str) -> int:
+    """Ties go by a hash of the client id: stable across polls, unlike the listing order."""
+    return zlib.crc32(clientid.encode("utf-8", "replace"))
 
 
 class TopK:
@@ -233,71 +191,94 @@ class TopK:
 
     A named ranking only takes clients with a score above 0; the default ranking
     (`keep_zero`) takes every client, so it also chooses among clients that are all fine.
+    Candidates are kept as arrays and merged with each page's best rows at once.
     """
 
     def __init__(self, name: str, k: int, hysteresis: float, *, keep_zero: bool = False) -> None:
         self.name = name
-        #: Position of the ranking's score in `Scores` (the default ranking has a key instead).
-        self.index = RANKINGS.index(name) if name in RANKINGS else -1
+        #: Positions in `Scores` of the values compared, most significant first.
+        self.key = (RANKINGS.index(name),) if name in RANKINGS else DEFAULT_KEY
         self.k = k
         self.keep = max(k, math.ceil(k * (1 + hysteresis)))
         self.keep_zero = keep_zero
         self.members: set[str] = set()
         #: The members chosen by the last `finish`, worst first.
         self.last: list[RankedClient] = []
-        #: The lowest score still in the running once the candidates are full (0 before): a
-        #: caller may skip `offer` for a lower score, most clients of a large fleet.
-        self.floor: float = 0.0
-        self._heap: list[_Candidate] = []
+        self.start()
 
     def start(self) -> None:
-        self._heap = []
-        self.floor = 0.0
+        """Forget the candidates of the last poll."""
+        self._scores = np.zeros((0, len(RANKINGS)))
+        self._ties = np.zeros(0, np.int64)
+        self._ids: list[str] = []
+        self._records: list[ClientRecord] = []
 
-    def offer(self, score: float | tuple[float, ...], scores: Scores,
-              record: ClientRecord) -> None:
-        if self.k <= 0 or (not self.keep_zero and score <= 0):  # type: ignore[operator]
-            return  # a client with no drops or no queue is not among the worst
-        heap = self._heap
-        full = len(heap) >= self.keep
-        if full and score < heap[0].score:  # type: ignore[operator]
-            return  # the common case on a large fleet, decided without building a candidate
-        candidate = _Candidate(score, zlib.crc32(record.clientid.encode("utf-8", "replace")),
-                               record.clientid, record, scores)
-        if not full:
-            heapq.heappush(heap, candidate)
-        elif candidate > heap[0]:
-            heapq.heapreplace(heap, candidate)
-        if len(heap) >= self.keep and not self.keep_zero:
-            self.floor = heap[0].score  # type: ignore[assignment]
+    def offer_page(self, scores: Floats, page: Columns, rows: Ints) -> None:
+        """Offer these rows of a page, with their `score_page` scores (a row per page row)."""
+        if self.k <= 0 or not len(rows):
+            return
+        primary = scores[rows, self.key[0]]
+        if not self.keep_zero:
+            rows = rows[primary > 0]  # a client with no drops or no queue is not the worst
+            primary = scores[rows, self.key[0]]
+        if len(self._ids) >= self.keep:  # below the lowest candidate: out of the running
+            floor = self._scores[:, self.key[0]].min()
+            rows = rows[primary >= floor]
+            primary = scores[rows, self.key[0]]
+        if len(rows) > self.keep:  # the rows that may be among the best (ties kept)
+            bar = np.partition(primary, len(primary) - self.keep)[len(primary) - self.keep]
+            rows = rows[primary >= bar]
+        if not len(rows):
+            return
+        ids = [page.clientids[i] for i in rows.tolist()]
+        self._merge(scores[rows], np.array([_tie(i) for i in ids], np.int64), ids,
+                    page.take(rows))
+
+    def offer(self, scores: Scores, record: ClientRecord) -> None:
+        """Offer one client (`offer_page` of a page of one)."""
+        self.offer_page(np.array([scores], np.float64), Columns([record]),
+                        np.zeros(1, np.int64))
+
+    def _merge(self, scores: Floats, ties: Ints, ids: list[str],
+               records: list[ClientRecord]) -> None:
+        all_scores = np.concatenate([self._scores, scores])
+        all_ties = np.concatenate([self._ties, ties])
+        all_ids = self._ids + ids
+        all_records = self._records + records
+        # Best first: by the key's values in order, then the tie.
+        order = np.lexsort((all_ties, *(all_scores[:, i] for i in reversed(self.key))))[::-1]
+        order = order[:self.keep]
+        self._scores = all_scores[order]
+        self._ties = all_ties[order]
+        picked = order.tolist()
+        self._ids = [all_ids[i] for i in picked]
+        self._records = [all_records[i] for i in picked]
 
     def discard(self, clientids: Iterable[str]) -> None:
         """Drop candidates seen on a node whose walk failed."""
         gone = set(clientids)
-        if gone:
-            self._heap = [c for c in self._heap if c.clientid not in gone]
-            heapq.heapify(self._heap)
-            self.floor = 0.0  # room again: every positive score is in the running
+        if gone and gone.intersection(self._ids):
+            keep = [i for i, cid in enumerate(self._ids) if cid not in gone]
+            self._scores = self._scores[keep]
+            self._ties = self._ties[keep]
+            self._ids = [self._ids[i] for i in keep]
+            self._records = [self._records[i] for i in keep]
 
-    def finish(self, complete: Callable[[ClientRecord, Scores], Scores] | None = None,
-               ) -> list[ClientRecord]:
-        """The K members: former members still within the wider band first, then the best.
-
-        `complete` fills in scores left out while ranking, for the members kept in `last`.
-        """
-        ranked = sorted(self._heap, reverse=True)
-        staying = [c for c in ranked if c.clientid in self.members][: self.k]
-        chosen = {c.clientid for c in staying}
-        for c in ranked:
+    def finish(self) -> list[ClientRecord]:
+        """The K members: former members still within the wider band first, then the best."""
+        ranked = range(len(self._ids))  # best first already
+        staying = [i for i in ranked if self._ids[i] in self.members][: self.k]
+        chosen = {self._ids[i] for i in staying}
+        for i in ranked:
             if len(chosen) >= self.k:
                 break
-            chosen.add(c.clientid)
-        winners = [c for c in ranked if c.clientid in chosen]
+            chosen.add(self._ids[i])
+        winners = [i for i in ranked if self._ids[i] in chosen]
         self.members = chosen
-        self.last = [RankedClient(c.clientid, c.record.node, c.record.username,
-                                  c.scores if complete is None else complete(c.record, c.scores))
-                     for c in winners]
-        return [c.record for c in winners]
+        scores = self._scores.tolist()
+        self.last = [RankedClient(self._ids[i], self._records[i].node, self._records[i].username,
+                                  tuple(scores[i])) for i in winners]
+        return [self._records[i] for i in winners]
 
 
 class Selector:
@@ -322,13 +303,18 @@ class Selector:
         """A poll's room under the cap."""
         return CapBudget(self.max_clients, self.reserved)
 
-    def allowed(self, record: ClientRecord) -> bool:
+    def allowed(self, page: Columns) -> Bools:
+        """Which rows of a page the allow and deny lists let through."""
         s = self.settings
         if s.export_all:
-            return True
-        if not s.allow or not any(p.matches(record) for p in s.allow):
-            return False
-        return not any(p.matches(record) for p in s.deny)
+            return np.ones(page.size, np.bool_)
+        allowed = np.zeros(page.size, np.bool_)
+        for pattern in s.allow:
+            allowed |= pattern.matches_page(page)
+        for pattern in s.deny:
+            if allowed.any():
+                allowed &= ~pattern.matches_page(page)
+        return allowed
 
 
 #: What `CapBudget.admit` decided for an allowed client met during the walk.
@@ -359,14 +345,19 @@ class CapBudget:
 
     def admit(self) -> Admission:
         """Take room for one allowed client, or say there is none."""
-        if self.allow_left > 0:
-            self.allow_left -= 1
-            return "stream"
-        if self.overflow_left > 0:
-            self.overflow_left -= 1
-            return "overflow"
-        self.full = True
-        return "full"
+        streamed, waiting = self.admit_many(1)
+        return "stream" if streamed else "overflow" if waiting else "full"
+
+    def admit_many(self, count: int) -> tuple[int, int]:
+        """Take room for `count` allowed clients in listing order: how many stream and how
+        many wait in the overflow (the rest find the cap full)."""
+        streamed = min(count, self.allow_left)
+        self.allow_left -= streamed
+        waiting = min(count - streamed, self.overflow_left)
+        self.overflow_left -= waiting
+        if streamed + waiting < count:
+            self.full = True
+        return streamed, waiting
 
     def leave_out(self, count: int = 1) -> None:
         self.dropped += count

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from functools import partial
 
 import structlog
 
@@ -19,7 +18,6 @@ from exporter.poller import ClusterPoller, PollReport
 from exporter.selfmetrics import ClusterStats, SelfMetrics
 from exporter.snapshot import Format, Snapshot, compose, empty_snapshot, warm
 from exporter.timeparse import TimeParser
-from exporter.worker import host
 
 log = structlog.get_logger(__name__)
 
@@ -118,11 +116,9 @@ class Exporter:
     def _new_poller(self, cluster: ClusterSettings, settings: Settings, classifier: Classifier,
                     stats: ClusterStats | None = None) -> ClusterPoller:
         const = (("cluster", cluster.name),) if cluster.name else ()
-        factory = partial(Pipeline, settings.per_client, settings.aggregate, classifier,
-                          TimeParser(cluster.timezone), const, settings.per_client.selection,
-                          label=cluster.name or cluster.url)
-        pipeline = host(settings.pipeline_worker, factory, log_level=settings.log_level,
-                        log_format=settings.log_format, label=cluster.name or cluster.url)
+        pipeline = Pipeline(settings.per_client, settings.aggregate, classifier,
+                            TimeParser(cluster.timezone), const, settings.per_client.selection,
+                            label=cluster.name or cluster.url)
         if stats is None:
             stats = ClusterStats(cluster.name, cluster.interval)
         stats.interval = cluster.interval

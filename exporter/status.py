@@ -68,8 +68,6 @@ class ClusterStatus:
     selection_text: list[str]
     #: Ranking name → its worst clients with their score in that ranking.
     top: dict[str, list[TopEntry]] = field(default_factory=dict)
-    #: Where the cluster's pipeline runs, e.g. "worker process 4242 (restarted 0 times)".
-    pipeline: str = ""
     #: Rows EMQX reported but the last poll never listed, in words; None: nothing to compare.
     unlisted: str | None = None
     #: The client events subscription: "off ...", "up: ..." or "DOWN ...".
@@ -205,7 +203,7 @@ def cluster_status(poller: ClusterPoller, now: float) -> ClusterStatus:
         nodes=_nodes(poller),
         selection=_selection(summary),
         selection_text=explain(summary) if summary is not None else [],
-        top=_top(summary), pipeline=poller.pipeline.describe(),
+        top=_top(summary),
         unlisted=unlisted_text(report.unlisted) if report is not None else None)
 
 
@@ -283,7 +281,6 @@ def _cluster_html(c: ClusterStatus) -> str:
            f"<dt>dialect</dt><dd>{_e(c.dialect or 'unknown')}</dd>",
            f"<dt>listing</dt><dd>{_e(c.listing)}</dd>",
            f"<dt>auth</dt><dd>{_e(c.auth)}</dd>",
-           f"<dt>pipeline</dt><dd>{_e(c.pipeline)}</dd>",
            f"<dt>events</dt><dd class='{_events_class(c.events)}'>{_e(c.events)}</dd>",
            f"<dt>last poll</dt><dd>{_e(_when(c.last_poll_at))} "
            f"({_e(_seconds(c.last_poll_age_seconds))} ago, took "

@@ -76,7 +76,7 @@ async def exporting(broker: Broker, **config: Any) -> AsyncIterator[RealRig]:
                   "info_labels": ["username", "zone", "proto_ver", "clean_start"],
                   **config.pop("per_client", {})}
     flags: dict[str, Any] = {**broker.exporter_config(), "retries": 0, "interval": 5,
-                             "per_client": per_client, "pipeline_worker": "thread"}
+                             "per_client": per_client}
     flags.update(config)
     exporter = Exporter(load_settings(flags, {}, None))
     client: TestClient[web.Request, web.Application] = TestClient(

@@ -152,7 +152,7 @@ async def test_no_empty_zone_label_on_5_1_and_later() -> None:
 
 async def test_cap_binding_log_names_the_cluster() -> None:
     sim = SimSettings(version="5.8.9", clients=50, offline_sessions=0, churn=0)
-    async with rig(sim, per_client={"max_series": 100}, pipeline_worker="thread") as r:
+    async with rig(sim, per_client={"max_series": 100}) as r:
         with capture_logs() as logs:
             await r.poll()
         (line,) = [e for e in logs if e["event"] == "per_client_cap_binding"]

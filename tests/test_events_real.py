@@ -33,7 +33,7 @@ def _settings(broker: Broker, prefix: str, **events: Any) -> Any:
             interval=1, events={"host": broker.mqtt_host, "port": broker.mqtt_port,
                                 "clientid": f"exporter-events-{prefix}", **events},
             classes=[{"name": "probe", "clientid": f"{prefix}-.*"}],
-            per_client={"watch": [f"{prefix}-take"]}, pipeline_worker="thread"),
+            per_client={"watch": [f"{prefix}-take"]}),
         {}, None)
 
 

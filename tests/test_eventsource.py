@@ -165,8 +165,7 @@ async def test_churning_clients_reconnect_with_reasons(server: MqttServer) -> No
 
 
 async def test_status_page_shows_the_subscription(server: MqttServer) -> None:
-    base = {"emqx_url": "http://127.0.0.1:9", "api_key": "k", "api_secret": "s",
-            "pipeline_worker": "thread"}
+    base = {"emqx_url": "http://127.0.0.1:9", "api_key": "k", "api_secret": "s"}
     off = Exporter(load_settings(base, {}, None))
     assert status.build_status(off).clusters[0].events.startswith("off")
     await off.stop()

@@ -65,8 +65,7 @@ def test_counter_state_takes_the_largest_value_in_range() -> None:
 
 
 async def test_a_crashing_poll_is_down_and_its_data_ages(monkeypatch: pytest.MonkeyPatch) -> None:
-    # In-process pipeline, to plant the bug (tests/test_worker.py plants one in the worker).
-    async with rig(SimSettings(version="5.6.2", clients=60), pipeline_worker="thread") as r:
+    async with rig(SimSettings(version="5.6.2", clients=60)) as r:
         await r.poll()
         assert value(await r.scrape(), "emqx_client_exporter_snapshot_age_seconds") == 0
         pipeline = r.exporter.pollers[0].pipeline
@@ -76,7 +75,7 @@ async def test_a_crashing_poll_is_down_and_its_data_ages(monkeypatch: pytest.Mon
         def overflow(*args: Any) -> Any:
             raise OverflowError("int too big to convert")
 
-        monkeypatch.setattr(state, "observe", overflow)
+        monkeypatch.setattr(state, "observe_page", overflow)
         with capture_logs() as logs:
             for _ in range(3):
                 r.clock.advance(30)
@@ -337,9 +336,9 @@ def test_check_reports_a_crash_in_one_line(monkeypatch: pytest.MonkeyPatch,
     def overflow(*args: Any) -> Any:
         raise OverflowError("int too big to convert")
 
-    monkeypatch.setattr(CounterState, "observe", overflow)
+    monkeypatch.setattr(CounterState, "observe_page", overflow)
     with threaded_sim(SimSettings(clients=30)) as (_, url):
-        code = main(["check", "--emqx-url", url, *KEY, "--pipeline-worker", "thread"])
+        code = main(["check", "--emqx-url", url, *KEY])
     captured = capsys.readouterr()
     assert code == 1 and captured.out.count("\n") == 1, captured.out
     assert captured.out.startswith(f"cluster {url}: FAILED: internal error at ")

@@ -1,0 +1,114 @@
+"""A page of client records as columns: NumPy arrays of the figures, lists of the texts.
+
+Every stage after decoding (counter state, aggregates, distributions, rankings) works on a
+page's columns with array operations, so no stage takes a Python step per client. A column
+is built when a stage first asks for it, once per page, by a C pass over the records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, is_
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from exporter.records import ClientRecord
+from exporter.state import ABSENT, COUNTER_FIELDS, Bools, Floats, Ints
+
+
+def ints(values: list[Any]) -> Ints:
+    """Numbers as int64, `ABSENT` (-1) where not reported (every figure EMQX sends is >= 0)."""
+    try:
+        return np.array(values, np.int64)  # the common case: every value present, in C
+    except (TypeError, ValueError, OverflowError):
+        return np.array([v if type(v) is int else ABSENT for v in values], np.int64)
+
+
+def capacities(values: list[Any]) -> Ints:
+    """Capacities as int64, `ABSENT` where unlimited (0, v5's "infinity") or not reported."""
+    numbers = ints(values)
+    numbers[numbers <= 0] = ABSENT
+    return numbers
+
+
+def ratios(lengths: Ints, capacity: Ints) -> tuple[Floats, Bools]:
+    """Length / capacity, and where it is known (a length and a limited capacity)."""
+    known = (lengths >= 0) & (capacity > 0)
+    out = np.zeros(len(lengths), np.float64)
+    np.divide(lengths, capacity, out=out, where=known)
+    return out, known
+
+
+#: Where an int64 sum of this many values of this size could overflow, sums take Python ints.
+INT64_MAX = 2**63 - 1
+
+
+def exact(*columns: Ints) -> list[npt.NDArray[Any]]:
+    """Columns about to be added up: as Python ints where int64 could overflow (a figure near
+    2**63 is valid EMQX input, see `records.Number`)."""
+    if any(len(col) and int(col.max()) > INT64_MAX // (len(columns) + 1) for col in columns):
+        return [col.astype(object) for col in columns]
+    return list(columns)
+
+
+class Columns:
+    """The columns of one page's records (rows in the page's order)."""
+
+    def __init__(self, records: Sequence[ClientRecord]) -> None:
+        self.records = records
+        self.size = len(records)
+        self.clientids: list[str] = list(map(attrgetter("clientid"), records))
+        self._numbers: dict[str, Ints] = {}
+        self._values: dict[str, list[Any]] = {}
+
+    def values(self, field: str) -> list[Any]:
+        """A field's raw values (None where not reported)."""
+        found = self._values.get(field)
+        if found is None:
+            found = self._values[field] = list(map(attrgetter(field), self.records))
+        return found
+
+    def number(self, field: str) -> Ints:
+        """A number field as int64, `ABSENT` where not reported."""
+        found = self._numbers.get(field)
+        if found is None:
+            found = self._numbers[field] = ints(self.values(field))
+        return found
+
+    def capacity(self, field: str) -> Ints:
+        """A capacity field, `ABSENT` where unlimited or not reported."""
+        key = f"capacity:{field}"
+        found = self._numbers.get(key)
+        if found is None:
+            found = self._numbers[key] = capacities(self.values(field))
+        return found
+
+    def reported(self, field: str) -> Bools:
+        """Where the field has a value."""
+        return self.number(field) >= 0
+
+    def offline(self) -> Bools:
+        """Rows EMQX lists as disconnected (v3 has no flag: a listed connection is online)."""
+        return np.fromiter(map(is_, self.values("connected"), repeat(False)), np.bool_,
+                           self.size)
+
+    def counters(self) -> Ints:
+        """The counters as a matrix, a row per record and `COUNTER_FIELDS` columns."""
+        if not self.size:
+            return np.zeros((0, len(COUNTER_FIELDS)), np.int64)
+        return np.stack([self.number(name) for name in COUNTER_FIELDS], axis=1)
+
+    def connection_starts(self) -> list[str | None]:
+        """What identifies a connection: its start (`connected_at`, else `created_at`)."""
+        connected = self.values("connected_at")
+        if None not in connected:
+            return connected
+        return [a or b for a, b in zip(connected, self.values("created_at"), strict=True)]
+
+    def take(self, rows: Ints) -> list[ClientRecord]:
+        """The records of these rows, in this order."""
+        records = self.records
+        return [records[i] for i in rows.tolist()]
