@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from operator import attrgetter, itemgetter, not_
+from operator import itemgetter, not_
 from typing import Any
 
 import numpy as np
@@ -144,19 +144,40 @@ class Aggregator:
 
     def keys(self, records: Sequence[ClientRecord]) -> list[GroupKey]:
         """Each record's group: its raw values of the labels (the class name for `class`)."""
-        columns = [self.classify.page(records) if name == "class"
-                   else list(map(attrgetter(name), records)) for name in self.settings.labels]
-        return list(zip(*columns, strict=True)) if columns else [()] * len(records)
+        return [self.keys_by_id[group] for group in self.groups(Columns(records)).tolist()]
 
-    def groups(self, records: Sequence[ClientRecord]) -> Ints:
-        """Each record's group number (`keys_by_id`), new groups numbered as they come."""
-        keys = self.keys(records)
-        ids = self._ids
-        for key in dict.fromkeys(keys):
-            if key not in ids:
-                ids[key] = len(self.keys_by_id)
-                self.keys_by_id.append(key)
-        return np.fromiter(map(ids.__getitem__, keys), np.int64, len(keys))
+    def groups(self, page: Columns) -> Ints:
+        """Each row's group number (`keys_by_id`), new groups numbered as they come.
+
+        A row's group is its raw values of the labels (the class name for `class`); each
+        label's values become codes, combined into one number per row, so a group key is built
+        once per distinct combination, not once per row."""
+        combined = np.zeros(page.size, np.int64)
+        distinct_values: list[list[object]] = []
+        for name in self.settings.labels:
+            column = (self.classify.page(page.records) if name == "class"
+                      else page.values(name))
+            distinct = list(dict.fromkeys(column))
+            code = {value: i for i, value in enumerate(distinct)}
+            combined = combined * len(distinct) + np.fromiter(
+                map(code.__getitem__, column), np.int64, page.size)
+            distinct_values.append(distinct)
+        present, inverse = np.unique(combined, return_inverse=True)
+        ids = []
+        for number in present.tolist():
+            key: list[object] = []
+            for values in reversed(distinct_values):
+                number, at = divmod(number, len(values))
+                key.append(values[at])
+            ids.append(self._id(tuple(reversed(key))))
+        return np.array(ids, np.int64)[inverse.reshape(-1)]
+
+    def _id(self, key: GroupKey) -> int:
+        found = self._ids.get(key)
+        if found is None:
+            found = self._ids[key] = len(self.keys_by_id)
+            self.keys_by_id.append(key)
+        return found
 
     def count(self, groups: Ints, deltas: Ints, connects: Bools) -> None:
         """Add a page's counter increases (`state.COUNTER_FIELDS` columns) to their groups;

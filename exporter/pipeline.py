@@ -282,7 +282,7 @@ class PollRun:
             has_connection, page.counters(),
             np.array([p.node_index(name) for name, _ in parts], np.int64)[part_of_row],
             p.polls, page.values("connected_at"))
-        groups = p.aggregator.groups(page.records)
+        groups = p.aggregator.groups(page)
         p.aggregator.count(groups, seen.deltas, seen.new if not p.baseline
                            else np.zeros(page.size, np.bool_))
         self._aggregate(page, seen, groups, parts, part_of_row)
@@ -301,7 +301,7 @@ class PollRun:
         if len(distinct) == 1 and distinct[0]:
             names, index = [distinct[0]], np.zeros(page.size, np.int64)
         else:
-            named = [node or walk_node or "" for node in nodes]
+            named = nodes if all(distinct) else [node or walk_node or "" for node in nodes]
             names = list(dict.fromkeys(named))
             at = {name: i for i, name in enumerate(names)}
             index = np.fromiter(map(at.__getitem__, named), np.int64, page.size)
