@@ -28,26 +28,38 @@ EXPORTER_KEY = web.AppKey("exporter", Exporter)
 RELOADER_KEY = web.AppKey("reloader", ConfigReloader)
 
 
+def _weights(header: str) -> dict[str, float]:
+    """Each listed media type or coding (lower case) and its highest weight `q` (RFC 9110
+    §12.4.2); an unreadable weight counts as 0, not acceptable."""
+    weights: dict[str, float] = {}
+    for item in header.split(","):
+        name, *params = item.split(";")
+        quality = 1.0
+        for param in params:
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        name = name.strip().lower()
+        weights[name] = max(quality, weights.get(name, 0.0))
+    return weights
+
+
 def negotiate(accept: str) -> Format:
-    """OpenMetrics when the scraper lists it (Prometheus does by default), else text 0.0.4."""
-    for item in accept.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media == "application/openmetrics-text":
-            quality = 1.0
-            for param in item.split(";")[1:]:
-                key, _, value = param.strip().partition("=")
-                if key == "q":
-                    try:
-                        quality = float(value)
-                    except ValueError:
-                        quality = 0.0
-            if quality > 0:
-                return "openmetrics"
-    return "text"
+    """OpenMetrics when the scraper lists it (Prometheus does by default) at least as high as
+    text/plain, else text 0.0.4: the distributions differ in shape by format, so a scraper
+    that prefers text (its `scrape_protocols`) gets text."""
+    weights = _weights(accept)
+    openmetrics = weights.get("application/openmetrics-text", 0.0)
+    return "openmetrics" if openmetrics > 0 and openmetrics >= weights.get(
+        "text/plain", 0.0) else "text"
 
 
 def wants_gzip(accept_encoding: str) -> bool:
-    return any(part.split(";")[0].strip().lower() == "gzip" for part in accept_encoding.split(","))
+    """gzip when listed with a weight above 0 (`gzip;q=0` refuses it)."""
+    return _weights(accept_encoding).get("gzip", 0.0) > 0
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -40,6 +40,8 @@ CACHE_SIZE = 64
 FAILED_CACHE_SIZE = 4096
 #: bcrypt checks running or waiting at once; more are answered 429 without one.
 MAX_PENDING = 8
+#: bcrypt reads this many bytes of a password; a longer one is refused, never truncated.
+BCRYPT_MAX_PASSWORD = 72
 #: A bcrypt hash as htpasswd, Go and Python write it; group 1 is its cost.
 BCRYPT_HASH = re.compile(rb"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 _BCRYPT_THREADS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
@@ -159,9 +161,13 @@ def _timed_checkpw(password: bytes, hashed: bytes) -> tuple[bool, float]:
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
+    if len(password) > BCRYPT_MAX_PASSWORD:
+        # No configured password is longer: refused whatever the bcrypt release (4.x would
+        # compare the first 72 bytes only, 5.0 raises).
+        return False
     try:
         return bcrypt.checkpw(password, hashed)
-    except ValueError:  # longer than bcrypt's 72 bytes: no configured password is
+    except ValueError:  # not a bcrypt hash
         return False
 
 

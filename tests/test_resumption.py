@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_tls import Certs
+from tests.certs import Certs
 from tests.test_webgate import WebCerts, gated, tls_config, web_certs, write
 
 __all__ = ["web_certs"]  # the fixture, shared with test_webgate

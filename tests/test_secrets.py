@@ -28,7 +28,7 @@ from exporter.reload import ConfigReloader
 from exporter.server import build_app
 from exporter.service import Exporter
 from exporter.webgate import WebGate
-from tests.test_tls import issue, make_ca, require_openssl
+from tests.certs import issue, make_ca, require_openssl
 from tests.test_webgate import auth
 
 SECRET = "Zq7-s3cr3t-Wx9"

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from emqx_simulator import SimCluster, SimSettings
+from tests.certs import Certs, issue, make_ca, require_openssl
 from tests.conftest import require_tool
 from tests.ports import free_port
 from tests.prometheus_server import (
@@ -40,7 +41,6 @@ from tests.prometheus_server import (
 )
 from tests.test_prometheus_e2e import serve_simulator
 from tests.test_rules import ROOT
-from tests.test_tls import Certs, issue, make_ca, require_openssl
 from tests.test_webgate import subject, tls_connection
 
 PASSWORD = "correct horse battery staple"

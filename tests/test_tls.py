@@ -5,13 +5,10 @@ The simulator is served over HTTPS with certificates made by the `openssl` CLI f
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,47 +20,9 @@ from exporter.config import load_settings
 from exporter.errors import ConfigError
 from exporter.poller import PollReport
 from exporter.service import Exporter
+from tests.certs import Certs, issue, make_ca, require_openssl
 from tests.exposition import samples_text
 from tests.harness import per_client
-
-
-@dataclass(frozen=True)
-class Certs:
-    dir: Path
-
-    def pem(self, name: str) -> str:
-        return str(self.dir / f"{name}.pem")
-
-    def key(self, name: str) -> str:
-        return str(self.dir / f"{name}.key")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def issue(d: Path, name: str, subject: str, extensions: str) -> None:
-    """A P-256 key and a certificate for it signed by the CA in `d`."""
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
-    (d / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
-             cwd=d)
-
-
-def make_ca(d: Path, name: str = "emqx-client-exporter test CA") -> None:
-    """A throwaway CA in `d` (ca.pem, ca.key) that `issue` signs with."""
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-
-
-def require_openssl() -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make test certificates")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,15 +36,12 @@ from exporter import tlsnative
 from exporter.errors import ConfigError
 from exporter.webconfig import parse_web_config
 from exporter.webgate import WebGate
+from tests.certs import openssl, require_openssl
 from tests.test_webgate import auth, gated
 
 #: The toolkit's user passwords (its TestUsers logs in as dave and carol).
 PASSWORDS = {"alice": ("alice123", 5), "bob": ("bob123", 6), "carol": ("carol123", 4),
              "dave": ("dave123", 4)}
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
 @dataclass(frozen=True)
@@ -76,26 +72,25 @@ class Kit:
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make test certificates")
+    require_openssl()
     d = tmp_path_factory.mktemp("toolkit")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "tls-ca-chain.pem", "-days", "2", "-subj", "/CN=toolkit cases CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-             "server.csr", "-subj", "/O=Prometheus/CN=localhost", cwd=d)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "tls-ca-chain.pem", "-days", "2", "-subj", "/CN=toolkit cases CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/O=Prometheus/CN=localhost", cwd=d)
     (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
                                   "extendedKeyUsage=serverAuth\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "tls-ca-chain.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "server.ext",
-             cwd=d)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "tls-ca-chain.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "server.ext",
+            cwd=d)
     for name, subject, extra in (("client_selfsigned", "/CN=test", ()),
                                  ("client2_selfsigned", "/CN=test3",
                                   ("-addext", "subjectAltName=DNS:test3"))):
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-                 "-subj", subject, "-addext", "extendedKeyUsage=clientAuth", *extra, cwd=d)
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+                "-subj", subject, "-addext", "extendedKeyUsage=clientAuth", *extra, cwd=d)
     hashes = {user: bcrypt.hashpw(pw.encode(), bcrypt.gensalt(cost)).decode()
               for user, (pw, cost) in PASSWORDS.items()}
     kit = Kit(d, hashes)

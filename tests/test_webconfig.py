@@ -21,7 +21,8 @@ from exporter.config import load_settings
 from exporter.errors import ConfigError
 from exporter.webconfig import load_web_config, parse_web_config, server_context
 from exporter.webgate import WebGate
-from tests.test_tls import Certs, certs  # noqa: F401  (the module's certificate fixture)
+from tests.certs import Certs
+from tests.test_tls import certs  # noqa: F401  (the module's certificate fixture)
 
 #: The shape of exporter-toolkit's documented sample (docs/web-config.yml): TLS files, two
 #: users with `$2y$` hashes as htpasswd writes them (of carol-password and dave-password),

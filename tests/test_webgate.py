@@ -31,9 +31,9 @@ from exporter.server import build_app
 from exporter.service import Exporter
 from exporter.webauth import Credentials, TokenBucket, Verdict
 from exporter.webgate import WebGate
+from tests.certs import Certs, issue, make_ca, require_openssl
 from tests.exposition import samples_text
 from tests.harness import value
-from tests.test_tls import Certs, issue, make_ca, require_openssl
 
 PASSWORD = "scrape-me"
 #: Cost 4, bcrypt's lowest, keeps the tests fast; the code treats every cost alike.
