@@ -77,10 +77,14 @@ def test_readme_stays_a_readme() -> None:
 # links and anchors
 
 
+def without_fences(text: str) -> str:
+    """The text without fenced code blocks (a `# comment` in a shell block is no heading)."""
+    return re.sub(r"^```.*?^```[^\n]*$", "", text, flags=re.S | re.M)
+
+
 def prose(text: str) -> str:
-    """The text without fenced code blocks and inline code spans (links there are not links)."""
-    text = re.sub(r"^```.*?^```[^\n]*$", "", text, flags=re.S | re.M)
-    return re.sub(r"`[^`\n]*`", "", text)
+    """The text without code blocks and inline code spans (links there are not links)."""
+    return re.sub(r"`[^`\n]*`", "", without_fences(text))
 
 
 def github_anchor(heading: str) -> str:
@@ -95,16 +99,11 @@ def anchors(text: str) -> set[str]:
     """Every anchor GitHub makes for the headings of a Markdown text (repeats get -1, -2 ...)."""
     seen: dict[str, int] = {}
     found = set()
-    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", prose_keeping_headings(text), re.M):
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", without_fences(text), re.M):
         slug = github_anchor(heading)
         found.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
         seen[slug] = seen.get(slug, 0) + 1
     return found
-
-
-def prose_keeping_headings(text: str) -> str:
-    """The text without fenced code blocks (a `# comment` in a shell block is no heading)."""
-    return re.sub(r"^```.*?^```[^\n]*$", "", text, flags=re.S | re.M)
 
 
 def links(text: str) -> Iterator[str]:
@@ -136,8 +135,8 @@ def test_every_relative_link_leads_somewhere(path: Path) -> None:
     assert not broken_links(path, ROOT)
 
 
-def test_the_docs_link_to_each_other() -> None:
-    """Each document is linked from the README, and the checks above see the links."""
+def test_readme_links_every_document() -> None:
+    """Every document of docs/ is reachable from the README."""
     targets = set(links(README.read_text()))
     for path in MARKDOWN[1:]:
         assert f"docs/{path.name}" in targets, f"README does not link {path.name}"
