@@ -1,7 +1,7 @@
 """The fault matrix: each fault the simulator stages and what the exporter does about it.
 
 One table serves two readers: `tests/test_fault_matrix.py` runs every row against the daemon
-and `check`, and `exporter.docs` prints it in the README, so the documented behaviour is the
+and `check`, and `exporter.docs` prints it in docs/failures.md, so the documented behaviour is the
 tested one.
 """
 
@@ -109,7 +109,7 @@ MATRIX: tuple[FaultCase, ...] = (
 
 
 def readme_table() -> str:
-    """The matrix as the README's table."""
+    """The matrix as the table of docs/failures.md."""
     rows = ["| fault | what the exporter reports | `reason` counted | what it keeps |",
             "|---|---|---|---|"]
     for case in MATRIX:

@@ -1,7 +1,8 @@
-"""README tables generated from the code's own tables, so the docs cannot drift.
+"""Documentation tables generated from the code's own tables, so the docs cannot drift.
 
-`python -m exporter.docs README.md` rewrites the blocks between `<!-- generated:NAME -->` and
-`<!-- end:NAME -->`; a test fails when the committed README differs from what this produces.
+`python -m exporter.docs README.md docs/*.md` (the same with no argument) rewrites, in each
+Markdown file, the blocks between `<!-- generated:NAME -->` and `<!-- end:NAME -->`; a test fails
+when a committed file differs from what this produces.
 """
 
 from __future__ import annotations
@@ -96,19 +97,46 @@ BLOCKS = {
 }
 
 
-def render_readme(text: str) -> str:
-    """The README with every generated block brought up to date."""
-    for name, build in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- end:{name} -->)", re.S)
-        if not pattern.search(text):
-            raise ValueError(f"README has no generated:{name} block")
-        text = pattern.sub(lambda m, b=build: m[1] + b() + "\n" + m[2], text)  # type: ignore[misc]
-    return text
+#: A block's markers stand on lines of their own (a marker quoted in the prose is no block).
+_OPENING = re.compile(r"^<!-- generated:([\w-]+) -->$", re.M)
+_BLOCK = re.compile(r"^<!-- generated:([\w-]+) -->\n(?:.*?\n)?<!-- end:\1 -->$", re.S | re.M)
+
+
+def block_names(text: str) -> list[str]:
+    """The names of the generated blocks a Markdown text holds, in order."""
+    return _OPENING.findall(text)
+
+
+def render(text: str) -> str:
+    """The Markdown text with every generated block it holds brought up to date."""
+    def build(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in BLOCKS:
+            raise ValueError(f"generated:{name}: no such table (known: {', '.join(BLOCKS)})")
+        return f"<!-- generated:{name} -->\n{BLOCKS[name]()}\n<!-- end:{name} -->"
+
+    rendered, count = _BLOCK.subn(build, text)
+    opened = block_names(text)
+    if count != len(opened):
+        closed = {m[1] for m in _BLOCK.finditer(text)}
+        unclosed = [n for n in opened if n not in closed] or opened
+        raise ValueError(f"{len(opened) - count} of the blocks generated:{', '.join(unclosed)} "
+                         "lack a matching <!-- end:NAME -->")
+    return rendered
+
+
+def markdown_files(root: Path) -> list[Path]:
+    """The files that may hold generated blocks: README.md and docs/*.md."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[0] if argv else "README.md")
-    path.write_text(render_readme(path.read_text()))
+    paths = [Path(a) for a in argv] or markdown_files(Path.cwd())
+    for path in paths:
+        text = path.read_text()
+        rendered = render(text)
+        if rendered != text:
+            path.write_text(rendered)
     return 0
 
 

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from exporter.config import load_settings
+from exporter.docs import markdown_files
 from exporter.errors import ConfigError
 from tests.test_rules import (
     ALERTS,
@@ -45,7 +46,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 GRAFANA_DIR = ROOT / "grafana"
 #: The Kubernetes version the manifests are validated against.
 K8S_VERSION = "1.30.0"
-#: What the deployments put in the environment (compose sets EMQX_URL; README fragments lack it).
+#: What the deployments put in the environment (compose sets EMQX_URL; docs fragments lack it).
 DEPLOY_ENV = {"EMQX_API_KEY": "key", "EMQX_API_SECRET": "secret",
               "EMQX_URL": "http://emqx:18083"}
 
@@ -103,7 +104,7 @@ def exporter_config_samples() -> list[Sample]:
     samples += [Sample(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"))
                 for path in (COMPOSE_DIR / "exporter.yml",
                              DEPLOY / "systemd" / "config.example.yaml")]
-    for md in (ROOT / "README.md", GRAFANA_DIR / "README.md", DEPLOY / "README.md"):
+    for md in (*markdown_files(ROOT), GRAFANA_DIR / "README.md", DEPLOY / "README.md"):
         for line, text in yaml_blocks(md):
             data = yaml.safe_load(text)
             assert isinstance(data, dict), f"{md.name}:{line}: not a mapping"
@@ -133,7 +134,8 @@ def with_placeholder_files(data: Any, tmp: Path) -> Any:
 def test_samples_are_found() -> None:
     wheres = [s.where for s in exporter_config_samples()]
     assert any(w.startswith("configmap.yaml") for w in wheres)
-    assert sum(w.startswith("README.md:") for w in wheres) >= 3, wheres
+    # the configuration samples live in docs/ (configuration, cardinality, events)
+    assert sum(w.startswith(("README.md:", "docs/")) for w in wheres) >= 4, wheres
 
 
 @pytest.mark.parametrize("sample", exporter_config_samples(), ids=lambda s: s.where)
@@ -162,11 +164,11 @@ def test_state_file_of_every_sample_is_writable_where_it_runs() -> None:
     assert "ProtectSystem" in unit
     systemd_config = yaml.safe_load((DEPLOY / "systemd" / "config.example.yaml").read_text())
     assert Path(systemd_config["per_client"]["state_file"]).parent == Path("/var/lib", state_dir)
-    readme = [yaml.safe_load(t) for _, t in yaml_blocks(ROOT / "README.md")]
-    readme_states = [d["per_client"]["state_file"] for d in readme
+    docs = [yaml.safe_load(t) for md in markdown_files(ROOT) for _, t in yaml_blocks(md)]
+    doc_states = [d["per_client"]["state_file"] for d in docs
                      if isinstance(d.get("per_client"), dict) and "state_file" in d["per_client"]]
-    assert readme_states, "README shows no state_file"
-    for path in readme_states:
+    assert doc_states, "neither README nor docs/ show a state_file"
+    for path in doc_states:
         assert Path(path).parent == Path("/var/lib", state_dir), path
 
     sts = k8s_object(K8S_DIR, "StatefulSet")
