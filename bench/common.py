@@ -19,7 +19,6 @@ import aiohttp
 import orjson
 
 from exporter.api import Request, Response
-from exporter.pipeline import Footprint
 from exporter.poller import ClusterPoller
 from tests.ports import free_port
 
@@ -128,11 +127,9 @@ def save_result(name: str, result: dict[str, object]) -> None:
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def peak_rss_mib(footprint: Footprint | None = None) -> float:
-    """Peak resident memory of the exporter: this process plus its pipeline worker's."""
-    worker = footprint.worker_peak_rss_bytes if footprint is not None else None
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return (own + (worker or 0)) / 2**20
+def peak_rss_mib() -> float:
+    """Peak resident memory of the exporter's process (this one)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_count() -> int:

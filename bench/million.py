@@ -1,7 +1,7 @@
 """DESIGN.md §4, second case: 1M clients on 3 nodes (v5), aggregates by node and class plus
 top-K 1000, no per-client export of everyone. Prints the floor beside a steady-state poll and
-their ratio for each of `--rounds` rounds in a row, with the spread; the peak RSS of the exporter
-and its pipeline worker together; and the lasting counter state per client.
+their ratio for each of `--rounds` rounds in a row, with the spread; the peak RSS of the
+exporter; and the lasting counter state per client.
 
     python -m bench.million [--clients 1000000] [--version 5.8.9] [--rounds 3]
 """
@@ -38,9 +38,9 @@ CONFIG = {
 }
 
 
-async def measure(url: str, version: str, rounds: int, worker: str) -> dict[str, object]:
+async def measure(url: str, version: str, rounds: int) -> dict[str, object]:
     settings = load_settings({"emqx_url": url, "api_key": "exporter", "api_secret": "secret",
-                              "pipeline_worker": worker, **CONFIG}, {}, None)
+                              **CONFIG}, {}, None)
     exporter = Exporter(settings)
     poller = exporter.pollers[0]
     with recording(poller) as fetches:
@@ -61,14 +61,14 @@ async def measure(url: str, version: str, rounds: int, worker: str) -> dict[str,
         assert report.ok, report.error
     footprint = poller.pipeline.footprint()
     result = {
-        "version": version, "pipeline_worker": worker,
+        "version": version,
         "dialect": report.dialect, "clients": report.clients, "rows": rows,
         "pages": len(pages), "first_poll_s": round(first_s, 2), **ratios(floors, polls),
         "series_per_client": poller.stats.series.get("per_client"),
         "series_aggregate": poller.stats.series.get("aggregate"),
         "series_dropped": poller.stats.series_dropped,
         "state_bytes_per_client": round(footprint.state_bytes / max(1, footprint.clients)),
-        "peak_rss_mib": round(peak_rss_mib(footprint)),
+        "peak_rss_mib": round(peak_rss_mib()),
     }
     await exporter.stop()
     return result
@@ -80,17 +80,15 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--version", default="5.8.9")
     parser.add_argument("--rounds", type=int, default=3, help="floor and poll pairs in a row")
-    parser.add_argument("--pipeline-worker", choices=("process", "thread"), default="process",
-                        help="where the pipeline runs (thread: the one-core design, to compare)")
     args = parser.parse_args()
     configure_logging("warning")
     with simulator(args.clients, args.nodes, args.version, cache_mb=4096) as url:
-        result = asyncio.run(measure(url, args.version, args.rounds, args.pipeline_worker))
+        result = asyncio.run(measure(url, args.version, args.rounds))
     print("floor: aiohttp download + orjson decode; poll: a steady-state poll (aggregates "
           "+ top-K)")
-    print(ratio_line(result, 1.3))
+    print(ratio_line(result, 1.0))
     print(f"{result['clients']} clients in {result['pages']} pages; peak RSS "
-          f"{result['peak_rss_mib']} MiB, exporter and worker (target <= 1024); counter state "
+          f"{result['peak_rss_mib']} MiB (target <= 1024); counter state "
           f"{result['state_bytes_per_client']} B/client (target <= 400); per-client series "
           f"{result['series_per_client']} (cap 20000), aggregate series "
           f"{result['series_aggregate']}")
