@@ -26,7 +26,7 @@ from exporter.contract import Family
 from exporter.distribution import Histograms
 from exporter.distribution import render as render_distributions
 from exporter.exposition import ConstLabels, extend, group_lines, label_set
-from exporter.records import ClientRecord
+from exporter.records import CAPACITY, ClientRecord
 from exporter.render import RenderedBatch, as_label
 from exporter.selection import Pattern, fullmatches
 from exporter.state import COUNTER_INDEX, Bools, Ints
@@ -209,9 +209,9 @@ class Aggregator:
         threshold = self.settings.saturation
         lengths = {}
         saturated = {}
-        for length, capacity in (("mqueue_len", "mqueue_max"), ("inflight", "inflight_max")):
+        for length in ("mqueue_len", "inflight"):
             n = page.number(length)
-            m = page.capacity(capacity)
+            m = page.capacity(CAPACITY[length])
             lengths[length] = np.maximum(n, 0)
             saturated[length] = (n > 0) & (m > 0) & (n >= threshold * m)
         matrix = np.stack([

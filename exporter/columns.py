@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporter.records import ClientRecord
+from exporter.records import CAPACITY, ClientRecord
 from exporter.state import ABSENT, COUNTER_FIELDS, Bools, Floats, Ints
 
 
@@ -42,7 +42,8 @@ def capacities(values: list[Any]) -> Ints:
 
 
 def ratios(lengths: Ints, capacity: Ints) -> tuple[Floats, Bools]:
-    """Length / capacity, and where it is known (a length and a limited capacity)."""
+    """Length / capacity (from `capacities`), and where it is known (a length and a limited
+    capacity)."""
     known = (lengths >= 0) & (capacity > 0)
     out = np.zeros(len(lengths), np.float64)
     np.divide(lengths, capacity, out=out, where=known)
@@ -84,6 +85,10 @@ class Columns:
         if found is None:
             found = self._numbers[field] = ints(self.values(field))
         return found
+
+    def fill(self, length: str) -> tuple[Floats, Bools]:
+        """A bounded buffer's fill ratio (`ratios`), from its length field."""
+        return ratios(self.number(length), self.capacity(CAPACITY[length]))
 
     def capacity(self, field: str) -> Ints:
         """A capacity field, `ABSENT` where unlimited or not reported."""

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from prometheus_client.utils import floatToGoString
 
 from exporter import contract as c
-from exporter.columns import Columns, exact, ratios
+from exporter.columns import Columns, exact
 from exporter.exposition import encode_text, extend, sample_line
 from exporter.render import RenderedBatch
 from exporter.state import COUNTER_INDEX, Bools, Floats, Ints
@@ -79,8 +79,8 @@ def figures(page: Columns, deltas: Ints, rated: Bools, since: Floats,
     """
     values: list[npt.NDArray[Any]] = []
     known: list[Bools] = []
-    for length, capacity in (("mqueue_len", "mqueue_max"), ("inflight", "inflight_max")):
-        ratio, ok = ratios(page.number(length), page.capacity(capacity))
+    for length in ("mqueue_len", "inflight"):  # MQUEUE_FILL, INFLIGHT_FILL
+        ratio, ok = page.fill(length)
         values.append(ratio)
         known.append(ok)
     rates: dict[int, tuple[npt.NDArray[Any], Bools]] = {}

@@ -48,6 +48,8 @@ class Field:
     #: A cumulative count of one connection: the counter state follows its increases across
     #: polls and reconnects (`exporter.state`), aggregates add them up.
     counter: bool = False
+    #: For the length of a bounded buffer, the field holding its capacity.
+    capacity: str | None = None
 
 
 def _same(attr: str, kind: Kind, wire: str | None = None, *, v3: bool = True,
@@ -92,14 +94,16 @@ FIELDS: tuple[Field, ...] = (
     _same("sent_dropped_expired", "int", "send_msg.dropped.expired", v3=False, counter=True),
     _same("sent_dropped_queue_full", "int", "send_msg.dropped.queue_full", v3=False, counter=True),
     _same("sent_dropped_too_large", "int", "send_msg.dropped.too_large", v3=False, counter=True),
-    Field("mqueue_len", "int", None, "mqueue_len", "mqueue_len"),
+    Field("mqueue_len", "int", None, "mqueue_len", "mqueue_len", capacity="mqueue_max"),
     Field("mqueue_max", "int", None, "max_mqueue", "mqueue_max"),
     Field("mqueue_dropped", "int", None, "mqueue_dropped", "mqueue_dropped", counter=True),
-    Field("inflight", "int", None, "inflight", "inflight_cnt"),
+    Field("inflight", "int", None, "inflight", "inflight_cnt", capacity="inflight_max"),
     Field("inflight_max", "int", None, "max_inflight", "inflight_max"),
-    Field("awaiting_rel", "int", None, "awaiting_rel", "awaiting_rel_cnt"),
+    Field("awaiting_rel", "int", None, "awaiting_rel", "awaiting_rel_cnt",
+          capacity="awaiting_rel_max"),
     Field("awaiting_rel_max", "limit", None, "max_awaiting_rel", "awaiting_rel_max"),
-    Field("subscriptions", "int", None, "subscriptions_cnt", "subscriptions_cnt"),
+    Field("subscriptions", "int", None, "subscriptions_cnt", "subscriptions_cnt",
+          capacity="subscriptions_max"),
     Field("subscriptions_max", "limit", None, "max_subscriptions", "subscriptions_max"),
     _same("mailbox_len", "int"),
     _same("heap_size", "words"),
@@ -111,6 +115,8 @@ FIELDS: tuple[Field, ...] = (
 )
 #: The fields the counter state follows (`Field.counter`), in table order.
 COUNTERS: tuple[str, ...] = tuple(f.attr for f in FIELDS if f.counter)
+#: Each bounded buffer's length field and its capacity field (`Field.capacity`).
+CAPACITY: dict[str, str] = {f.attr: f.capacity for f in FIELDS if f.capacity is not None}
 
 
 class ClientRecord(msgspec.Struct, gc=False, omit_defaults=True):

@@ -13,6 +13,7 @@ from operator import attrgetter
 from typing import Any
 
 from exporter import contract as c
+from exporter.columns import capacities
 from exporter.contract import Family
 from exporter.exposition import (
     ConstLabels,
@@ -27,6 +28,7 @@ from exporter.exposition import (
     split_lines,
 )
 from exporter.records import ERLANG_WORD_BYTES, ClientRecord
+from exporter.state import ABSENT
 from exporter.timeparse import TimeParser
 
 #: Rendered families of one batch of clients: samples as UTF-8 lines, without HELP/TYPE.
@@ -71,18 +73,6 @@ def as_label(name: str, value: object) -> str:
     return label_text(value)
 
 
-def _limit(value: int | str | None) -> int | None:
-    """A capacity as a number; unlimited (0 or "infinity") is None so the series is omitted."""
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def limits(values: list[Any]) -> list[Any]:
-    """`_limit` over a column, skipped in the common case of positive numbers only."""
-    if set(map(type, values)) == {int} and min(values, default=1) > 0:
-        return values
-    return list(map(_limit, values))
-
-
 def _online_flags(values: list[Any]) -> list[Any]:
     # v3 has no flag (None): a listed connection is online.
     return [0 if v is False else 1 for v in values]
@@ -106,8 +96,13 @@ def _online(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) ->
     return _online_flags(values)
 
 
+_ABSENT_IS_NONE = {ABSENT: None}
+
+
 def _capacity(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
-    return limits(values)
+    # Unlimited (0, "infinity") or unknown: no series (`columns.capacities` says which).
+    numbers = capacities(values).tolist()
+    return list(map(_ABSENT_IS_NONE.get, numbers, numbers))
 
 
 def _heap_bytes(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:

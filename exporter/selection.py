@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from exporter.columns import Columns, exact, ratios
+from exporter.columns import Columns, exact
 from exporter.distribution import dropped
 from exporter.records import ClientRecord
 from exporter.state import COUNTER_INDEX, Bools, Floats, Ints
@@ -84,12 +84,12 @@ class Ranking:
 
 def _mqueue_fill(page: Columns, increases: Ints, per_second: float | None,
                  reconnects: Floats) -> Floats:
-    return ratios(page.number("mqueue_len"), page.capacity("mqueue_max"))[0]
+    return page.fill("mqueue_len")[0]
 
 
 def _inflight_fill(page: Columns, increases: Ints, per_second: float | None,
                    reconnects: Floats) -> Floats:
-    return ratios(page.number("inflight"), page.capacity("inflight_max"))[0]
+    return page.fill("inflight")[0]
 
 
 def _per_second(counts: npt.NDArray[Any], per_second: float | None) -> Floats:
