@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from operator import itemgetter, not_
+from operator import attrgetter, itemgetter, not_
 from typing import Any
 
 import numpy as np
@@ -52,11 +52,17 @@ class Classifier:
         a Python call per client."""
         names = [self.default] * len(records)
         pending = list(range(len(records)))
+        columns: dict[str, list[str]] = {}
         for rule in self.rules:
             if not pending:
                 break
-            values = [records[i].clientid for i in pending] if rule.field == "clientid" else [
-                records[i].username or "" for i in pending]
+            column = columns.get(rule.field)
+            if column is None:
+                column = columns[rule.field] = (
+                    list(map(attrgetter("clientid"), records)) if rule.field == "clientid"
+                    else [u or "" for u in map(attrgetter("username"), records)])
+            values = column if len(pending) == len(records) else list(
+                map(column.__getitem__, pending))
             hits = fullmatches(rule.pattern, values)
             for i in compress(pending, hits):
                 names[i] = rule.name

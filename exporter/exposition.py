@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
+from operator import is_not
 from typing import Protocol
 
 from exporter.contract import Family, FormatName
@@ -166,9 +167,9 @@ def family_lines(name: bytes, labels: Sequence[bytes], values: Sequence[object],
         arguments[1::2] = values
         return template % tuple(arguments)
     if None in values:
-        keep = [v is not None for v in values]
+        keep = list(map(is_not, values, repeat(None)))
         labels = list(compress(labels, keep))
-        values = [v for v in values if v is not None]
+        values = list(compress(values, keep))
     count = len(values)
     pieces: list[bytes] = [name] * (4 * count)
     pieces[1::4] = labels

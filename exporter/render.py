@@ -82,7 +82,7 @@ Convert = Callable[["ClientRenderer", Sequence[ClientRecord], list[Any]], list[A
 
 
 def _times(renderer: ClientRenderer, _: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
-    return list(map(renderer.parse_time, values))
+    return renderer.parse_time.column(values)
 
 
 def _disconnected(renderer: ClientRenderer, records: Sequence[ClientRecord],

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import repeat
 from zoneinfo import ZoneInfo
 
 # Clients connected in the same second share a timestamp string; a bounded memo saves most
 # parses on large polls without growing without limit.
 _MEMO_LIMIT = 200_000
+#: Not in the memo (a parsed time may be None: unreadable).
+_UNSEEN = object()
 
 
 class TimeParser:
@@ -15,7 +18,7 @@ class TimeParser:
 
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
-        self._memo: dict[str, float | None] = {}
+        self._memo: dict[str | None, float | None] = {}
 
     def __call__(self, text: str | None) -> float | None:
         """Return Unix seconds, or None for a missing or unreadable value."""
@@ -31,6 +34,15 @@ class TimeParser:
             memo.clear()
         memo[text] = value
         return value
+
+    def column(self, texts: list[str | None]) -> list[float | None]:
+        """`self(text)` of each text: the memo looked up from C, the parser called only for
+        texts not seen yet (clients connected in the same second share one)."""
+        parsed: list[object] = list(map(self._memo.get, texts, repeat(_UNSEEN)))
+        if _UNSEEN in parsed:
+            return [self(t) if p is _UNSEEN else p  # type: ignore[misc]
+                    for t, p in zip(texts, parsed, strict=True)]
+        return parsed  # type: ignore[return-value]  # every value came from the memo
 
     def _parse(self, text: str) -> float | None:
         try:
