@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import attrgetter, eq
 
 from exporter.dialects.base import NodeInfo
 from exporter.records import ClientRecord
@@ -87,11 +89,14 @@ class ShardPlan:
             return [r for r in records
                     if (r.node in mine and r.node in known)
                     or (anchor_mine and (r.node is None or r.node not in known))]
+        nodes = list(map(attrgetter("node"), records))
+        if nodes.count(walk_node) == len(nodes):
+            return records  # the common case: every row names the node walked
         if walk_node == self.anchor:
             return [r for r in records
                     if r.node is None or r.node == walk_node or r.node not in known]
         # Rows without a node in a per-node walk of v3/v4 do not occur (their rows name it).
-        return [r for r in records if r.node == walk_node]
+        return list(compress(records, map(eq, nodes, repeat(walk_node))))
 
     def covered_by(self, walk_node: str) -> list[str]:
         """The nodes whose rows a per-node walk of `walk_node` keeps: its own, and for the
