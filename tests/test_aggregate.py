@@ -11,15 +11,20 @@ import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from exporter import contract as c
 from exporter.aggregate import (
+    COUNTER_SERIES,
+    GAUGES,
     AggregateSettings,
     Aggregator,
     Classifier,
     ClassRule,
-    Gauges,
     GroupKey,
+    group_sums,
 )
+from exporter.columns import Columns
 from exporter.config import PerClientSettings
 from exporter.pipeline import Pipeline
 from exporter.records import ClientRecord, record_type
@@ -56,6 +61,23 @@ def deltas(**increase: int) -> list[int]:
     return [increase.get(name, 0) for name in COUNTER_FIELDS]
 
 
+def gauges(agg: Aggregator, records: list[ClientRecord]) -> dict[GroupKey, dict[str, int]]:
+    """A page's gauges by group key and name."""
+    found = agg.gauge(agg.groups(records), Columns(records))
+    return {agg.keys_by_id[g]: dict(zip(GAUGES, sums, strict=True)) for g, sums in found.items()}
+
+
+def count(agg: Aggregator, records: list[ClientRecord], increases: list[list[int]],
+          connects: list[bool]) -> None:
+    """Count a page: its records' groups, a row of increases and a connect flag per record."""
+    agg.count(agg.groups(records), np.array(increases, np.int64).reshape(-1, len(COUNTER_FIELDS)),
+              np.array(connects, np.bool_))
+
+
+def totals(agg: Aggregator, key: GroupKey) -> dict[str, int]:
+    return dict(zip(COUNTER_SERIES, agg.counters[key], strict=True))
+
+
 # --- the aggregator's own interface -----------------------------------------------------------
 
 def test_a_client_gets_the_first_class_whose_rule_matches_else_other() -> None:
@@ -86,38 +108,55 @@ def test_group_keys_are_the_raw_values_of_the_configured_labels() -> None:
 
 def test_gauges_sum_one_poll_and_count_saturation_against_known_capacities() -> None:
     agg = Aggregator(AggregateSettings(saturation=0.8), Classifier([]))
-    gauges = Gauges()
-    agg.gauge(gauges, [
-        rec("full", connected=True, mqueue_len=80, mqueue_max=100, inflight=32, inflight_max=32,
-            subscriptions=2),
-        rec("below", connected=True, mqueue_len=79, mqueue_max=100, inflight=1, inflight_max=32),
-        rec("offline", connected=False, mqueue_len=5, mqueue_max=0),       # 0: unlimited
-        rec("v3", mqueue_len=None, inflight=None, subscriptions=None),   # no flag: online
-    ])
-    assert gauges == Gauges(online=3, sessions=4, mqueue=164, inflight=33, subscriptions=2,
-                            mqueue_saturated=1, inflight_saturated=1)
-    agg.gauge(gauges, [rec("more", connected=True, subscriptions=3)])  # a second page adds up
-    assert (gauges.online, gauges.sessions, gauges.subscriptions) == (4, 5, 5)
+    page = [
+        rec("full", node=A, connected=True, mqueue_len=80, mqueue_max=100, inflight=32,
+            inflight_max=32, subscriptions=2),
+        rec("more", node=B, connected=True, subscriptions=3),  # another group of the page
+        rec("below", node=A, connected=True, mqueue_len=79, mqueue_max=100, inflight=1,
+            inflight_max=32),
+        rec("offline", node=A, connected=False, mqueue_len=5, mqueue_max=0),  # 0: unlimited
+        rec("v3", node=A, mqueue_len=None, inflight=None, subscriptions=None),  # no flag: online
+    ]
+    assert gauges(agg, page) == {
+        (A,): {"online": 3, "sessions": 4, "mqueue": 164, "inflight": 33, "subscriptions": 2,
+               "mqueue_saturated": 1, "inflight_saturated": 1},
+        (B,): {"online": 1, "sessions": 1, "mqueue": 0, "inflight": 0, "subscriptions": 3,
+               "mqueue_saturated": 0, "inflight_saturated": 0}}
+    # gauges are one page's: the next page starts from nothing (the pipeline adds them up)
+    assert gauges(agg, page[1:2]) == {(B,): gauges(agg, page)[(B,)]}
+    assert agg.keys_by_id == [(A,), (B,)]  # group numbers stay as first met
 
 
 def test_an_unlimited_or_unknown_capacity_is_never_saturated() -> None:
     agg = Aggregator(AggregateSettings(saturation=0.5), Classifier([]))
-    gauges = Gauges()
-    agg.gauge(gauges, [rec("a", mqueue_len=10**6, mqueue_max=None),
-                       rec("b", mqueue_len=10**6, mqueue_max=0),
-                       rec("c", inflight=10**6)])
-    assert (gauges.mqueue_saturated, gauges.inflight_saturated) == (0, 0)
-    assert (gauges.mqueue, gauges.inflight) == (2 * 10**6, 10**6)
+    found = gauges(agg, [rec("a", mqueue_len=10**6, mqueue_max=None),
+                         rec("b", mqueue_len=10**6, mqueue_max=0),
+                         rec("c", mqueue_len=10**6, mqueue_max="infinity"),
+                         rec("d", inflight=10**6)])[(None,)]
+    assert (found["mqueue_saturated"], found["inflight_saturated"]) == (0, 0)
+    assert (found["mqueue"], found["inflight"]) == (3 * 10**6, 10**6)
+
+
+def test_gauges_of_figures_near_2_63_are_exact() -> None:
+    big = 2**63 - 1
+    agg = Aggregator(AggregateSettings(), Classifier([]))
+    found = gauges(agg, [rec("a", mqueue_len=big, subscriptions=big),
+                         rec("b", mqueue_len=big, subscriptions=1)])[(None,)]
+    assert (found["mqueue"], found["subscriptions"]) == (2 * big, big + 1)
 
 
 def test_counters_split_drops_by_reason_and_the_rest_is_other() -> None:
     agg = Aggregator(AggregateSettings(), Classifier([]))
-    agg.count((A,), deltas(received_bytes=10, sent_dropped=10, sent_dropped_expired=2,
-                           sent_dropped_queue_full=3, sent_dropped_too_large=1,
-                           received_dropped=4, received_dropped_await_pubrel_timeout=1,
-                           mqueue_dropped=6), new_connection=True)
-    # A reason figure larger than its total never makes "other" negative.
-    agg.count((A,), deltas(sent_dropped=1, sent_dropped_expired=3), new_connection=False)
+    count(agg, [rec("x", node=A)], [deltas(
+        received_bytes=10, sent_dropped=10, sent_dropped_expired=2, sent_dropped_queue_full=3,
+        sent_dropped_too_large=1, received_dropped=4, received_dropped_await_pubrel_timeout=1,
+        mqueue_dropped=6)], [True])
+    # A reason figure larger than its total never makes "other" negative; a reason without a
+    # total (the version does not report the total) counts nothing.
+    count(agg, [rec("x", node=A), rec("y", node=A)],
+          [deltas(sent_dropped=1, sent_dropped_expired=3),
+           deltas(sent_dropped_queue_full=7, received_dropped_await_pubrel_timeout=2)],
+          [False, False])
     out = exposed(agg.render({}))
     dropped = {dict(k)["direction"] + "/" + dict(k)["reason"]: v
                for k, v in out["emqx_clients_dropped_messages_total"].items()}
@@ -131,7 +170,7 @@ def test_counters_split_drops_by_reason_and_the_rest_is_other() -> None:
 
 def test_a_group_first_seen_idle_is_shown_with_zero_counters() -> None:
     agg = Aggregator(AggregateSettings(), Classifier([]))
-    agg.count((B,), deltas(), new_connection=False)
+    count(agg, [rec("idle", node=B)], [deltas()], [False])
     out = exposed(agg.render({}))
     assert out["emqx_clients_sent_bytes_total"] == {(("node", B),): 0}
     assert out["emqx_clients_connects_total"] == {(("node", B),): 0}
@@ -140,15 +179,18 @@ def test_a_group_first_seen_idle_is_shown_with_zero_counters() -> None:
 def test_rendering_orders_groups_and_puts_constant_labels_first() -> None:
     agg = Aggregator(AggregateSettings(labels=("node", "class"), const_labels=(
         ("cluster", "prod"),)), Classifier([]))
-    gauges: dict[GroupKey, Gauges] = {(B, "other"): Gauges(online=1, sessions=1),
-                                      (A, "other"): Gauges(online=2)}
-    text = compose([{f: [v] for f, v in agg.render(gauges).items()}], 0.0).text()
+    row = dict.fromkeys(GAUGES, 0)
+    by_key: dict[GroupKey, list[int]] = {
+        (B, "other"): [{**row, "online": 1, "sessions": 1}[g] for g in GAUGES],
+        (A, "other"): [{**row, "online": 2, "sessions": 3}[g] for g in GAUGES]}
+    text = compose([{f: [v] for f, v in agg.render(by_key).items()}], 0.0).text()
     lines = [line for line in text.splitlines() if line.startswith("emqx_clients_online")]
     assert lines == ['emqx_clients_online{cluster="prod",node="emqx@a",class="other"} 2',
                      'emqx_clients_online{cluster="prod",node="emqx@b",class="other"} 1']
+    assert 'emqx_clients_sessions{cluster="prod",node="emqx@a",class="other"} 3' in text
     assert "emqx_clients_received_bytes_total" not in text  # no counters before any count
-    agg.count((B, "other"), deltas(received_bytes=1), new_connection=True)
-    agg.count((A, "other"), deltas(received_bytes=2), new_connection=True)
+    count(agg, [rec("b", node=B), rec("a", node=A)],
+          [deltas(received_bytes=1), deltas(received_bytes=2)], [True, True])
     text = compose([{f: [v] for f, v in agg.render({}).items()}], 0.0).text()
     lines = [line for line in text.splitlines()
              if line.startswith("emqx_clients_received_bytes_total")]
@@ -172,6 +214,64 @@ def test_node_totals_leave_out_what_the_version_does_not_report() -> None:
     out = exposed(agg.render_node_totals({B: (3, None), A: (5, None)}))
     assert out == {"emqx_clients_online": {(("node", A),): 5, (("node", B),): 3}}
     assert agg.render_node_totals({A: (None, None)}) == {}
+
+
+def test_a_page_counts_as_its_rows_counted_one_at_a_time() -> None:
+    classify = Classifier([rule("sensors", "clientid", "s-.*")])
+    settings = AggregateSettings(labels=("node", "class"))
+    records = [rec(f"{'s-' if i % 3 else 'g-'}{i}", node=(A, B)[i % 2]) for i in range(12)]
+    rng = np.random.default_rng(7)
+    increases = rng.integers(0, 50, (len(records), len(COUNTER_FIELDS))).tolist()
+    increases[4] = deltas(sent_dropped=0, sent_dropped_expired=9)  # a reason without a total
+    connects = (rng.random(len(records)) < 0.5).tolist()
+    paged, single = Aggregator(settings, classify), Aggregator(settings, classify)
+    count(paged, records, increases, connects)
+    for record, row, connect in zip(records, increases, connects, strict=True):
+        count(single, [record], [row], [connect])
+    assert paged.counters == single.counters and len(paged.counters) == 4
+    assert totals(paged, (A, "sensors"))["connects"] == sum(
+        c for r, c in zip(records, connects, strict=True)
+        if r.node == A and r.clientid.startswith("s-"))
+
+
+def test_group_sums_are_exact_past_2_63() -> None:
+    big = 2**63 - 1
+    sums = group_sums(np.array([1, 0, 1, 1]),
+                      np.array([[big, 1], [5, big], [big, 2], [big, 3]], np.int64))
+    assert sums == {0: [5, big], 1: [3 * big, 6]}
+    assert all(type(v) is int for row in sums.values() for v in row)
+    # the largest values whose sum still fits int64, and the smallest that do not
+    half = 2**62
+    assert group_sums(np.array([0, 0]), np.array([[half - 1], [half]], np.int64)) == {
+        0: [2**63 - 1]}
+    assert group_sums(np.array([0, 0]), np.array([[half], [half]], np.int64)) == {0: [2**63]}
+    assert group_sums(np.array([], np.int64), np.zeros((0, 3), np.int64)) == {}
+
+
+def test_lasting_counters_near_2_63_stay_exact() -> None:
+    big = 2**63 - 1
+    agg = Aggregator(AggregateSettings(), Classifier([]))
+    records = [rec("x", node=A), rec("y", node=A)]
+    huge = deltas(received_bytes=big, sent_bytes=big, mqueue_dropped=big, sent_dropped=big,
+                  sent_dropped_expired=2**62 + 5, sent_dropped_queue_full=2**62,
+                  received_dropped=big, received_dropped_await_pubrel_timeout=2**61)
+    count(agg, records, [huge, huge], [True, False])
+    count(agg, records[:1], [deltas(received_bytes=big, sent_dropped=big,
+                                    sent_dropped_too_large=1)], [True])
+    got = totals(agg, (A,))
+    assert got == {
+        "received_bytes": 3 * big, "sent_bytes": 2 * big, "received_messages": 0,
+        "sent_messages": 0, "mqueue_dropped": 2 * big,
+        "received:await_pubrel_timeout": 2 * 2**61, "received:other": 2 * (big - 2**61),
+        "sent:expired": 2 * (2**62 + 5), "sent:queue_full": 2 * 2**62, "sent:too_large": 1,
+        # the named reasons exceed the total (past 2**63 together): "other" is 0, not wrapped
+        "sent:other": big - 1, "connects": 2}
+    assert all(type(v) is int for v in agg.counters[(A,)])
+    # named reasons far above a small total: their int64 sum would wrap to -2
+    count(agg, [rec("z", node=B)], [deltas(sent_dropped=5, sent_dropped_expired=big,
+                                           sent_dropped_queue_full=big)], [False])
+    got = totals(agg, (B,))
+    assert (got["sent:expired"], got["sent:queue_full"], got["sent:other"]) == (big, big, 0)
 
 
 # --- the promises over polls, through the pipeline a poll feeds -------------------------------
