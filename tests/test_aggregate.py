@@ -63,14 +63,14 @@ def deltas(**increase: int) -> list[int]:
 
 def gauges(agg: Aggregator, records: list[ClientRecord]) -> dict[GroupKey, dict[str, int]]:
     """A page's gauges by group key and name."""
-    found = agg.gauge(agg.groups(records), Columns(records))
+    found = agg.gauge(agg.groups(Columns(records)), Columns(records))
     return {agg.keys_by_id[g]: dict(zip(GAUGES, sums, strict=True)) for g, sums in found.items()}
 
 
 def count(agg: Aggregator, records: list[ClientRecord], increases: list[list[int]],
           connects: list[bool]) -> None:
     """Count a page: its records' groups, a row of increases and a connect flag per record."""
-    agg.count(agg.groups(records), np.array(increases, np.int64).reshape(-1, len(COUNTER_FIELDS)),
+    agg.count(agg.groups(Columns(records)), np.array(increases, np.int64).reshape(-1, len(COUNTER_FIELDS)),
               np.array(connects, np.bool_))
 
 
