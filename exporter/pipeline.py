@@ -59,6 +59,9 @@ PART_FIELDS = _part_fields()
 BASE_FIELDS = ("clientid", "node", "connected", "connected_at", "created_at", "username",
                "mqueue_len", "mqueue_max", "inflight", "inflight_max", "subscriptions",
                "durable", "is_expired", *COUNTER_FIELDS)
+#: Clients rendered per batch at the end of a poll: each family's lines of a batch are one C
+#: call, so a scrape waiting for the interpreter lock waits for one batch's call, not a poll's.
+RENDER_BATCH = 10_000
 #: Members of each ranking kept in a poll's summary (the status page shows them).
 SUMMARY_TOP = 10
 #: What to configure when the cap leaves clients out (logs, `check` and the status page).
@@ -459,8 +462,9 @@ class PollRun:
             late = budget.choose({r.clientid for r in streamed},
                                  [r for _, r in sorted(self.watched.items())], members, overflow)
         chosen = streamed + late
-        if chosen:
-            batch = p.renderer.render(chosen, identity_labels(chosen, p.render_settings))
+        for start in range(0, len(chosen), RENDER_BATCH):
+            some = chosen[start:start + RENDER_BATCH]
+            batch = p.renderer.render(some, identity_labels(some, p.render_settings))
             for family, text in batch.items():
                 rendered.setdefault(family, []).append(text)
         offline = self._render_watch_extras(rendered)
