@@ -123,5 +123,4 @@ class Columns:
 
     def take(self, rows: Ints) -> list[ClientRecord]:
         """The records of these rows, in this order."""
-        records = self.records
-        return [records[i] for i in rows.tolist()]
+        return list(map(self.records.__getitem__, rows.tolist()))

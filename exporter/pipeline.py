@@ -289,9 +289,10 @@ class PollRun:
         p.aggregator.count(groups, seen.deltas, seen.new if not p.baseline
                            else np.zeros(page.size, np.bool_))
         self._aggregate(page, seen, groups, parts, part_of_row)
-        for (_, part), rows in zip(parts, self._rows_of_parts(parts, part_of_row), strict=True):
+        everyone = np.arange(page.size)
+        for (_, part), rows in zip(parts, self._split(everyone, parts, part_of_row), strict=True):
             part.clientids.extend(page.clientids if len(parts) == 1
-                                  else [page.clientids[i] for i in rows.tolist()])
+                                  else map(page.clientids.__getitem__, rows.tolist()))
             part.slots.append(slots[rows])
         self._select(page, seen, parts, part_of_row, slots)
 
@@ -309,12 +310,6 @@ class PollRun:
             at = {name: i for i, name in enumerate(names)}
             index = np.fromiter(map(at.__getitem__, named), np.int64, page.size)
         return [(name, self.nodes.setdefault(name, _NodePart())) for name in names], index
-
-    @staticmethod
-    def _rows_of_parts(parts: list[tuple[str, _NodePart]], part_of_row: Ints) -> list[Ints]:
-        if len(parts) == 1:
-            return [np.arange(len(part_of_row))]
-        return [np.flatnonzero(part_of_row == i) for i in range(len(parts))]
 
     def _aggregate(self, page: Columns, seen: Observation, groups: Ints,
                    parts: list[tuple[str, _NodePart]], part_of_row: Ints) -> None:
