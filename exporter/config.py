@@ -69,7 +69,8 @@ class ClusterSettings:
     timezone: ZoneInfo
     tls: TlsSettings
     shard: tuple[int, int]
-    #: Filters EMQX applies itself (v4.1+, v5): fewer rows to send, but see README for cost.
+    #: Filters EMQX applies itself (v4.1+, v5): fewer rows to send, but see
+    #: docs/cardinality.md for their cost.
     filters: tuple[tuple[str, str], ...]
     #: A response body larger than this is refused while it streams in, never buffered.
     max_body_bytes: int

@@ -1,14 +1,14 @@
 """One exception tree for the exporter: every failure carries a short `reason` for metrics.
 
 `REASONS` is the one list of the `reason` label's values of
-`emqx_client_exporter_api_errors_total`; the README's table is generated from it.
+`emqx_client_exporter_api_errors_total`; the table in docs/metrics.md is generated from it.
 """
 
 from __future__ import annotations
 
 import traceback
 
-#: Every value of the `reason` label, with what it means (README table, `check`, tests).
+#: Every value of the `reason` label, with what it means (docs table, `check`, tests).
 REASONS: dict[str, str] = {
     "unreachable": "EMQX could not be reached: connection refused or reset, DNS, TLS",
     "timeout": "no complete answer (body included) within `timeout`",

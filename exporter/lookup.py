@@ -23,10 +23,11 @@ MAX_REQUEST_LINE = 4096
 #: Single-client lookups in flight at once, for versions without the clientid filter.
 LOOKUP_CONCURRENCY = 8
 #: `lookup: auto` batches only while the cluster holds at most this many sessions. Measured on
-#: the real EMQX 5.8.9 (`python -m bench.emqx_cost`, README "Cost to EMQX"): a batched request
-#: scans the whole channel table (its CPU grows with the cluster: ~58 ms for 3000 sessions,
-#: ~118 ms for 9000), a `GET /clients/{id}` does not (~1 ms each), so 100 ids cost EMQX less
-#: batched at 3000 sessions and less one by one at 9000; 5000 stays below the crossing.
+#: the real EMQX 5.8.9 (`python -m bench.emqx_cost`, docs/performance.md "Cost to EMQX"): a
+#: batched request scans the whole channel table (its CPU grows with the cluster: ~58 ms for
+#: 3000 sessions, ~118 ms for 9000), a `GET /clients/{id}` does not (~1 ms each), so 100 ids
+#: cost EMQX less batched at 3000 sessions and less one by one at 9000; 5000 stays below the
+#: crossing.
 BATCH_MAX_SESSIONS = 5000
 
 

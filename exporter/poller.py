@@ -288,7 +288,7 @@ class ClusterPoller:
             self._cursor_retry_in -= 1
             if not self._cursor_failing or fallback is None or self._cursor_retry_in <= 0:
                 # Cursor listing without node=: one walk covers the cluster; records name their
-                # node and the shard keeps its own nodes' rows (README "Sharding": why). Should
+                # node and the shard keeps its own nodes' rows (docs/sharding.md: why). Should
                 # it fail, everything it delivered goes, rows of stopped nodes included.
                 outcome = await self._walk_one(dialect, None, run, [n.name for n in mine], shard,
                                                track=False)

@@ -1,9 +1,9 @@
 """The declaration of every setting: type, range, default, help, flag and environment variable.
 
 Everything else derives from it: the defaults, the flags of `run` and `check`, the environment
-variables, the README's tables, and the checks of types and ranges (msgspec, whose errors are
-reworded here so each names its key path and what is wrong with the value given). What a type
-cannot say is checked by the validators in `config`.
+variables, the tables of README and docs/, and the checks of types and ranges (msgspec, whose
+errors are reworded here so each names its key path and what is wrong with the value given).
+What a type cannot say is checked by the validators in `config`.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class PerClientConfig(Schema, frozen=True):
     watch_only: Annotated[bool, _key("look up the watch list only, never walk")] = False
     lookup: Annotated[Literal["auto", "batched", "single"], _key(
         "watch-only lookups: batched clientid= filters (5.6+), one GET per id, or auto "
-        "(batched on small clusters only: README, Cost to EMQX)")] = \
+        "(batched on small clusters only: docs/performance.md, Cost to EMQX)")] = \
         SELECTION_DEFAULTS.lookup  # type: ignore[assignment]
     state_file: Annotated[Text | None, _key("where watched clients' last-seen times "
                                             "survive restarts")] = None
