@@ -70,8 +70,8 @@ def gauges(agg: Aggregator, records: list[ClientRecord]) -> dict[GroupKey, dict[
 def count(agg: Aggregator, records: list[ClientRecord], increases: list[list[int]],
           connects: list[bool]) -> None:
     """Count a page: its records' groups, a row of increases and a connect flag per record."""
-    agg.count(agg.groups(Columns(records)), np.array(increases, np.int64).reshape(-1, len(COUNTER_FIELDS)),
-              np.array(connects, np.bool_))
+    rows = np.array(increases, np.int64).reshape(-1, len(COUNTER_FIELDS))
+    agg.count(agg.groups(Columns(records)), rows, np.array(connects, np.bool_))
 
 
 def totals(agg: Aggregator, key: GroupKey) -> dict[str, int]:
