@@ -49,7 +49,7 @@ def make_exporter(emqx_url: str | None = None, **extra: Any) -> Exporter:
     """An exporter of one cluster at `emqx_url` (by default a port nobody listens on)."""
     settings = load_settings({"emqx_url": emqx_url or f"http://127.0.0.1:{free_port()}",
                               "api_key": "k", "api_secret": "s", "retries": 0,
-                              "pipeline_worker": "thread", **extra}, {}, None)
+                              **extra}, {}, None)
     return Exporter(settings, clock=lambda: NOW)  # a fixed clock: self-metrics stay the same
 
 

@@ -317,7 +317,7 @@ async def gated_url(tmp_path: Path, users: dict[str, str]) -> AsyncIterator[str]
     path = tmp_path / "web.yml"
     path.write_text(yaml.safe_dump({"basic_auth_users": users}))
     settings = load_settings({"emqx_url": "http://127.0.0.1:9", "api_key": "k",
-                              "api_secret": "s", "pipeline_worker": "thread"}, {}, None)
+                              "api_secret": "s"}, {}, None)
     exporter = Exporter(settings)
     gate = WebGate(str(path))
     server = TestServer(build_app(exporter, poll=False, gate=gate), host="127.0.0.1")
