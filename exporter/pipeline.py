@@ -416,8 +416,8 @@ class PollRun:
             self.budget.refund(len(part.streamed), len(part.overflow))
             for top in self.p.selector.trackers:
                 top.discard(part.clientids)
-            for clientid in part.clientids:
-                self.watched.pop(clientid, None)
+            for clientid in self.watched.keys() & set(part.clientids):
+                del self.watched[clientid]
 
     def mark_unknown(self, clientids: Iterable[str]) -> None:
         """Watched clients whose lookup failed: unknown, so not reported offline."""
