@@ -14,7 +14,7 @@ from tests.test_cli import ROOT
 #: The exporter modules that may import the simulator, and why.
 SIMULATOR_USERS = {
     "exporter.demo": "the `demo` command runs the simulator",
-    "exporter.docs": "a development tool: the README's fault matrix is the simulator's table",
+    "exporter.docs": "a development tool: docs/failures.md's fault matrix is the simulator's",
     "exporter.__main__": "runs the command line when imported",
 }
 

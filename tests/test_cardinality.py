@@ -105,8 +105,9 @@ async def test_watch_only_looks_clients_up_without_walking() -> None:
 async def test_watch_only_batches_by_default_only_on_small_clusters(
         clients: int, batched: bool) -> None:
     """`lookup: auto` (the default): a batched `clientid=` request scans EMQX's whole channel
-    table, a single GET does not; measured on the real 5.8.9 (bench/emqx_cost.py, README
-    "Cost to EMQX"), 100 ids cost EMQX less batched at 3000 sessions, one by one at 9000."""
+    table, a single GET does not; measured on the real 5.8.9 (bench/emqx_cost.py,
+    docs/performance.md "Cost to EMQX"), 100 ids cost EMQX less batched at 3000 sessions, one
+    by one at 9000."""
     watch = [f"client-{i:07d}" for i in range(100)]
     sim = SimSettings(version=V56, nodes=1, clients=clients, offline_sessions=0.0, churn=0.0)
     async with rig(sim, per_client={"watch": watch, "watch_only": True}) as r:
