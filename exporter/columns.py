@@ -63,6 +63,15 @@ def exact(*columns: Ints) -> list[npt.NDArray[Any]]:
     return list(columns)
 
 
+def rates(counts: npt.NDArray[Any], per_second: float | None) -> Floats:
+    """Counts over one poll interval as rates (0 on the first poll, `per_second` None)."""
+    if per_second is None:
+        return np.zeros(len(counts))
+    if counts.dtype == object:  # Python ints past int64 (see `exact`)
+        return np.array([n * per_second for n in counts.tolist()], np.float64)
+    return counts * per_second
+
+
 class Columns:
     """The columns of one page's records (rows in the page's order)."""
 
@@ -72,6 +81,7 @@ class Columns:
         self.clientids: list[str] = list(map(attrgetter("clientid"), records))
         self._numbers: dict[str, Ints] = {}
         self._values: dict[str, list[Any]] = {}
+        self._offline: Bools | None = None
 
     def values(self, field: str) -> list[Any]:
         """A field's raw values (None where not reported)."""
@@ -105,8 +115,10 @@ class Columns:
 
     def offline(self) -> Bools:
         """Rows EMQX lists as disconnected (v3 has no flag: a listed connection is online)."""
-        return np.fromiter(map(is_, self.values("connected"), repeat(False)), np.bool_,
-                           self.size)
+        if self._offline is None:
+            self._offline = np.fromiter(map(is_, self.values("connected"), repeat(False)),
+                                        np.bool_, self.size)
+        return self._offline
 
     def counters(self) -> Ints:
         """The counters as a matrix, a row per record and `COUNTER_FIELDS` columns."""

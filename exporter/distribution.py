@@ -21,7 +21,7 @@ import numpy.typing as npt
 from prometheus_client.utils import floatToGoString
 
 from exporter import contract as c
-from exporter.columns import Columns, exact
+from exporter.columns import Columns, exact, rates
 from exporter.exposition import encode_text, extend, sample_line
 from exporter.render import RenderedBatch
 from exporter.state import COUNTER_INDEX, Bools, Floats, Ints
@@ -54,9 +54,8 @@ def dropped(deltas: Ints) -> npt.NDArray[Any]:
     return total
 
 
-#: Counter increases binned as rates: (figure, counter field).
-_RATE_COUNTERS = ((RX_BYTES_RATE, "received_bytes"), (TX_BYTES_RATE, "sent_bytes"),
-                  (RX_MSGS_RATE, "received_messages"), (TX_MSGS_RATE, "sent_messages"))
+#: Counter increases binned as rates, in figure order (RX_BYTES_RATE to TX_MSGS_RATE).
+_RATE_COUNTERS = ("received_bytes", "sent_bytes", "received_messages", "sent_messages")
 #: The drop rate is known where any of these is reported.
 _DROP_FIELDS = ("mqueue_dropped", "received_dropped", "sent_dropped")
 
@@ -83,26 +82,13 @@ def figures(page: Columns, deltas: Ints, rated: Bools, since: Floats,
         ratio, ok = page.fill(length)
         values.append(ratio)
         known.append(ok)
-    rates: dict[int, tuple[npt.NDArray[Any], Bools]] = {}
-    nothing = np.zeros(page.size, np.bool_)
-    for figure, field in _RATE_COUNTERS:
-        if per_second is None:
-            rates[figure] = (np.zeros(page.size), nothing)
-        else:
-            rates[figure] = (deltas[:, COUNTER_INDEX[field]] * per_second,
-                             rated & page.reported(field))
-    for figure in (RX_BYTES_RATE, TX_BYTES_RATE, RX_MSGS_RATE, TX_MSGS_RATE):
-        values.append(rates[figure][0])
-        known.append(rates[figure][1])
-    if per_second is None:
-        values.append(np.zeros(page.size))
-        known.append(nothing)
-    else:
-        drops = dropped(deltas)
-        values.append(drops * per_second if drops.dtype != object else np.array(
-            [d * per_second for d in drops.tolist()], np.float64))
-        reported = np.logical_or.reduce([page.reported(f) for f in _DROP_FIELDS])
-        known.append(rated & reported)
+    # No rate on the first poll: `per_second` None.
+    rated = rated if per_second is not None else np.zeros(page.size, np.bool_)
+    for field in _RATE_COUNTERS:
+        values.append(rates(deltas[:, COUNTER_INDEX[field]], per_second))
+        known.append(rated & page.reported(field))
+    values.append(rates(dropped(deltas), per_second))
+    known.append(rated & np.logical_or.reduce([page.reported(f) for f in _DROP_FIELDS]))
     started = since == since  # NaN (unknown) != NaN
     values.append(np.maximum(now - np.where(started, since, now), 0.0))
     known.append(started & ~page.offline())

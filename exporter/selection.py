@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from functools import cache
 from itertools import repeat
 from operator import and_, contains, not_
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 
-from exporter.columns import Columns, exact
+from exporter.columns import Columns, exact, rates
 from exporter.distribution import dropped
 from exporter.records import ClientRecord
 from exporter.state import COUNTER_INDEX, Bools, Floats, Ints
@@ -92,24 +91,16 @@ def _inflight_fill(page: Columns, increases: Ints, per_second: float | None,
     return page.fill("inflight")[0]
 
 
-def _per_second(counts: npt.NDArray[Any], per_second: float | None) -> Floats:
-    if per_second is None:
-        return np.zeros(len(counts))
-    if counts.dtype == object:  # Python ints past int64 (see `columns.exact`)
-        return np.array([n * per_second for n in counts.tolist()], np.float64)
-    return counts * per_second
-
-
 def _drop_rate(page: Columns, increases: Ints, per_second: float | None,
                reconnects: Floats) -> Floats:
-    return _per_second(dropped(increases), per_second)
+    return rates(dropped(increases), per_second)
 
 
 def _byte_rate(page: Columns, increases: Ints, per_second: float | None,
                reconnects: Floats) -> Floats:
     received, sent = exact(increases[:, COUNTER_INDEX["received_bytes"]],
                            increases[:, COUNTER_INDEX["sent_bytes"]])
-    return _per_second(received + sent, per_second)
+    return rates(received + sent, per_second)
 
 
 def _reconnects(page: Columns, increases: Ints, per_second: float | None,

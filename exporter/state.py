@@ -164,9 +164,6 @@ class CounterState:
     def reconnect_scores(self, slots: Ints) -> Floats:
         return self._reconnects[slots].astype(np.float64)
 
-    def since(self, slots: Ints) -> Floats:
-        return self._since[slots]
-
     def node_of(self, clientid: str) -> int | None:
         """Index of the node that last listed the client, if it is tracked."""
         slot = self._slots.get(clientid)
