@@ -173,9 +173,23 @@ def _shard(value: str, key: str) -> tuple[int, int]:
     return (int(match[1]), int(match[2]))
 
 
-def _url(value: str, key: str) -> str:
-    if not re.match(r"^https?://[^/]+", value):
+#: The `user:password@` of a URL (RFC 3986 userinfo).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+
+
+def _checked_url(value: str, key: str, host: str = r"[^/]+") -> None:
+    """An http(s) URL without credentials. A URL's `user:password@` would be repeated by
+    this very error and, accepted, name the cluster in logs, metrics and the status page:
+    refused, and left out of the message."""
+    if _USERINFO.match(value):
+        raise ConfigError(key, "must not hold credentials (user:password@): give them as "
+                               "api_key/api_secret or username/password")
+    if not re.match(rf"^https?://{host}", value):
         raise ConfigError(key, f"must be an http:// or https:// URL, got {value!r}")
+
+
+def _url(value: str, key: str) -> str:
+    _checked_url(value, key)
     # Users paste the dashboard URL or an API path; the dialects add /api/vN themselves.
     return re.sub(r"/api(/v\d)?/?$", "", value.rstrip("/"))
 
@@ -328,8 +342,8 @@ def _clusters(top: Mapping[str, Any],
 
 
 def _dashboard_url(url: str | None) -> str | None:
-    if url is not None and not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError("dashboard_url", f"must be an http:// or https:// URL, got {url!r}")
+    if url is not None:
+        _checked_url(url, "dashboard_url", host=r"[^/\s]+")
     return url
 
 

@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from exporter.cli import main
 from exporter.config import load_settings
+from exporter.errors import ConfigError
 from exporter.logs import configure_logging
 from exporter.reload import ConfigReloader
 from exporter.server import build_app
@@ -219,3 +220,15 @@ async def test_reloads_of_bad_files_show_no_secret(files: Files, tmp_path: Path)
             assert_clean(reply, repr(logs), await r.get("/status.json"), await r.get("/metrics"))
             r.web.write_text(files.good_web())
             await r.reload()
+
+
+@pytest.mark.parametrize("url", ["http://admin:hunter2hunter2@127.0.0.1:18083",
+                                 "ftp://admin:hunter2hunter2@127.0.0.1:18083"])
+@pytest.mark.parametrize("key", ["emqx_url", "dashboard_url"])
+def test_a_password_in_a_url_is_refused_without_being_repeated(url: str, key: str) -> None:
+    """A URL's user:password@ would be echoed by the error and, accepted, would name the
+    cluster in every log line: refused at start, the error naming the key, not the secret."""
+    config = {"emqx_url": "http://127.0.0.1:18083", "api_key": "k", "api_secret": "s", key: url}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, {}, None)
+    assert refused.value.key == key and "hunter2" not in str(refused.value)
