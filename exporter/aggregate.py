@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from operator import attrgetter, itemgetter, not_
+from operator import itemgetter, not_
 from typing import Any
 
 import numpy as np
@@ -47,11 +47,15 @@ class Classifier:
         self.default = default
 
     def page(self, records: Sequence[ClientRecord]) -> list[str]:
-        """Each record's class (the value `Pattern.matches` reads, first matching rule): one
-        rule at a time over the records no earlier rule took, so the regex runs from C without
+        """Each record's class (see `classes`)."""
+        return self.classes(Columns(records))
+
+    def classes(self, page: Columns) -> list[str]:
+        """Each row's class (the value `Pattern.matches` reads, first matching rule): one
+        rule at a time over the rows no earlier rule took, so the regex runs from C without
         a Python call per client."""
-        names = [self.default] * len(records)
-        pending = list(range(len(records)))
+        names = [self.default] * page.size
+        pending = list(range(page.size))
         columns: dict[str, list[str]] = {}
         for rule in self.rules:
             if not pending:
@@ -59,9 +63,9 @@ class Classifier:
             column = columns.get(rule.field)
             if column is None:
                 column = columns[rule.field] = (
-                    list(map(attrgetter("clientid"), records)) if rule.field == "clientid"
-                    else [u or "" for u in map(attrgetter("username"), records)])
-            values = column if len(pending) == len(records) else list(
+                    page.clientids if rule.field == "clientid"
+                    else [u or "" for u in page.values("username")])
+            values = column if len(pending) == page.size else list(
                 map(column.__getitem__, pending))
             hits = fullmatches(rule.pattern, values)
             for i in compress(pending, hits):
@@ -161,7 +165,7 @@ class Aggregator:
         combined = np.zeros(page.size, np.int64)
         distinct_values: list[list[object]] = []
         for name in self.settings.labels:
-            column = (self.classify.page(page.records) if name == "class"
+            column = (self.classify.classes(page) if name == "class"
                       else page.values(name))
             distinct = list(dict.fromkeys(column))
             code = {value: i for i, value in enumerate(distinct)}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from exporter.columns import Columns, capacities, exact, ints, ratios
+from exporter.columns import BATCHED, Columns, capacities, exact, ints, ratios
 from exporter.records import COUNTERS, NUMBER_MAX, record_type
 from exporter.state import ABSENT
 
@@ -18,6 +20,7 @@ def test_numbers_keep_their_value_and_anything_else_is_absent() -> None:
     assert ints([None, 5, "100", "infinity", True]).tolist() == [ABSENT, 5] + [ABSENT] * 3
     assert ints(["100", 7]).tolist() == [ABSENT, 7]
     assert ints([None, None]).tolist() == [ABSENT, ABSENT]
+    assert ints([None, 7, None, 0]).tolist() == [ABSENT, 7, ABSENT, 0]  # gaps only: still in C
     assert ints([]).tolist() == []
 
 
@@ -54,6 +57,29 @@ def test_columns_of_a_page() -> None:
     assert counters[0, COUNTERS.index("received_bytes")] == 10
     assert page.take(np.array([2, 0])) == [records[2], records[0]]
     assert Columns([]).counters().shape == (0, len(COUNTERS))
+
+
+def test_the_fields_read_together_equal_each_field_read_alone() -> None:
+    # Counters, lengths and capacities are read in one pass over the records (`BATCHED`); each
+    # column must be what reading its field alone gives, gaps (a durable session without
+    # counters) and all, and a capacity must not write into the length it is computed from.
+    assert {"received_bytes", "mqueue_len", "mqueue_max", "inflight_max"} <= set(BATCHED)
+    figures: list[dict[str, Any]] = [
+        {f: None if (i + at) % 3 == 0 else (i * 10 + at) % 7 for at, f in enumerate(BATCHED)}
+        for i in range(7)]
+    records = [V5(clientid=f"c{i}", subscriptions_max="infinity" if i % 2 else 5, **row)
+               for i, row in enumerate(figures)]
+    records.append(V5(clientid="unlimited", mqueue_len=2, mqueue_max=0, subscriptions_max=5))
+    page = Columns(records)
+    for field in BATCHED:
+        alone = ints([getattr(r, field) for r in records])
+        assert page.number(field).tolist() == alone.tolist(), field
+    assert page.capacity("mqueue_max").tolist() == capacities(
+        [r.mqueue_max for r in records]).tolist()
+    assert page.number("mqueue_max").tolist() == ints([r.mqueue_max for r in records]).tolist()
+    # a field that may hold "infinity" is read on its own: the string is no capacity
+    assert page.capacity("subscriptions_max").tolist() == [5, ABSENT] * 3 + [5, 5]
+    assert Columns([]).number("received_bytes").tolist() == []
 
 
 def test_sums_that_could_pass_int64_are_made_with_python_ints() -> None:

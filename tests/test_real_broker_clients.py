@@ -151,7 +151,14 @@ async def test_reconnect_resets_counters_and_a_kick_removes_the_client(
 
             def reconnected() -> bool:
                 client.disconnect()
-                client.connect()  # v4 times have 1 s resolution: until the time differs
+                try:
+                    client.connect()  # v4 times have 1 s resolution: until the time differs
+                except TimeoutError:
+                    # Once in CI a 5.8.9 with durable sessions sent no CONNACK to a reconnect
+                    # right after a clean DISCONNECT: the MQTT side, not what this test is
+                    # about. Drop that attempt and try again (the deadline still applies).
+                    client.drop()
+                    return False
                 return bool(broker.client(cid)["connected_at"] != old)  # type: ignore[index]
 
             broker.wait_for(reconnected, "a reconnect with a new connected_at", every=0.3)
