@@ -128,15 +128,24 @@ _COUNTER_AT = {name: i for i, name in enumerate(COUNTER_SERIES)}
 _GAUGE_AT = {name: i for i, name in enumerate(GAUGES)}
 
 
+#: Every integer up to 2**53 is a float64, and so is every sum that stays below it.
+FLOAT_EXACT = 2**53
+
+
 def group_sums(groups: Ints, matrix: npt.NDArray[Any]) -> dict[int, list[int]]:
     """Each group's column sums of `matrix` (a row per client), exact whatever the values."""
     if not len(groups):
         return {}
     present, inverse = np.unique(groups, return_inverse=True)
-    if matrix.size and int(matrix.max()) > INT64_MAX // len(groups):
-        matrix = matrix.astype(object)  # Python ints: a sum past 2**63 stays exact
-    sums = np.zeros((len(present), matrix.shape[1]), matrix.dtype)
-    np.add.at(sums, inverse, matrix)
+    largest = int(np.abs(matrix).max()) if matrix.size else 0
+    if largest * len(groups) < FLOAT_EXACT:  # the usual case: bincount, exact in float64
+        sums = np.stack([np.bincount(inverse, weights=column, minlength=len(present))
+                         for column in matrix.T], axis=1).astype(np.int64)
+    else:
+        if largest > INT64_MAX // len(groups):
+            matrix = matrix.astype(object)  # Python ints: a sum past 2**63 stays exact
+        sums = np.zeros((len(present), matrix.shape[1]), matrix.dtype)
+        np.add.at(sums, inverse, matrix)
     return dict(zip(present.tolist(), sums.tolist(), strict=True))
 
 

@@ -38,9 +38,6 @@ SplitRow = Sequence[object] | int | None
 #: The label that names a client in every per-client series.
 CLIENT_LABEL = "clientid"
 
-# `%r` of an int or float is its repr, which is what the exposition formats want.
-_NUMBER = b"%r".__mod__
-
 
 def escape(value: str) -> str:
     """Escape a label value for text format 0.0.4 and OpenMetrics (same rules in both)."""
@@ -145,44 +142,51 @@ def encode_labels(labels: Sequence[str]) -> list[bytes]:
     return [ls.encode("utf-8", "replace") for ls in labels]
 
 
-def line_template(labels: Sequence[bytes]) -> bytes:
-    """A %-format of one line per client, `%s{labels} %r`, shared by every full family."""
+#: How a line template writes a value: a number (`%r`: an int's or float's repr, which is what
+#: the exposition formats want), or its text made already (`%s`).
+NUMBER_FORMAT = b"%r"
+TEXT_FORMAT = b"%s"
+
+
+def template_labels(labels: Sequence[bytes]) -> list[bytes]:
+    """Encoded client label sets as %-format text (a `%` in a value doubled), once per batch
+    for every line template made of them."""
+    return [ls.replace(b"%", b"%%") for ls in labels]
+
+
+def line_template(labels: Sequence[bytes], value: bytes = NUMBER_FORMAT) -> bytes:
+    """A %-format of one line per client, `%s{labels} <value>`, from `template_labels`."""
     pieces: list[bytes] = [b"%s"] * (3 * len(labels))
-    pieces[1::3] = [ls.replace(b"%", b"%%") for ls in labels]
-    pieces[2::3] = (b"%r\n",) * len(labels)
+    pieces[1::3] = labels
+    pieces[2::3] = (value + b"\n",) * len(labels)
     return b"".join(pieces)
 
 
 def family_lines(name: bytes, labels: Sequence[bytes], values: Sequence[object],
-                 template: bytes | None = None) -> bytes:
-    """`name{labels} value` lines from encoded client label sets; a None value leaves its line
-    out.
+                 template: bytes | None = None, value: bytes = NUMBER_FORMAT) -> bytes:
+    """`name{labels} value` lines from client label sets as `template_labels` gives them; a
+    None value leaves its line out. `value` says how values are written (`line_template`),
+    `template` is the batch's template for it.
 
-    A family with a value for every client is one %-format of the poll's line template, built
-    in C. Others interleave four columns by slice assignment and join once, which still builds
-    no string per line.
+    The lines are one %-format of a line template, built in C: the batch's shared one when
+    every client has a value, else one made for the clients that have.
     """
-    if template is not None and None not in values:
-        arguments: list[object] = [name] * (2 * len(values))
-        arguments[1::2] = values
-        return template % tuple(arguments)
-    if None in values:
-        keep = list(map(is_not, values, repeat(None)))
-        labels = list(compress(labels, keep))
-        values = list(compress(values, keep))
-    count = len(values)
-    pieces: list[bytes] = [name] * (4 * count)
-    pieces[1::4] = labels
-    pieces[2::4] = map(_NUMBER, values)
-    pieces[3::4] = (b"\n",) * count
-    return b"".join(pieces)
+    if template is None or None in values:
+        if None in values:
+            keep = list(map(is_not, values, repeat(None)))
+            labels = list(compress(labels, keep))
+            values = list(compress(values, keep))
+        template = line_template(labels, value)
+    arguments: list[object] = [name] * (2 * len(values))
+    arguments[1::2] = values
+    return template % tuple(arguments)
 
 
 def client_lines(const_labels: ConstLabels, clientids: Sequence[str],
                  values: Sequence[object], family: Family) -> bytes:
     """One line per client of a few named clients (no identity labels beside `clientid`)."""
     labels = encode_labels(client_label_sets(const_labels, map(NamedClient, clientids)))
-    return family_lines(family.name.encode(), labels, values)
+    return family_lines(family.name.encode(), template_labels(labels), values)
 
 
 def info_lines(family: Family, labels: Sequence[str], columns: Sequence[Sequence[str]]) -> bytes:

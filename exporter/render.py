@@ -16,6 +16,8 @@ from exporter import contract as c
 from exporter.columns import capacities
 from exporter.contract import Family
 from exporter.exposition import (
+    NUMBER_FORMAT,
+    TEXT_FORMAT,
     ConstLabels,
     SplitRow,
     client_label_sets,
@@ -26,6 +28,7 @@ from exporter.exposition import (
     label_text,
     line_template,
     split_lines,
+    template_labels,
 )
 from exporter.records import ERLANG_WORD_BYTES, ClientRecord
 from exporter.state import ABSENT
@@ -82,14 +85,14 @@ Convert = Callable[["ClientRenderer", Sequence[ClientRecord], list[Any]], list[A
 
 
 def _times(renderer: ClientRenderer, _: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
-    return renderer.parse_time.column(values)
+    return renderer.parse_time.texts(values)
 
 
 def _disconnected(renderer: ClientRenderer, records: Sequence[ClientRecord],
                   values: list[Any]) -> list[Any]:
     # Only offline sessions have a disconnection time worth showing.
-    return [renderer.parse_time(v) if r.connected is False else None
-            for r, v in zip(records, values, strict=True)]
+    return renderer.parse_time.texts([v if r.connected is False else None
+                                      for r, v in zip(records, values, strict=True)])
 
 
 def _online(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
@@ -113,9 +116,13 @@ _CONVERSIONS: dict[c.Conversion, Convert] = {
     "time": _times, "offline_time": _disconnected, "online_flag": _online,
     "capacity": _capacity, "heap_bytes": _heap_bytes,
 }
-#: Per-client families that are one value per client: (part, family, field, conversion).
-_COLUMNS: tuple[tuple[str, Family, str, Convert | None], ...] = tuple(
-    (col.part, col.family, col.field, None if col.convert is None else _CONVERSIONS[col.convert])
+#: Conversions that give each value's exposition text, not a number (see `TimeParser.texts`).
+_TEXTS: frozenset[c.Conversion] = frozenset({"time", "offline_time"})
+#: Per-client families that are one value per client: (part, family, field, conversion, how
+#: the values are written).
+_COLUMNS: tuple[tuple[str, Family, str, Convert | None, bytes], ...] = tuple(
+    (col.part, col.family, col.field, None if col.convert is None else _CONVERSIONS[col.convert],
+     TEXT_FORMAT if col.convert in _TEXTS else NUMBER_FORMAT)
     for col in c.CLIENT_COLUMNS if col.field is not None)
 #: Families that an opt-in part splits by a label: (part, family, total field, split).
 _SPLITS: tuple[tuple[str, Family, str, c.Split], ...] = tuple(
@@ -135,10 +142,10 @@ class ClientRenderer:
     def render(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> RenderedBatch:
         parts = self.settings.parts
         out: RenderedBatch = {}
-        encoded = encode_labels(labels)
-        template = line_template(encoded)
+        encoded = template_labels(encode_labels(labels))
+        templates: dict[bytes, bytes] = {}  # by value format, made when first needed
 
-        for part, family, attr, convert in _COLUMNS:
+        for part, family, attr, convert, value in _COLUMNS:
             if part not in parts:
                 continue
             if _SPLIT_FAMILIES.get(family) in parts:
@@ -146,7 +153,10 @@ class ClientRenderer:
             values = list(map(attrgetter(attr), records))
             if convert is not None:
                 values = convert(self, records, values)
-            text = family_lines(family.name.encode(), encoded, values, template)
+            template = templates.get(value)
+            if template is None:
+                template = templates[value] = line_template(encoded, value)
+            text = family_lines(family.name.encode(), encoded, values, template, value)
             if text:
                 out[family] = text
         if "info" in parts:

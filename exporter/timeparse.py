@@ -19,6 +19,7 @@ class TimeParser:
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
         self._memo: dict[str | None, float | None] = {}
+        self._text_memo: dict[str | None, bytes | None] = {}
 
     def __call__(self, text: str | None) -> float | None:
         """Return Unix seconds, or None for a missing or unreadable value."""
@@ -43,6 +44,23 @@ class TimeParser:
             return [self(t) if p is _UNSEEN else p  # type: ignore[misc]
                     for t, p in zip(texts, parsed, strict=True)]
         return parsed  # type: ignore[return-value]  # every value came from the memo
+
+    def texts(self, texts: list[str | None]) -> list[bytes | None]:
+        """`self(text)` of each text as exposition text (`b"%r"`), None where unreadable.
+
+        The shortest text of a float that reads back as it (`repr`) takes about a microsecond;
+        a client's connection time is the same string poll after poll, so its text is kept."""
+        memo = self._text_memo
+        if len(memo) + len(texts) > _MEMO_LIMIT:
+            memo.clear()
+        made: list[object] = list(map(memo.get, texts, repeat(_UNSEEN)))
+        if _UNSEEN not in made:
+            return made  # type: ignore[return-value]  # every text came from the memo
+        for text, found in zip(texts, made, strict=True):
+            if found is _UNSEEN:
+                seconds = self(text)
+                memo[text] = None if seconds is None else b"%r" % seconds
+        return list(map(memo.__getitem__, texts))
 
     def _parse(self, text: str) -> float | None:
         try:

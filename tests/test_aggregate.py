@@ -362,3 +362,21 @@ def test_a_row_without_its_connection_time_never_counts_traffic_twice() -> None:
     assert 100 <= total(unknown, BYTES) <= 150
     # One connection all along, whose counter reached 160: the total cannot be more.
     assert 100 <= total(polls.poll(client("x", 1, 160)), BYTES) <= 160
+
+
+def test_group_sums_equal_python_sums_at_every_size_of_value() -> None:
+    # Small sums take bincount (exact in float64 below 2**53), larger ones integer or Python
+    # sums: each way must give what Python's own sum of the rows gives, to the unit.
+    rng = np.random.default_rng(21)
+    for largest in (3, 2**20, 2**52 - 1, 2**53 + 1, 2**61):
+        groups = rng.integers(0, 5, 400)
+        matrix = rng.integers(0, largest, (400, 3), dtype=np.int64)
+        matrix[0, 0] = largest  # the boundary itself sits in the page
+        want: dict[int, list[int]] = {}
+        for group, row in zip(groups.tolist(), matrix.tolist(), strict=True):
+            sums = want.setdefault(group, [0, 0, 0])
+            want[group] = [a + b for a, b in zip(sums, row, strict=True)]
+        assert group_sums(groups, matrix) == want, largest
+    # one unit above 2**53 in a float64 sum would be lost: exact here
+    assert group_sums(np.array([0, 0]), np.array([[2**53 - 1], [2]], np.int64)) == {
+        0: [2**53 + 1]}

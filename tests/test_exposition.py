@@ -7,6 +7,7 @@ import pytest
 from exporter import contract as c
 from exporter.contract import Family
 from exporter.exposition import (
+    TEXT_FORMAT,
     NamedClient,
     SplitRow,
     client_label_sets,
@@ -25,6 +26,7 @@ from exporter.exposition import (
     openmetrics_header,
     sample_line,
     split_lines,
+    template_labels,
     text_header,
 )
 from tests.exposition import by_name, samples_openmetrics, samples_text
@@ -107,23 +109,36 @@ def test_label_column_default_text_of_none_and_booleans() -> None:
         ',flag=""', ',flag="true"', ',flag="false"', ',flag="4"']
 
 
-@pytest.mark.parametrize("with_template", [True, False], ids=["template", "interleaved"])
-def test_family_lines_with_percent_in_label_values(with_template: bool) -> None:
-    labels = encode_labels(client_label_sets((), clients(AWKWARD)))
-    values = list(range(len(AWKWARD)))
-    template = line_template(labels) if with_template else None
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-template", "own-template"])
+@pytest.mark.parametrize("gap", [False, True], ids=["every-value", "a-value-missing"])
+def test_family_lines_with_percent_in_label_values(shared: bool, gap: bool) -> None:
+    labels = template_labels(encode_labels(client_label_sets((), clients(AWKWARD))))
+    values: list[int | None] = list(range(len(AWKWARD)))
+    if gap:  # the template is then made for the clients with a value: escaped all the same
+        values[0] = None
+    template = line_template(labels) if shared else None
     text = family_lines(b"demo_gauge", labels, values, template).decode()
     parsed = by_name(samples_text(text), "demo_gauge")
-    assert parsed == {(("clientid", cid),): i for i, cid in enumerate(AWKWARD)}
+    assert parsed == {(("clientid", cid),): i for i, cid in enumerate(AWKWARD) if values[i]
+                      is not None}
     assert 'demo_gauge{clientid="%s%r%%"} 4\n' in text
 
 
 def test_a_none_value_leaves_its_line_out() -> None:
-    labels = encode_labels(client_label_sets((), clients(["a", "b", "c"])))
+    labels = template_labels(encode_labels(client_label_sets((), clients(["a", "b", "c"]))))
     template = line_template(labels)
     assert family_lines(b"g", labels, [1, None, 2.5], template) == (
         b'g{clientid="a"} 1\ng{clientid="c"} 2.5\n')
     assert family_lines(b"g", labels, [None, None, None], template) == b""
+
+
+def test_values_written_already_are_put_in_as_they_are() -> None:
+    labels = template_labels(encode_labels(client_label_sets((), clients(["a", "b"]))))
+    texts = [b"1733600514.123", None]
+    assert family_lines(b"t", labels, texts, line_template(labels, TEXT_FORMAT),
+                        TEXT_FORMAT) == b't{clientid="a"} 1733600514.123\n'
+    assert family_lines(b"t", labels, [b"1.5", b"2"], None, TEXT_FORMAT) == (
+        b't{clientid="a"} 1.5\nt{clientid="b"} 2\n')
 
 
 def test_client_lines_for_named_clients() -> None:
@@ -171,7 +186,7 @@ def test_openmetrics_header_uses_the_family_name_without_suffix() -> None:
 def test_both_formats_parse_a_written_family() -> None:
     counter = Family("demo_sent_total", "counter", "Sent \\ in\nbytes.")
     labels = encode_labels(client_label_sets((("cluster", "c"),), clients(["a", "b"])))
-    lines = family_lines(counter.name.encode(), labels, [1, 2]).decode()
+    lines = family_lines(counter.name.encode(), template_labels(labels), [1, 2]).decode()
     expected = {(("clientid", "a"), ("cluster", "c")): 1, (("clientid", "b"), ("cluster", "c")): 2}
     assert by_name(samples_text(text_header(counter) + lines), "demo_sent_total") == expected
     om = openmetrics_header(counter) + lines + "# EOF\n"

@@ -77,3 +77,19 @@ def test_parsers_of_different_zones_do_not_share_answers() -> None:
     assert TimeParser(ZoneInfo("UTC"))(text) == NOON_UTC
     assert TimeParser(SHANGHAI)(text) == NOON_UTC - 8 * 3600
     assert TimeParser(ZoneInfo("UTC"))(text) == NOON_UTC
+
+
+def test_texts_are_the_repr_of_the_seconds_also_when_the_memo_is_full(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exposition text of each time: what `%r` of the parsed seconds gives, None where there
+    # is no time, the same answers whether they come from the memo, fresh, or after it emptied.
+    monkeypatch.setattr(timeparse, "_MEMO_LIMIT", 10)
+    parser = TimeParser(ZoneInfo("UTC"))
+    texts = ["2024-05-01T10:00:00.125+00:00", None, "garbage", "2024-05-01T10:00:00+00:00",
+             "2024-05-01T10:00:00.125+00:00", "2024-05-01T10:00:01.1+02:00"]
+    want = [None if parser(t) is None else b"%r" % parser(t) for t in texts]
+    assert want[0] == b"1714557600.125" and want[3] == b"1714557600.0"
+    for _ in range(3):  # 5 distinct: fresh (or over an emptied memo), then from the memo
+        assert parser.texts(texts) == want
+        assert parser.texts(texts[2:]) == want[2:]
+        assert len(parser._text_memo) == 5
