@@ -124,16 +124,14 @@ def client_label_sets(const_labels: ConstLabels, clients: Iterable[Client],
 
 
 def label_column(name: str, values: Sequence[object],
-                 text: Callable[[object], str] = label_text, *,
-                 omit_empty: bool = False) -> list[str]:
-    """`,name="value"` per value, to sit inside a client label set; with `omit_empty`, nothing
-    where the value's text is empty (a figure the version does not report is absent).
+                 text: Callable[[object], str] = label_text) -> list[str]:
+    """`,name="value"` per value, to sit inside a client label set.
 
     Label values such as node, listener or protocol repeat across thousands of clients, so each
     distinct raw value is converted and escaped once.
     """
     texts = {v: text(v) for v in set(values)}
-    fragments = {v: "" if omit_empty and not t else "," + pair(name, t) for v, t in texts.items()}
+    fragments = {v: "," + pair(name, t) for v, t in texts.items()}
     return list(map(fragments.__getitem__, values))
 
 
@@ -195,7 +193,8 @@ def info_lines(family: Family, labels: Sequence[str], columns: Sequence[Sequence
     count = len(labels)
     pieces: list[str] = [family.name] * (4 * count)
     pieces[1::4] = [ls[:-2] for ls in labels]  # closed sets end in "} "
-    pieces[2::4] = map("".join, zip(*columns, strict=True)) if columns else ("",) * count
+    pieces[2::4] = (columns[0] if len(columns) == 1 else map("".join, zip(*columns, strict=True))
+                    if columns else ("",) * count)
     pieces[3::4] = ("} 1\n",) * count
     return encode_text(pieces)
 

@@ -27,6 +27,7 @@ from exporter.exposition import (
     label_column,
     label_text,
     line_template,
+    pair,
     split_lines,
     template_labels,
 )
@@ -61,11 +62,29 @@ def identity_labels(records: Sequence[ClientRecord], settings: ClientRenderSetti
     return client_label_sets(settings.const_labels, records, columns)
 
 
-def record_label_column(records: Sequence[ClientRecord], name: str, *,
-                        omit_empty: bool = False) -> list[str]:
+def record_label_column(records: Sequence[ClientRecord], name: str) -> list[str]:
     """`,name="value"` of field `name` per record (`exposition.label_column`)."""
-    return label_column(name, list(map(attrgetter(name), records)), partial(as_label, name),
-                        omit_empty=omit_empty)
+    return label_column(name, list(map(attrgetter(name), records)), partial(as_label, name))
+
+
+def info_suffixes(records: Sequence[ClientRecord], names: Sequence[str]) -> list[str]:
+    """`,name="value"` of each of these fields per record, joined; a value the version does
+    not report (`zone` from 5.1 on) is left out, not `zone=""`.
+
+    Clients share a few combinations of node, listener, protocol and so on: the fields are
+    read in one pass and each distinct combination is written once."""
+    combos: list[tuple[Any, ...]] = list(
+        map(attrgetter(*names), records) if len(names) > 1
+        else zip(map(attrgetter(names[0]), records)))
+    made = {combo: "".join(_fragment(name, value) for name, value in zip(names, combo,
+                                                                         strict=True))
+            for combo in set(combos)}
+    return list(map(made.__getitem__, combos))
+
+
+def _fragment(name: str, value: object) -> str:
+    text = as_label(name, value)
+    return "," + pair(name, text) if text else ""
 
 
 def as_label(name: str, value: object) -> str:
@@ -170,8 +189,7 @@ class ClientRenderer:
         # A label already in the identity set must not appear twice in one series.
         names = [n for n in self.settings.info_labels if n not in self.settings.identity_labels]
         # A value the version does not list (`zone` from 5.1 on) is absent, not `zone=""`.
-        return info_lines(c.CLIENT_INFO, labels,
-                          [record_label_column(records, n, omit_empty=True) for n in names])
+        return info_lines(c.CLIENT_INFO, labels, [info_suffixes(records, names)] if names else [])
 
     @staticmethod
     def _split(out: RenderedBatch, family: Family, records: Sequence[ClientRecord],
