@@ -169,11 +169,12 @@ def family_lines(name: bytes, labels: Sequence[bytes], values: Sequence[object],
     The lines are one %-format of a line template, built in C: the batch's shared one when
     every client has a value, else one made for the clients that have.
     """
-    if template is None or None in values:
-        if None in values:
-            keep = list(map(is_not, values, repeat(None)))
-            labels = list(compress(labels, keep))
-            values = list(compress(values, keep))
+    missing = None in values
+    if missing:
+        keep = list(map(is_not, values, repeat(None)))
+        labels = list(compress(labels, keep))
+        values = list(compress(values, keep))
+    if template is None or missing:
         template = line_template(labels, value)
     arguments: list[object] = [name] * (2 * len(values))
     arguments[1::2] = values

@@ -36,15 +36,6 @@ class TimeParser:
         memo[text] = value
         return value
 
-    def column(self, texts: list[str | None]) -> list[float | None]:
-        """`self(text)` of each text: the memo looked up from C, the parser called only for
-        texts not seen yet (clients connected in the same second share one)."""
-        parsed: list[object] = list(map(self._memo.get, texts, repeat(_UNSEEN)))
-        if _UNSEEN in parsed:
-            return [self(t) if p is _UNSEEN else p  # type: ignore[misc]
-                    for t, p in zip(texts, parsed, strict=True)]
-        return parsed  # type: ignore[return-value]  # every value came from the memo
-
     def texts(self, texts: list[str | None]) -> list[bytes | None]:
         """`self(text)` of each text as exposition text (`b"%r"`), None where unreadable.
 
