@@ -165,6 +165,11 @@ class Features:
     v5_zone: bool
     #: 5.4.0-5.8.4: the ``peerport`` field.
     peerport: bool
+    #: 5.8.5: a full queue's drops count in ``mqueue_dropped``. Before, ``enqueue_msg`` in
+    #: ``emqx_session_mem.erl`` kept the session's queue from before the drop, whose count had
+    #: not moved (EMQX fix 14608, commit 706ae81548); recorded: 0 on the real 5.3.2, 10 of 10
+    #: on the real 5.8.9 (``test_real_broker_clients.py``). v4 counts them (real 4.4.19).
+    mqueue_dropped_counted: bool
     #: 5.7.0: ``durable`` and ``is_expired``.
     durable_fields: bool
     #: 5.8.0: ``peersni``.
@@ -212,6 +217,7 @@ def features_for(settings: SimSettings) -> Features:
         v2_node_filter=v5 and ((6, 1, 2) <= v < (6, 2, 0) or v >= (6, 2, 1)),
         v5_zone=v5 and v < (5, 1, 0),
         peerport=v5 and (5, 4, 0) <= v < (5, 8, 5),
+        mqueue_dropped_counted=v5 and v >= (5, 8, 5),
         durable_fields=v5 and v >= (5, 7, 0),
         peersni=v5 and v >= (5, 8, 0),
         expiry_in_ms=v5 and v < (5, 0, 14),

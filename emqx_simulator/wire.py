@@ -237,6 +237,7 @@ def _v5(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
     zone = "default" if f.v5_zone else UNSET
     expiry_scale = 1000 if f.expiry_in_ms else 1
     peerport, peersni = f.peerport, f.peersni
+    dropped_counted = f.mqueue_dropped_counted
     # 5.7.0: the channel's client info carries client_attrs and auth_expire_at (recorded on
     # 5.8.9: `{}` and null without attributes or an expiring authentication).
     attrs: Any = {} if f.durable_fields else UNSET
@@ -261,9 +262,9 @@ def _v5(tf: TimeFormatter, f: Features, nodes: Sequence[str]) -> Builder:
             static = p.wire = fixed(p)
         connected_at = fmt(tl[1])
         created_at = connected_at if tl[2] == tl[1] else fmt(tl[2])
-        if tr[_MQUEUE_DROPPED]:
-            # A full queue counts in send_msg.dropped(.queue_full) only: `mqueue_dropped`
-            # stayed 0 on the real broker (recorded: 5.3.2/observations.json, full_lookup).
+        if tr[_MQUEUE_DROPPED] and not dropped_counted:
+            # Before 5.8.5 a full queue counts in send_msg.dropped(.queue_full) only:
+            # `mqueue_dropped` stayed 0 (recorded: 5.3.2/observations.json, full_lookup).
             tr = (*tr[:_MQUEUE_DROPPED], 0, *tr[_MQUEUE_DROPPED + 1:])
         if tl[0]:
             return (*static, tl[0], connected_at, created_at, *tr, *_V5_ONLINE_TAIL)

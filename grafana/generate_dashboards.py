@@ -753,7 +753,7 @@ def fleet() -> Json:
         timeseries(
             "Messages dropped from full queues / s by class",
             "Messages not delivered because a session's queue was full: EMQX counts them in "
-            "send_msg.dropped.queue_full on every version (mqueue_dropped stays 0 before 5.8).",
+            "send_msg.dropped.queue_full on every version (mqueue_dropped stays 0 before 5.8.5).",
             targets(
                 (
                     f"sum by (cluster, class) (rate(emqx_clients_dropped_messages_total"

@@ -161,6 +161,24 @@ def test_v5_full_queue_counts_in_send_msg_dropped_only() -> None:
     assert all(r["send_msg.dropped"] >= r["send_msg.dropped.queue_full"] for r in full)
 
 
+def test_v5_8_5_full_queue_counts_in_mqueue_dropped_too() -> None:
+    """From 5.8.5 (EMQX fix 14608: `emqx_session_mem:enqueue_msg` keeps the queue that
+    counted the drop) `mqueue_dropped` counts a full queue's drops: 10 of 10 on the real
+    5.8.9 (`test_real_broker_clients.py::test_every_per_client_figure_matches_emqx`).
+    5.8.4 is still as 5.3.2."""
+    for version, counted in (("5.8.4", False), ("5.8.5", True), ("5.8.9", True)):
+        clock = ManualClock()
+        cluster = SimCluster(SimSettings(api="v5", version=version, clients=3000), clock)
+        full = full_queue_rows(cluster, clock)
+        assert full, version
+        if counted:
+            # the session's count (a resumed session keeps its queue), the connection's drops
+            assert all(r["mqueue_dropped"] >= r["send_msg.dropped.queue_full"] > 0
+                       for r in full), version
+        else:
+            assert all(r["mqueue_dropped"] == 0 for r in full), version
+
+
 def test_v4_full_queue_counts_in_both() -> None:
     """Recorded (4.4.19/observations.json, full_lookup): there `mqueue_dropped` counts too."""
     seen = observed("4.4.19")["full_lookup"]
