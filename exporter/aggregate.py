@@ -157,6 +157,10 @@ class Aggregator:
         self.classify = classify
         #: Lasting counters of every group seen, in `COUNTER_SERIES` order.
         self.counters: dict[GroupKey, list[int]] = {}
+        #: Counter fields some client has reported: a series whose figure no client ever
+        #: reported (the version does not send it: v3's drops, `await_pubrel_timeout` before
+        #: v5) is absent, not 0. Once seen, always (a counter does not disappear).
+        self.reported: set[str] = set()
         #: Every group seen, by number, and each group's number.
         self.keys_by_id: list[GroupKey] = []
         self._ids: dict[GroupKey, int] = {}
@@ -223,6 +227,10 @@ class Aggregator:
             else:
                 self.counters[key] = [a + b for a, b in zip(totals, sums, strict=True)]
 
+    def note_reported(self, fields: Iterable[str]) -> None:
+        """Counter fields that a page's clients report (see `reported`)."""
+        self.reported.update(fields)
+
     def gauge(self, groups: Ints, page: Columns) -> dict[int, list[int]]:
         """Each group's point-in-time sums (`GAUGES` order) over a page's rows."""
         threshold = self.settings.saturation
@@ -285,14 +293,19 @@ class Aggregator:
                 out[family] = group_lines(family, [(ls, g[at]) for ls, g in gauge_rows])
         counter_rows = sorted((self._labels(k), totals) for k, totals in self.counters.items())
         if counter_rows:
+            reported = self.reported
             for family, name in _COUNTER_FAMILIES:
-                at = _COUNTER_AT[name]
-                out[family] = group_lines(family, [(ls, t[at]) for ls, t in counter_rows])
+                if name == "connects" or name in reported:
+                    at = _COUNTER_AT[name]
+                    out[family] = group_lines(family, [(ls, t[at]) for ls, t in counter_rows])
+            # A reason's series needs its figure; the remainder ("other") needs the total.
             drops = [(direction, reason, _COUNTER_AT[f"{direction}:{reason}"])
-                     for direction, reason, *_ in _DROP_SERIES]
-            out[c.CLIENTS_DROPPED] = group_lines(c.CLIENTS_DROPPED, [
-                (extend(ls, ("direction", direction), ("reason", reason)), t[at])
-                for ls, t in counter_rows for direction, reason, at in drops])
+                     for direction, reason, total, _, piece in _DROP_SERIES
+                     if (piece or total) in reported]
+            if drops:
+                out[c.CLIENTS_DROPPED] = group_lines(c.CLIENTS_DROPPED, [
+                    (extend(ls, ("direction", direction), ("reason", reason)), t[at])
+                    for ls, t in counter_rows for direction, reason, at in drops])
         return out
 
     def _labels(self, key: GroupKey) -> str:

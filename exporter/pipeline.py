@@ -286,6 +286,9 @@ class PollRun:
             np.array([p.node_index(name) for name, _ in parts], np.int64)[part_of_row],
             p.polls, page.values("connected_at"))
         groups = p.aggregator.groups(page)
+        p.aggregator.note_reported(name for name in COUNTER_FIELDS
+                                   if name not in p.aggregator.reported
+                                   and page.reported(name).any())
         p.aggregator.count(groups, seen.deltas, seen.new if not p.baseline
                            else np.zeros(page.size, np.bool_))
         self._aggregate(page, seen, groups, parts, part_of_row)

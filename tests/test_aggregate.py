@@ -12,7 +12,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import pytest
 
+from emqx_simulator import SimSettings
+from emqx_simulator.settings import ApiGeneration
 from exporter import contract as c
 from exporter.aggregate import (
     COUNTER_SERIES,
@@ -34,6 +37,7 @@ from exporter.snapshot import compose
 from exporter.state import COUNTER_FIELDS
 from exporter.timeparse import TimeParser
 from tests.exposition import samples_text
+from tests.harness import rig
 
 V5 = record_type("v5")
 A, B = "emqx@a", "emqx@b"
@@ -71,6 +75,7 @@ def count(agg: Aggregator, records: list[ClientRecord], increases: list[list[int
           connects: list[bool]) -> None:
     """Count a page: its records' groups, a row of increases and a connect flag per record."""
     rows = np.array(increases, np.int64).reshape(-1, len(COUNTER_FIELDS))
+    agg.note_reported(COUNTER_FIELDS)  # as a version that sends every figure
     agg.count(agg.groups(Columns(records)), rows, np.array(connects, np.bool_))
 
 
@@ -380,3 +385,43 @@ def test_group_sums_equal_python_sums_at_every_size_of_value() -> None:
     # one unit above 2**53 in a float64 sum would be lost: exact here
     assert group_sums(np.array([0, 0]), np.array([[2**53 - 1], [2]], np.int64)) == {
         0: [2**53 + 1]}
+
+
+def test_a_counter_no_client_reports_is_absent_not_zero() -> None:
+    # DESIGN.md §5: a figure the version does not send is absent. Here the clients report
+    # bytes and the sent drops with their reasons but nothing received-side and no queue drops.
+    agg = Aggregator(AggregateSettings(), Classifier([]))
+    agg.note_reported(["received_bytes", "sent_dropped", "sent_dropped_expired",
+                       "sent_dropped_queue_full", "sent_dropped_too_large"])
+    rows = np.array([deltas(received_bytes=5, sent_dropped=2, sent_dropped_expired=1)])
+    agg.count(agg.groups(Columns([rec("x", node=A)])), rows, np.array([True]))
+    out = exposed(agg.render({}))
+    assert out["emqx_clients_received_bytes_total"] == {(("node", A),): 5}
+    assert out["emqx_clients_connects_total"] == {(("node", A),): 1}  # always known
+    for absent in ("emqx_clients_sent_bytes_total", "emqx_clients_mqueue_dropped_messages_total",
+                   "emqx_clients_received_messages_total"):
+        assert absent not in out
+    dropped = {dict(k)["direction"] + "/" + dict(k)["reason"]: v
+               for k, v in out["emqx_clients_dropped_messages_total"].items()}
+    assert dropped == {"sent/expired": 1, "sent/queue_full": 0, "sent/too_large": 0,
+                       "sent/other": 1}
+
+
+@pytest.mark.parametrize(("api", "version", "reasons"), [
+    ("v3", "3.2.8", set()),
+    ("v4", "4.3.0", set()),  # no drop figures before 4.4.0
+    ("v4", "4.4.19", {"sent/expired", "sent/queue_full", "sent/too_large", "sent/other",
+                      "received/other"}),
+    ("v5", "5.8.9", {"sent/expired", "sent/queue_full", "sent/too_large", "sent/other",
+                     "received/await_pubrel_timeout", "received/other"}),
+])
+async def test_drop_series_are_those_the_version_reports(api: ApiGeneration, version: str,
+                                                         reasons: set[str]) -> None:
+    async with rig(SimSettings(api=api, version=version, nodes=2, clients=300)) as r:
+        await r.poll()
+        samples = await r.scrape()
+    found = {dict(labels)["direction"] + "/" + dict(labels)["reason"]
+             for name, labels, _ in samples if name == "emqx_clients_dropped_messages_total"}
+    assert found == reasons
+    # every version reports bytes and messages, so their totals are there
+    assert any(name == "emqx_clients_received_bytes_total" for name, _, _ in samples)
