@@ -288,3 +288,26 @@ def test_records_are_compact() -> None:
     # msgspec structs without GC tracking: no per-record __dict__
     assert not hasattr(page.records[0], "__dict__")
     assert msgspec.structs.asdict(page.records[0])["clientid"] == "01"
+
+
+@pytest.mark.parametrize(("version", "read"), [
+    ("5.3.2", False), ("5.8.4", False), ("5.8.5", True), ("5.8.9", True), ("6.0.0", True),
+    (None, False),  # unknown: taken as the oldest
+])
+def test_mqueue_dropped_is_read_from_5_8_5_only(version: str | None, read: bool) -> None:
+    # Before 5.8.5 a full queue's drops never reach mqueue_dropped (EMQX fix 14608; 0 after 10
+    # drops on the real 5.3.2, 10 on the real 5.8.9): the figure is not what the exporter's
+    # families say, so neither listings nor lookups read it, and `fields=` does not ask for it.
+    body = json.loads(fixture_bytes("v5", "v5-clients.json"))
+    body["data"][0]["mqueue_dropped"] = 7
+    wanted = frozenset({"clientid", "received_bytes", "mqueue_dropped"})
+    for attrs in (None, wanted):
+        dialect = V5PageDialect(version, attrs=attrs)
+        request = dialect.list_request("n")
+        (r,) = dialect.parse_list(answer(json.dumps(body).encode()), request).records
+        assert r.mqueue_dropped == (7 if read else None) and r.received_bytes == 49
+        fields = dict(request.params).get("fields")
+        if fields is not None:
+            assert ("mqueue_dropped" in fields.split(",")) == read
+    one = V5PageDialect(version).parse_lookup(answer(json.dumps(body["data"][0]).encode()))
+    assert one is not None and one.mqueue_dropped == (7 if read else None)

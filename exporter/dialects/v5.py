@@ -28,12 +28,14 @@ from exporter.dialects.paged import (
 )
 from exporter.errors import ApiError
 from exporter.records import (
+    ALL_FIELDS,
     ClientRecord,
     Generation,
     durable_queue,
     live_sessions,
     record_type,
     v5_fields_param,
+    v5_unread,
 )
 
 log = structlog.get_logger(__name__)
@@ -79,10 +81,14 @@ class V5Base:
         self.page_size = min(page_size or max_page_size(parsed), max_page_size(parsed))
         self._parsed_version = parsed
         self.filters: tuple[tuple[str, str], ...] = ()
+        unread = v5_unread(parsed)
+        if unread:
+            attrs = (attrs or ALL_FIELDS) - unread
         listed = record_type("v5", only=attrs) if attrs else _RECORD
         self._pages = page_decoders(listed)
         self._rows = RowDecoder(listed, "v5")
-        self._one = msgspec.json.Decoder(_RECORD)
+        self._one = msgspec.json.Decoder(
+            record_type("v5", only=ALL_FIELDS - unread) if unread else _RECORD)
         self._expiry_ms = expiry_in_milliseconds(parsed)
         #: `fields=` of page listings and clientid lookups; None asks for every field.
         self.fields = v5_fields_param(parsed, attrs) if attrs else None
