@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from itertools import repeat
 from zoneinfo import ZoneInfo
@@ -36,22 +37,25 @@ class TimeParser:
         memo[text] = value
         return value
 
-    def texts(self, texts: list[str | None]) -> list[bytes | None]:
+    def texts(self, texts: Sequence[str | None]) -> list[bytes | None]:
         """`self(text)` of each text as exposition text (`b"%r"`), None where unreadable.
 
         The shortest text of a float that reads back as it (`repr`) takes about a microsecond;
         a client's connection time is the same string poll after poll, so its text is kept."""
         memo = self._text_memo
-        if len(memo) + len(texts) > _MEMO_LIMIT:
-            memo.clear()
         made: list[object] = list(map(memo.get, texts, repeat(_UNSEEN)))
         if _UNSEEN not in made:
             return made  # type: ignore[return-value]  # every text came from the memo
-        for text, found in zip(texts, made, strict=True):
+        # Emptied only when new texts come to a full memo (it passes the limit by one batch at
+        # most): emptying it before every batch that might not fit dropped every hit of a poll
+        # exporting more clients than the limit.
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        for at, (text, found) in enumerate(zip(texts, made, strict=True)):
             if found is _UNSEEN:
                 seconds = self(text)
-                memo[text] = None if seconds is None else b"%r" % seconds
-        return list(map(memo.__getitem__, texts))
+                made[at] = memo[text] = None if seconds is None else b"%r" % seconds
+        return made  # type: ignore[return-value]  # every _UNSEEN replaced
 
     def _parse(self, text: str) -> float | None:
         try:

@@ -89,7 +89,12 @@ def test_texts_are_the_repr_of_the_seconds_also_when_the_memo_is_full(
              "2024-05-01T10:00:00.125+00:00", "2024-05-01T10:00:01.1+02:00"]
     want = [None if parser(t) is None else b"%r" % parser(t) for t in texts]
     assert want[0] == b"1714557600.125" and want[3] == b"1714557600.0"
-    for _ in range(3):  # 5 distinct: fresh (or over an emptied memo), then from the memo
+    for _ in range(3):  # 5 distinct: fresh, then from the memo
         assert parser.texts(texts) == want
         assert parser.texts(texts[2:]) == want[2:]
         assert len(parser._text_memo) == 5
+    # new texts to a memo at its limit (5 + 7 = 12 of 10): emptied first, every answer right
+    for minute in (1, 2):
+        more = [f"2024-05-01T10:0{minute}:0{i}+00:00" for i in range(2, 9)]
+        assert parser.texts(more + texts) == [b"%r" % parser(t) for t in more] + want
+    assert len(parser._text_memo) == 7  # emptied before the second batch's new texts
