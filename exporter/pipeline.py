@@ -18,7 +18,7 @@ import structlog
 
 from exporter import contract as c
 from exporter.aggregate import GAUGES, AggregateSettings, Aggregator, Classifier, GroupKey
-from exporter.columns import Columns
+from exporter.columns import Columns, columns_of
 from exporter.config import PerClientSettings
 from exporter.distribution import Histograms
 from exporter.distribution import figures as distribution_figures
@@ -269,13 +269,13 @@ class PollRun:
             return
         p = self.p
         state = p.state
-        page = Columns(records)
+        page = columns_of(records)
         slots, allocated = state.slots(page.clientids)
         first = state.first_listing(slots, p.polls)
         if not first.all():  # the first row listed wins; the rest are drift
             self.duplicates += int((~first).sum())
             rows = np.flatnonzero(first)
-            page, slots, allocated = Columns(page.take(rows)), slots[rows], allocated[rows]
+            page, slots, allocated = page.subset(rows), slots[rows], allocated[rows]
         parts, part_of_row = self._parts(page, walk_node)
         starts = page.connection_starts()
         has_connection = (np.ones(page.size, np.bool_) if None not in starts

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from exporter.api import ApiClient, Request
 from exporter.dialects import Dialect
-from exporter.dialects.base import send_listing
+from exporter.dialects.base import Page, send_listing
 from exporter.dialects.paged import offline_row_check
 from exporter.errors import ExporterError, WalkError
 from exporter.records import ClientRecord
 
 #: Receives each page's records as the walk goes (the poll's pipeline).
-Deliver = Callable[[list[ClientRecord]], Awaitable[None]]
+Deliver = Callable[[Sequence[ClientRecord]], Awaitable[None]]
+#: Runs a page's decoding off the event loop (a thread: Arrow decodes without the interpreter
+#: lock, `exporter.columnar`).
+Offload = Callable[[Callable[[], Page]], Awaitable[Page]]
+
+
+async def _here(decode: Callable[[], Page]) -> Page:
+    return decode()
 
 
 @dataclass(slots=True)
@@ -41,7 +49,7 @@ class NodeWalk:
 
 
 async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pages: int,
-               deliver: Deliver) -> NodeWalk:
+               deliver: Deliver, offload: Offload = _here) -> NodeWalk:
     """Every page until the last; raises on any failure (the caller drops the node's pages)."""
     result = NodeWalk(node)
     request: Request | None = dialect.list_request(node)
@@ -53,7 +61,7 @@ async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pag
             raise WalkError(node or "cluster", "page_limit",
                             f"more than max_pages={max_pages} pages; raise max_pages or page_size")
         response, request = await send_listing(client, dialect, request)
-        page = dialect.parse_list(response, request)
+        page = await offload(partial(dialect.parse_list, response, request))
         counted = page.total is not None and page.total >= 0 and (
             result.pages == 0 or result.reported is not None)
         result.reported = page.total if counted else None

@@ -40,8 +40,8 @@ def one_poll(pipeline: Pipeline, records: list[ClientRecord],
 def sample_records() -> list[ClientRecord]:
     v5 = V5PageDialect("5.8.9")
     v4 = V4Dialect("4.4.19")
-    records = v5.parse_list(answer(fixture_bytes("v5", "v5-clients.json")),
-                            v5.list_request("n")).records
+    records = list(v5.parse_list(answer(fixture_bytes("v5", "v5-clients.json")),
+                                 v5.list_request("n")).records)
     records += v5.parse_list(answer(fixture_bytes("v5", "v5-clients-offline-session.json")),
                              v5.list_request("n")).records
     records += v4.parse_list(answer(fixture_bytes("v4", "v4.4-clients.json")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from emqx_simulator import SimCluster, SimSettings
@@ -22,8 +24,8 @@ async def walked(client: ApiClient, dialect: Dialect, node: str | None,
     """The walk's result and each delivery, in order."""
     deliveries: list[list[ClientRecord]] = []
 
-    async def deliver(records: list[ClientRecord]) -> None:
-        deliveries.append(records)
+    async def deliver(records: Sequence[ClientRecord]) -> None:
+        deliveries.append(list(records))
 
     return await walk(client, dialect, node, max_pages=max_pages, deliver=deliver), deliveries
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -36,7 +37,7 @@ class NodeInfo:
 class Page:
     """One decoded page of a client listing."""
 
-    records: list[ClientRecord]
+    records: Sequence[ClientRecord]
     next: Request | None
     bad_rows: int = 0
     bad_values: int = 0

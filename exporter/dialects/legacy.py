@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -114,7 +115,7 @@ class LegacyDialect:
         return record
 
 
-def normalize_usernames(records: list[ClientRecord]) -> None:
+def normalize_usernames(records: Sequence[ClientRecord]) -> None:
     """v3/v4 write a client without a username as `"undefined"` (the Erlang atom): make it
     None, so allow/deny, class rules and labels see "no username" (REFERENCE.md §12.10)."""
     for record in records:
