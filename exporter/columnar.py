@@ -45,8 +45,9 @@ _KINDS: dict[str, Kind] = {f.attr: f.kind for f in FIELDS}
 _MAXIMUM: dict[Kind, int] = {"int": NUMBER_MAX, "words": NUMBER_MAX // ERLANG_WORD_BYTES,
                              "limit": NUMBER_MAX}
 #: A limit (`*_max`) is a number or the string "infinity", often both on one page (zones
-#: differ), and an Arrow column has one type: "infinity" is read as this number instead.
-INFINITY = -1
+#: differ), and an Arrow column has one type: "infinity" is read as this number instead, the
+#: one an unlimited capacity has among the pipeline's numbers (`columns.limited`).
+INFINITY = ABSENT
 _FROM_INFINITY: dict[Any, Any] = {INFINITY: "infinity"}
 #: `paged.Meta`'s keys and their types.
 _META = (("page", "int"), ("limit", "int"), ("count", "int"), ("hasnext", "bool"),
@@ -109,6 +110,11 @@ class ArrowDecoder:
         """The page's rows and its `meta` keys (absent ones None); None: decode it otherwise."""
         if not available or body[:1] != b"{":
             return None
+        if not body.isascii():  # Arrow does not check UTF-8 (in C, ASCII is quick to tell)
+            try:
+                body.decode()
+            except UnicodeDecodeError:
+                return None
         for infinite, number, negative in self._limits:
             if negative in body:  # would be taken for `INFINITY`
                 return None
@@ -199,10 +205,7 @@ class ArrowRows(Sequence[ClientRecord]):
         column = self.columns.get(attr)
         if column is None or not pa.types.is_integer(column.type):
             return np.full(self.size, ABSENT, np.int64)
-        numbers = np.asarray(column.fill_null(ABSENT).to_numpy(), np.int64)
-        if _KINDS[attr] == "limit":
-            numbers[numbers == INFINITY] = ABSENT
-        return numbers
+        return np.asarray(column.fill_null(ABSENT).to_numpy(), np.int64)
 
     def flags(self, attr: str, value: bool) -> Bools:
         """Where a bool field holds `value` (not where it is absent)."""

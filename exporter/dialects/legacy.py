@@ -97,6 +97,9 @@ class LegacyDialect:
         nxt = next_page(request, meta, len(records) + bad_rows, "_page", self.page_size)
         return paged_result(records, meta, nxt, bad_rows, bad_values)
 
+    def guess_next(self, response: Response, request: Request) -> Request | None:
+        return None  # decoded with the interpreter lock held: nothing to overlap
+
     def lookup_request(self, clientid: str) -> Request:
         # One path segment, percent-encoded once by the request funnel: minirest hands the
         # handler the raw segment and the handler decodes it once (REFERENCE.md §12.3; a real

@@ -56,6 +56,27 @@ def page_decoders(record_cls: type[ClientRecord]) -> msgspec.json.Decoder[Any]:
 
 
 _GENERIC = msgspec.json.Decoder(GenericPage)
+_META = msgspec.json.Decoder(Meta)
+_META_KEY = b'"meta":'
+
+
+def peek_meta(body: bytes) -> Meta | None:
+    """A listing's `meta`, read from the end of its body without decoding the rows; None
+    unless it is the document's last key (EMQX writes it after `data`).
+
+    The last `"meta":` whose object is followed by one `}` alone, the end of the document,
+    is the top-level key: one nested in a row would be followed by the row's, the list's and
+    the document's ends. Within a JSON string every quote is escaped, so no value is taken."""
+    at = body.rfind(_META_KEY)
+    if at < 1 or body[at - 1] not in b",{":
+        return None
+    tail = body[at + len(_META_KEY):].rstrip()
+    if not tail.endswith(b"}"):
+        return None
+    try:
+        return _META.decode(tail[:-1])
+    except msgspec.DecodeError:  # a wrong type too (ValidationError is a DecodeError)
+        return None
 
 
 def decode_listing(

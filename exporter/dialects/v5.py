@@ -21,11 +21,13 @@ from exporter.dialects.base import (
 )
 from exporter.dialects.nodes import parse_bare_nodes
 from exporter.dialects.paged import (
+    Meta,
     decode_listing,
     next_page,
     page_decoders,
     paged_result,
     param,
+    peek_meta,
     with_param,
     without_param,
 )
@@ -127,6 +129,14 @@ class V5Base:
         # each segment once, REFERENCE.md §12.3).
         return Request("GET", ("api", "v5", "clients", clientid), endpoint="client")
 
+    def guess_next(self, response: Response, request: Request) -> Request | None:
+        meta = peek_meta(response.body)
+        return None if meta is None else self._next(request, meta, listed=True)
+
+    def _next(self, request: Request, meta: Meta, *, listed: bool) -> Request | None:
+        """The page after this one; `listed`: it had rows."""
+        raise NotImplementedError
+
     def parse_lookup(self, response: Response) -> ClientRecord | None:
         record: ClientRecord = decode(response, self._one)
         records = self._normalize([record])
@@ -188,6 +198,11 @@ class V5PageDialect(V5Base):
     def parse_list(self, response: Response, request: Request) -> Page:
         return self.parse_page(response, request, columnar=True)
 
+    def _next(self, request: Request, meta: Meta, *, listed: bool) -> Request | None:
+        if meta.hasnext is None:  # the page's length decides (before 5.0.15): not known yet
+            return None
+        return next_page(request, meta, int(listed), "page", self.page_size)
+
 
 class V5CursorDialect(V5Base):
     """`GET /api/v5/clients_v2?limit=L[&node=N][&cursor=C]`: O(limit) per page, no offset drift.
@@ -215,14 +230,16 @@ class V5CursorDialect(V5Base):
         records, meta, _, _, bad_rows, bad_values = decode_listing(
             response, self._pages, self._rows, self._arrow)
         listed = bool(records or bad_rows)  # a page of expired sessions only is not the end
-        page = Page(self._normalize(records), None, bad_rows, bad_values)
-        cursor = meta.cursor
-        if not cursor or not listed:
-            return page
-        if meta.hasnext is False:  # 5.7.x sends hasnext beside the cursor
-            return page
-        if cursor == param(request, "cursor"):
+        page = Page(self._normalize(records), self._next(request, meta, listed=listed),
+                    bad_rows, bad_values)
+        if listed and meta.hasnext is not False and meta.cursor and page.next is None:
             page.notes.append("repeated_cursor")  # a phantom cursor would loop forever
-            return page
-        page.next = with_param(request, "cursor", cursor)
         return page
+
+    def _next(self, request: Request, meta: Meta, *, listed: bool) -> Request | None:
+        cursor = meta.cursor
+        # 5.7.x sends hasnext beside the cursor
+        if not cursor or not listed or meta.hasnext is False or cursor == param(request,
+                                                                                   "cursor"):
+            return None
+        return with_param(request, "cursor", cursor)
