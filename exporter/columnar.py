@@ -62,6 +62,11 @@ def enable(on: bool) -> bool:
     return available
 
 
+def every_row(rows: Ints, size: int) -> bool:
+    """Whether these row numbers are all of a page's `size` rows, in order."""
+    return len(rows) == size and bool((rows == np.arange(size)).all())
+
+
 def field_values(records: Sequence[ClientRecord], attr: str) -> list[Any]:
     """A field's value in each record, read from the columns where Arrow decoded them."""
     if isinstance(records, ArrowRows):
@@ -221,10 +226,19 @@ class ArrowRows(Sequence[ClientRecord]):
         return ArrowRows(self.decoder, {attr: column.take(indices)
                                         for attr, column in self.columns.items()}, len(rows))
 
+    @staticmethod
+    def concat(parts: Sequence[ArrowRows]) -> ArrowRows | None:
+        """The rows of these parts, in order; None unless one decoder made them all."""
+        decoder = parts[0].decoder
+        if any(part.decoder is not decoder for part in parts):
+            return None
+        return ArrowRows(decoder, {attr: pa.concat_arrays([part.columns[attr] for part in parts])
+                                   for attr in parts[0].columns},
+                         sum(part.size for part in parts))
+
     def records(self, rows: Ints) -> list[ClientRecord]:
         """The records of these rows, made from their columns, in this order."""
-        part = self if len(rows) == self.size and bool(
-            (rows == np.arange(self.size)).all()) else self.take(rows)
+        part = self if every_row(rows, self.size) else self.take(rows)
         read = part.columns.keys()
         arguments = [part.values(attr) if attr in read else repeat(default)
                      for attr, default in self.decoder.order]

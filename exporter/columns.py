@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from exporter.columnar import ArrowRows
+from exporter.columnar import ArrowRows, every_row
 from exporter.records import CAPACITY, FIELDS, ClientRecord
 from exporter.state import ABSENT, COUNTER_FIELDS, Bools, Floats, Ints
 
@@ -171,6 +171,9 @@ class Columns:
 
     def subset(self, rows: Ints) -> Columns:
         """The columns of these rows, in this order."""
+        return self if every_row(rows, self.size) else self._subset(rows)
+
+    def _subset(self, rows: Ints) -> Columns:
         return Columns(self.take(rows))
 
 
@@ -203,10 +206,21 @@ class ArrowColumns(Columns):
     def take(self, rows: Ints) -> list[ClientRecord]:
         return self.rows.records(rows)
 
-    def subset(self, rows: Ints) -> Columns:
+    def _subset(self, rows: Ints) -> Columns:
         return ArrowColumns(self.rows.take(rows))
 
 
 def columns_of(records: Sequence[ClientRecord]) -> Columns:
     """A page's columns, read from its records or, where Arrow decoded it, its arrays."""
     return ArrowColumns(records) if isinstance(records, ArrowRows) else Columns(records)
+
+
+def concat(parts: Sequence[Columns]) -> Columns:
+    """The rows of these columns, in order, as one (Arrow's arrays where they all are)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(part, ArrowColumns) for part in parts):
+        rows = ArrowRows.concat([part.rows for part in parts])  # type: ignore[attr-defined]
+        if rows is not None:
+            return ArrowColumns(rows)
+    return Columns([record for part in parts for record in part.take(np.arange(part.size))])

@@ -10,7 +10,7 @@ chosen for per-client series, which are rendered once, at `PollRun.finish`. Ever
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +18,7 @@ import structlog
 
 from exporter import contract as c
 from exporter.aggregate import GAUGES, AggregateSettings, Aggregator, Classifier, GroupKey
-from exporter.columns import Columns, columns_of
+from exporter.columns import Columns, columns_of, concat
 from exporter.config import PerClientSettings
 from exporter.distribution import Histograms
 from exporter.distribution import figures as distribution_figures
@@ -67,6 +67,25 @@ SUMMARY_TOP = 10
 #: What to configure when the cap leaves clients out (logs, `check` and the status page).
 CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_client.top_k, "
             "raise per_client.max_series, or turn per-client parts off")
+
+
+def render_batches(chunks: Sequence[Columns]) -> Iterator[Columns]:
+    """These clients, in order, `RENDER_BATCH` at a time (small chunks joined, large split)."""
+    waiting: list[Columns] = []
+    count = 0
+    for chunk in chunks:
+        start = 0
+        while start < chunk.size:
+            piece = chunk if start == 0 and chunk.size <= RENDER_BATCH - count else chunk.subset(
+                np.arange(start, min(chunk.size, start + RENDER_BATCH - count)))
+            waiting.append(piece)
+            count += piece.size
+            start += piece.size
+            if count == RENDER_BATCH:
+                yield concat(waiting)
+                waiting, count = [], 0
+    if waiting:
+        yield concat(waiting)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -219,13 +238,18 @@ class _NodePart:
     clientids: list[str] = field(default_factory=list)
     #: The counter state's slots of the clients listed, a page at a time.
     slots: list[Ints] = field(default_factory=list)
-    #: Allowed clients within the cap's streaming budget, in listing order: rendered at the end.
-    streamed: list[ClientRecord] = field(default_factory=list)
+    #: Allowed clients within the cap's streaming budget, in listing order, as the columns of
+    #: each page's share (no records made for them): rendered at the end.
+    streamed: list[Columns] = field(default_factory=list)
     #: Allowed clients past the streaming budget, kept (boundedly) for room left at the end.
     overflow: list[ClientRecord] = field(default_factory=list)
     #: With no selection configured, the streamed clients' scores (a page at a time): ranked
     #: by the default ranking at the end only if the cap turns out to bind in this poll.
     scores: list[Floats] = field(default_factory=list)
+
+    @property
+    def streamed_count(self) -> int:
+        return sum(chunk.size for chunk in self.streamed)
 
 
 class PollRun:
@@ -372,8 +396,11 @@ class PollRun:
                                        strict=True):
                 if not len(mine):
                     continue
-                (part.overflow if waits else part.streamed).extend(page.take(mine))
-                if default is not None and not waits:
+                if waits:
+                    part.overflow.extend(page.take(mine))
+                    continue
+                part.streamed.append(page.subset(mine))
+                if default is not None:
                     assert scores is not None
                     part.scores.append(scores[mine])
         if len(full):
@@ -416,7 +443,7 @@ class PollRun:
                 continue
             if part.slots:
                 self.p.state.unlist(np.concatenate(part.slots))
-            self.budget.refund(len(part.streamed), len(part.overflow))
+            self.budget.refund(part.streamed_count, len(part.overflow))
             for top in self.p.selector.trackers:
                 top.discard(part.clientids)
             for clientid in self.watched.keys() & set(part.clientids):
@@ -434,7 +461,7 @@ class PollRun:
         ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
         listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         rendered: Rendered = {}
-        streamed: list[ClientRecord] = []
+        streamed: list[Columns] = []
         default = p.selector.default
         by_default = default is not None and (self.ranked or budget.full)
         if by_default:
@@ -443,9 +470,8 @@ class PollRun:
                 # The cap started binding mid-poll: what was admitted first came by listing
                 # order, so it is ranked with the rest.
                 for part in ok_parts.values():
-                    if part.streamed:
-                        default.offer_page(np.concatenate(part.scores), Columns(part.streamed),
-                                           np.arange(len(part.streamed)))
+                    for chunk, scores in zip(part.streamed, part.scores, strict=True):
+                        default.offer_page(scores, chunk, np.arange(chunk.size))
             late = default.finish() if walked else []
             if walked:
                 budget.leave_out(max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))
@@ -457,14 +483,14 @@ class PollRun:
                 overflow.extend(part.overflow)
             # A failed poll saw too little to change who is in the top-K.
             members = [top.finish() for top in p.selector.top] if walked else []
-            late = budget.choose({r.clientid for r in streamed},
+            late = budget.choose({cid for chunk in streamed for cid in chunk.clientids},
                                  [r for _, r in sorted(self.watched.items())], members, overflow)
-        chosen = streamed + late
-        for start in range(0, len(chosen), RENDER_BATCH):
-            some = chosen[start:start + RENDER_BATCH]
-            batch = p.renderer.render(some, identity_labels(some, p.render_settings))
-            for family, text in batch.items():
-                rendered.setdefault(family, []).append(text)
+        if late:
+            streamed.append(Columns(late))
+        for batch in render_batches(streamed):
+            families = p.renderer.render(batch, identity_labels(batch, p.render_settings))
+            for family, lines in families.items():
+                rendered.setdefault(family, []).append(lines)
         offline = self._render_watch_extras(rendered)
         per_client = sum(t.count(b"\n") for texts in rendered.values() for t in texts)
         seeds = p.aggregator.seeds(walked)
@@ -489,7 +515,7 @@ class PollRun:
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))
         p.last_poll_at = self.now
         clients = sum(listed.values())
-        summary = self._summary(clients, per_client_clients=len(chosen),
+        summary = self._summary(clients, per_client_clients=sum(b.size for b in streamed),
                                 offline=offline, by_default=by_default)
         if walked:
             p.baseline = False
