@@ -224,6 +224,13 @@ class Pipeline:
         """Each configured top-K's members as of the last poll, worst first."""
         return {top.name: list(top.last) for top in self.selector.top}
 
+    def render_into(self, rendered: Rendered, clients: Sequence[Columns]) -> None:
+        """Add these clients' per-client families to `rendered`, a batch at a time."""
+        for batch in render_batches(clients):
+            families = self.renderer.render(batch, identity_labels(batch, self.render_settings))
+            for family, lines in families.items():
+                rendered.setdefault(family, []).append(lines)
+
     def footprint(self) -> Footprint:
         return Footprint(self.state.nbytes(), len(self.state))
 
@@ -246,6 +253,11 @@ class _NodePart:
     #: With no selection configured, the streamed clients' scores (a page at a time): ranked
     #: by the default ranking at the end only if the cap turns out to bind in this poll.
     scores: list[Floats] = field(default_factory=list)
+
+    #: The text of the first `rendered_chunks` streamed chunks, rendered during the walk
+    #: whenever a batch was full (`RENDER_BATCH`).
+    rendered: Rendered = field(default_factory=dict)
+    rendered_chunks: int = 0
 
     @property
     def streamed_count(self) -> int:
@@ -322,6 +334,9 @@ class PollRun:
                                   else map(page.clientids.__getitem__, rows.tolist()))
             part.slots.append(slots[rows])
         self._select(page, seen, parts, part_of_row, slots)
+        if not self.ranked:
+            for _, part in parts:
+                self._render_full_batches(part)
 
     def _parts(self, page: Columns, walk_node: str | None) -> tuple[
             list[tuple[str, _NodePart]], Ints]:
@@ -410,6 +425,16 @@ class PollRun:
             else:
                 self.budget.leave_out(len(full))
 
+    def _render_full_batches(self, part: _NodePart) -> None:
+        """Render a node part's streamed clients once a batch is full, while the next pages
+        download and decode: a streamed client is exported unless its node's walk fails or
+        the cap starts binding in this poll (then the default ranking chooses again)."""
+        waiting = part.streamed[part.rendered_chunks:]
+        if sum(chunk.size for chunk in waiting) < RENDER_BATCH:
+            return
+        part.rendered_chunks = len(part.streamed)
+        self.p.render_into(part.rendered, waiting)
+
     @staticmethod
     def _split(rows: Ints, parts: list[tuple[str, _NodePart]], part_of_row: Ints) -> list[Ints]:
         """These rows by node part, each in listing order."""
@@ -462,6 +487,7 @@ class PollRun:
         listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         rendered: Rendered = {}
         streamed: list[Columns] = []
+        late: list[ClientRecord] = []
         default = p.selector.default
         by_default = default is not None and (self.ranked or budget.full)
         if by_default:
@@ -479,18 +505,16 @@ class PollRun:
         else:
             overflow: list[ClientRecord] = []
             for part in ok_parts.values():
+                for family, texts in part.rendered.items():
+                    rendered.setdefault(family, []).extend(texts)
+                p.render_into(rendered, part.streamed[part.rendered_chunks:])
                 streamed.extend(part.streamed)
                 overflow.extend(part.overflow)
             # A failed poll saw too little to change who is in the top-K.
             members = [top.finish() for top in p.selector.top] if walked else []
             late = budget.choose({cid for chunk in streamed for cid in chunk.clientids},
                                  [r for _, r in sorted(self.watched.items())], members, overflow)
-        if late:
-            streamed.append(Columns(late))
-        for batch in render_batches(streamed):
-            families = p.renderer.render(batch, identity_labels(batch, p.render_settings))
-            for family, lines in families.items():
-                rendered.setdefault(family, []).append(lines)
+        p.render_into(rendered, [Columns(late)] if late else [])
         offline = self._render_watch_extras(rendered)
         per_client = sum(t.count(b"\n") for texts in rendered.values() for t in texts)
         seeds = p.aggregator.seeds(walked)
@@ -515,7 +539,8 @@ class PollRun:
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))
         p.last_poll_at = self.now
         clients = sum(listed.values())
-        summary = self._summary(clients, per_client_clients=sum(b.size for b in streamed),
+        summary = self._summary(clients, per_client_clients=sum(b.size for b in streamed)
+                                + len(late),
                                 offline=offline, by_default=by_default)
         if walked:
             p.baseline = False
