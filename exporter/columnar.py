@@ -1,19 +1,19 @@
 """A listing page decoded straight into columns by pyarrow, outside the interpreter lock.
 
-Decoding a page into Python records holds the interpreter lock for as long as the download
-that brought it: the two cannot overlap. pyarrow's JSON reader parses into Arrow arrays with
-the lock released, so a page is decoded on a thread while the event loop and the pipeline go
-on; NumPy takes its numbers without a copy, and Python records are made only for the few
-clients the pipeline keeps (`ArrowRows.records`).
+Decoding a page into Python records holds the interpreter lock throughout: it cannot overlap
+the next page's download or the pipeline's work, and at scale it is about half of a poll.
+pyarrow's JSON reader parses into Arrow arrays with the lock released, so a page is decoded on
+a thread while the event loop and the pipeline go on; NumPy takes its numbers without a copy,
+and Python records are made only for the few clients that need one (`ArrowRows.records`).
 
 The reader is taken only where its answer is the typed decoder's (`records.record_type`) to
 the value: with an explicit schema it refuses what that decoder refuses (a string where a
 number belongs, a float, a number past int64, a key twice); what it would accept and the typed
 decoder would not (a negative number, a number too large for its kind, a row without a client
-id, more than one JSON document) is checked after it. Any refusal, and anything else Arrow
-does not do as the typed decoder does, gives None, and the page is decoded the usual way, row
-by row where rows are bad, and counted as it always was. pyarrow is an optional dependency
-(the `fast` extra): without it every page takes the typed decoder.
+id, invalid UTF-8, more than one JSON document) is checked around it. Any refusal gives None,
+and the page is decoded the usual way, row by row where rows are bad, and counted as it always
+was. pyarrow is an optional dependency (the `fast` extra): without it every page takes the
+typed decoder.
 """
 
 from __future__ import annotations
@@ -129,12 +129,15 @@ class ArrowDecoder:
                 io.BytesIO(body),
                 read_options=pj.ReadOptions(block_size=len(body) + 1, use_threads=False),
                 parse_options=self._options)
-        except Exception:
+        except Exception:  # any refusal (a wrong type, bad JSON, ...): the typed decoder's say
             return None
         if table.num_rows != 1:  # more than one JSON document: not a listing
             return None
-        data = table.column("data")[0].values
-        meta = table.column("meta")[0].as_py() or {}
+        listed, about = table.column("data")[0], table.column("meta")[0]
+        if not (listed.is_valid and about.is_valid):  # null or absent: the typed decoder tells
+            return None
+        data = listed.values
+        meta = about.as_py()
         columns = {attr: data.field(wire) for attr, wire in self.read}
         if not self._valid(columns):
             return None

@@ -134,8 +134,11 @@ def test_a_value_the_typed_decoder_refuses_leaves_the_page_to_it(bad: dict[str, 
     b'\xef\xbb\xbf{"data":[],"meta":{}}', b'{"data":[{"clientid":"a\\ud800"}]}',
     b'{"data":[{"clientid":"a"}],"meta":{"count":"7"}}',
     body_of(row("a", subscriptions_max="unlimited")),  # a limit's text other than "infinity"
+    b'{"data":null,"meta":{}}', b'{"meta":{}}', b'{"data":[],"meta":null}', b'{"data":[]}',
 ], ids=["key-twice", "two-documents", "list", "data-object", "row-number", "bad-utf8", "bom",
-        "lone-surrogate", "meta-count-text", "limit-other-text"])
+        "lone-surrogate", "meta-count-text", "limit-other-text", "data-null", "data-absent",
+        "meta-null",
+        "meta-absent"])
 def test_a_body_arrow_might_read_otherwise_is_left_to_the_typed_decoder(body: bytes) -> None:
     assert arrow(body) is None
 
