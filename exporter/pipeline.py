@@ -1,10 +1,11 @@
 """Stages after the download, fed page by page: de-duplication, counters, aggregation,
-distributions and selection of one cluster's poll; rendering once at its end.
+distributions, selection and rendering of one cluster's poll.
 
 Pages are taken in as they arrive, as columns (`exporter.columns`) with array operations: no
-stage takes a Python step per client. A poll holds a page of records beside the compact
-counter state, the top-K candidates, the watched clients and the records of the clients
-chosen for per-client series, which are rendered once, at `PollRun.finish`. Every method of
+stage takes a Python step per client. A poll holds a page beside the compact counter state,
+the top-K candidates, the watched clients and the columns of the clients chosen for
+per-client series; each chosen client is rendered once, in batches: while the walk goes on
+when a node's streamed clients fill one, the rest at `PollRun.finish`. Every method of
 `PollRun` runs off the event loop, on the cluster's pipeline thread.
 """
 
@@ -76,8 +77,8 @@ def render_batches(chunks: Sequence[Columns]) -> Iterator[Columns]:
     for chunk in chunks:
         start = 0
         while start < chunk.size:
-            piece = chunk if start == 0 and chunk.size <= RENDER_BATCH - count else chunk.subset(
-                np.arange(start, min(chunk.size, start + RENDER_BATCH - count)))
+            end = min(chunk.size, start + RENDER_BATCH - count)
+            piece = chunk.subset(np.arange(start, end))  # the chunk itself when it fits whole
             waiting.append(piece)
             count += piece.size
             start += piece.size
@@ -246,7 +247,7 @@ class _NodePart:
     #: The counter state's slots of the clients listed, a page at a time.
     slots: list[Ints] = field(default_factory=list)
     #: Allowed clients within the cap's streaming budget, in listing order, as the columns of
-    #: each page's share (no records made for them): rendered at the end.
+    #: each page's share (no records made for them): rendered a batch at a time.
     streamed: list[Columns] = field(default_factory=list)
     #: Allowed clients past the streaming budget, kept (boundedly) for room left at the end.
     overflow: list[ClientRecord] = field(default_factory=list)

@@ -233,13 +233,13 @@ class V5CursorDialect(V5Base):
         page = Page(self._normalize(records), self._next(request, meta, listed=listed),
                     bad_rows, bad_values)
         if listed and meta.hasnext is not False and meta.cursor and page.next is None:
-            page.notes.append("repeated_cursor")  # a phantom cursor would loop forever
+            page.notes.append("repeated_cursor")
         return page
 
     def _next(self, request: Request, meta: Meta, *, listed: bool) -> Request | None:
         cursor = meta.cursor
-        # 5.7.x sends hasnext beside the cursor
-        if not cursor or not listed or meta.hasnext is False or cursor == param(request,
-                                                                                   "cursor"):
+        if not cursor or not listed or meta.hasnext is False:  # 5.7.x sends hasnext too
+            return None
+        if cursor == param(request, "cursor"):  # a phantom cursor would loop forever
             return None
         return with_param(request, "cursor", cursor)
