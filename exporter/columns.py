@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from exporter.columnar import ArrowRows, every_row
 from exporter.records import CAPACITY, FIELDS, ClientRecord
 from exporter.state import ABSENT, COUNTER_FIELDS, Bools, Floats, Ints
 
@@ -167,3 +168,59 @@ class Columns:
     def take(self, rows: Ints) -> list[ClientRecord]:
         """The records of these rows, in this order."""
         return list(map(self.records.__getitem__, rows.tolist()))
+
+    def subset(self, rows: Ints) -> Columns:
+        """The columns of these rows, in this order."""
+        return self if every_row(rows, self.size) else self._subset(rows)
+
+    def _subset(self, rows: Ints) -> Columns:
+        return Columns(self.take(rows))
+
+
+class ArrowColumns(Columns):
+    """The columns of a page Arrow decoded (`columnar.ArrowRows`): numbers without a copy,
+    records made only for the rows taken."""
+
+    def __init__(self, rows: ArrowRows) -> None:
+        self.records = self.rows = rows
+        self.size = len(rows)
+        self.clientids = rows.values("clientid")
+        self._numbers = {}
+        self._values = {}
+        self._offline = None
+
+    def values(self, field: str) -> list[Any]:
+        return self.rows.values(field)
+
+    def number(self, field: str) -> Ints:
+        found = self._numbers.get(field)
+        if found is None:
+            found = self._numbers[field] = self.rows.numbers(field)
+        return found
+
+    def offline(self) -> Bools:
+        if self._offline is None:
+            self._offline = self.rows.flags("connected", False)
+        return self._offline
+
+    def take(self, rows: Ints) -> list[ClientRecord]:
+        return self.rows.records(rows)
+
+    def _subset(self, rows: Ints) -> Columns:
+        return ArrowColumns(self.rows.take(rows))
+
+
+def columns_of(records: Sequence[ClientRecord]) -> Columns:
+    """A page's columns, read from its records or, where Arrow decoded it, its arrays."""
+    return ArrowColumns(records) if isinstance(records, ArrowRows) else Columns(records)
+
+
+def concat(parts: Sequence[Columns]) -> Columns:
+    """The rows of these columns, in order, as one (Arrow's arrays where they all are)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(part, ArrowColumns) for part in parts):
+        rows = ArrowRows.concat([part.rows for part in parts])  # type: ignore[attr-defined]
+        if rows is not None:
+            return ArrowColumns(rows)
+    return Columns([record for part in parts for record in part.take(np.arange(part.size))])

@@ -1,16 +1,17 @@
 """Stages after the download, fed page by page: de-duplication, counters, aggregation,
-distributions and selection of one cluster's poll; rendering once at its end.
+distributions, selection and rendering of one cluster's poll.
 
 Pages are taken in as they arrive, as columns (`exporter.columns`) with array operations: no
-stage takes a Python step per client. A poll holds a page of records beside the compact
-counter state, the top-K candidates, the watched clients and the records of the clients
-chosen for per-client series, which are rendered once, at `PollRun.finish`. Every method of
+stage takes a Python step per client. A poll holds a page beside the compact counter state,
+the top-K candidates, the watched clients and the columns of the clients chosen for
+per-client series; each chosen client is rendered once, in batches: while the walk goes on
+when a node's streamed clients fill one, the rest at `PollRun.finish`. Every method of
 `PollRun` runs off the event loop, on the cluster's pipeline thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ import structlog
 
 from exporter import contract as c
 from exporter.aggregate import GAUGES, AggregateSettings, Aggregator, Classifier, GroupKey
-from exporter.columns import Columns
+from exporter.columns import Columns, columns_of, concat
 from exporter.config import PerClientSettings
 from exporter.distribution import Histograms
 from exporter.distribution import figures as distribution_figures
@@ -67,6 +68,25 @@ SUMMARY_TOP = 10
 #: What to configure when the cap leaves clients out (logs, `check` and the status page).
 CAP_HINT = ("choose clients with per_client.watch, per_client.allow or per_client.top_k, "
             "raise per_client.max_series, or turn per-client parts off")
+
+
+def render_batches(chunks: Sequence[Columns]) -> Iterator[Columns]:
+    """These clients, in order, `RENDER_BATCH` at a time (small chunks joined, large split)."""
+    waiting: list[Columns] = []
+    count = 0
+    for chunk in chunks:
+        start = 0
+        while start < chunk.size:
+            end = min(chunk.size, start + RENDER_BATCH - count)
+            piece = chunk.subset(np.arange(start, end))  # the chunk itself when it fits whole
+            waiting.append(piece)
+            count += piece.size
+            start += piece.size
+            if count == RENDER_BATCH:
+                yield concat(waiting)
+                waiting, count = [], 0
+    if waiting:
+        yield concat(waiting)
 
 
 def series_per_client(parts: frozenset[str]) -> int:
@@ -205,6 +225,13 @@ class Pipeline:
         """Each configured top-K's members as of the last poll, worst first."""
         return {top.name: list(top.last) for top in self.selector.top}
 
+    def render_into(self, rendered: Rendered, clients: Sequence[Columns]) -> None:
+        """Add these clients' per-client families to `rendered`, a batch at a time."""
+        for batch in render_batches(clients):
+            families = self.renderer.render(batch, identity_labels(batch, self.render_settings))
+            for family, lines in families.items():
+                rendered.setdefault(family, []).append(lines)
+
     def footprint(self) -> Footprint:
         return Footprint(self.state.nbytes(), len(self.state))
 
@@ -219,13 +246,23 @@ class _NodePart:
     clientids: list[str] = field(default_factory=list)
     #: The counter state's slots of the clients listed, a page at a time.
     slots: list[Ints] = field(default_factory=list)
-    #: Allowed clients within the cap's streaming budget, in listing order: rendered at the end.
-    streamed: list[ClientRecord] = field(default_factory=list)
+    #: Allowed clients within the cap's streaming budget, in listing order, as the columns of
+    #: each page's share (no records made for them): rendered a batch at a time.
+    streamed: list[Columns] = field(default_factory=list)
     #: Allowed clients past the streaming budget, kept (boundedly) for room left at the end.
     overflow: list[ClientRecord] = field(default_factory=list)
     #: With no selection configured, the streamed clients' scores (a page at a time): ranked
     #: by the default ranking at the end only if the cap turns out to bind in this poll.
     scores: list[Floats] = field(default_factory=list)
+
+    #: The text of the first `rendered_chunks` streamed chunks, rendered during the walk
+    #: whenever a batch was full (`RENDER_BATCH`).
+    rendered: Rendered = field(default_factory=dict)
+    rendered_chunks: int = 0
+
+    @property
+    def streamed_count(self) -> int:
+        return sum(chunk.size for chunk in self.streamed)
 
 
 class PollRun:
@@ -269,13 +306,13 @@ class PollRun:
             return
         p = self.p
         state = p.state
-        page = Columns(records)
+        page = columns_of(records)
         slots, allocated = state.slots(page.clientids)
         first = state.first_listing(slots, p.polls)
         if not first.all():  # the first row listed wins; the rest are drift
             self.duplicates += int((~first).sum())
             rows = np.flatnonzero(first)
-            page, slots, allocated = Columns(page.take(rows)), slots[rows], allocated[rows]
+            page, slots, allocated = page.subset(rows), slots[rows], allocated[rows]
         parts, part_of_row = self._parts(page, walk_node)
         starts = page.connection_starts()
         has_connection = (np.ones(page.size, np.bool_) if None not in starts
@@ -298,6 +335,9 @@ class PollRun:
                                   else map(page.clientids.__getitem__, rows.tolist()))
             part.slots.append(slots[rows])
         self._select(page, seen, parts, part_of_row, slots)
+        if not self.ranked:
+            for _, part in parts:
+                self._render_full_batches(part)
 
     def _parts(self, page: Columns, walk_node: str | None) -> tuple[
             list[tuple[str, _NodePart]], Ints]:
@@ -372,8 +412,11 @@ class PollRun:
                                        strict=True):
                 if not len(mine):
                     continue
-                (part.overflow if waits else part.streamed).extend(page.take(mine))
-                if default is not None and not waits:
+                if waits:
+                    part.overflow.extend(page.take(mine))
+                    continue
+                part.streamed.append(page.subset(mine))
+                if default is not None:
                     assert scores is not None
                     part.scores.append(scores[mine])
         if len(full):
@@ -382,6 +425,16 @@ class PollRun:
                 default.offer_page(scores, page, full)
             else:
                 self.budget.leave_out(len(full))
+
+    def _render_full_batches(self, part: _NodePart) -> None:
+        """Render a node part's streamed clients once a batch is full, while the next pages
+        download and decode: a streamed client is exported unless its node's walk fails or
+        the cap starts binding in this poll (then the default ranking chooses again)."""
+        waiting = part.streamed[part.rendered_chunks:]
+        if sum(chunk.size for chunk in waiting) < RENDER_BATCH:
+            return
+        part.rendered_chunks = len(part.streamed)
+        self.p.render_into(part.rendered, waiting)
 
     @staticmethod
     def _split(rows: Ints, parts: list[tuple[str, _NodePart]], part_of_row: Ints) -> list[Ints]:
@@ -416,7 +469,7 @@ class PollRun:
                 continue
             if part.slots:
                 self.p.state.unlist(np.concatenate(part.slots))
-            self.budget.refund(len(part.streamed), len(part.overflow))
+            self.budget.refund(part.streamed_count, len(part.overflow))
             for top in self.p.selector.trackers:
                 top.discard(part.clientids)
             for clientid in self.watched.keys() & set(part.clientids):
@@ -434,7 +487,8 @@ class PollRun:
         ok_parts = {n: part for n, part in self.nodes.items() if n not in self.failed}
         listed = {n: len(part.clientids) for n, part in ok_parts.items() if n}
         rendered: Rendered = {}
-        streamed: list[ClientRecord] = []
+        streamed: list[Columns] = []
+        late: list[ClientRecord] = []
         default = p.selector.default
         by_default = default is not None and (self.ranked or budget.full)
         if by_default:
@@ -443,9 +497,8 @@ class PollRun:
                 # The cap started binding mid-poll: what was admitted first came by listing
                 # order, so it is ranked with the rest.
                 for part in ok_parts.values():
-                    if part.streamed:
-                        default.offer_page(np.concatenate(part.scores), Columns(part.streamed),
-                                           np.arange(len(part.streamed)))
+                    for chunk, scores in zip(part.streamed, part.scores, strict=True):
+                        default.offer_page(scores, chunk, np.arange(chunk.size))
             late = default.finish() if walked else []
             if walked:
                 budget.leave_out(max(0, sum(map(len, (pt.clientids for pt in ok_parts.values())))
@@ -453,18 +506,16 @@ class PollRun:
         else:
             overflow: list[ClientRecord] = []
             for part in ok_parts.values():
+                for family, texts in part.rendered.items():
+                    rendered.setdefault(family, []).extend(texts)
+                p.render_into(rendered, part.streamed[part.rendered_chunks:])
                 streamed.extend(part.streamed)
                 overflow.extend(part.overflow)
             # A failed poll saw too little to change who is in the top-K.
             members = [top.finish() for top in p.selector.top] if walked else []
-            late = budget.choose({r.clientid for r in streamed},
+            late = budget.choose({cid for chunk in streamed for cid in chunk.clientids},
                                  [r for _, r in sorted(self.watched.items())], members, overflow)
-        chosen = streamed + late
-        for start in range(0, len(chosen), RENDER_BATCH):
-            some = chosen[start:start + RENDER_BATCH]
-            batch = p.renderer.render(some, identity_labels(some, p.render_settings))
-            for family, text in batch.items():
-                rendered.setdefault(family, []).append(text)
+        p.render_into(rendered, [Columns(late)] if late else [])
         offline = self._render_watch_extras(rendered)
         per_client = sum(t.count(b"\n") for texts in rendered.values() for t in texts)
         seeds = p.aggregator.seeds(walked)
@@ -489,7 +540,8 @@ class PollRun:
         p.state.sweep(p.polls, (p.node_index(n) for n in walked))
         p.last_poll_at = self.now
         clients = sum(listed.values())
-        summary = self._summary(clients, per_client_clients=len(chosen),
+        summary = self._summary(clients, per_client_clients=sum(b.size for b in streamed)
+                                + len(late),
                                 offline=offline, by_default=by_default)
         if walked:
             p.baseline = False

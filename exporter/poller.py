@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -15,14 +16,16 @@ import structlog
 
 from exporter.api import ApiClient, RetryPolicy
 from exporter.auth import build_auth, follow_generation
+from exporter.columnar import field_values
 from exporter.config import ClusterSettings
 from exporter.dialects import Detected, Dialect, NodeInfo
+from exporter.dialects.base import Page
 from exporter.dialects.discovery import DialectOptions, Discovery
 from exporter.errors import AuthError, BackingOffError, ExporterError, InternalError
 from exporter.health import CLUSTER, Health
 from exporter.lookup import LookupResult, look_up
 from exporter.pipeline import Pipeline, PipelineResult, PollRun
-from exporter.records import ClientRecord, take_bad_example
+from exporter.records import ClientRecord, keep_bad_example, take_bad_example
 from exporter.render import Rendered
 from exporter.selfmetrics import ClusterStats
 from exporter.sharding import ShardPlan, assign
@@ -139,6 +142,10 @@ class ClusterPoller:
         self._worker = ThreadPoolExecutor(max_workers=1,
                                           thread_name_prefix=f"pipeline-{settings.name or 0}")
         sys.setswitchinterval(min(sys.getswitchinterval(), PIPELINE_SWITCH_INTERVAL_S))
+        # Another decodes the pages: Arrow does so without the interpreter lock
+        # (`exporter.columnar`), beside the download of the next page and the pipeline.
+        self._decoder = ThreadPoolExecutor(max_workers=1,
+                                           thread_name_prefix=f"decode-{settings.name or 0}")
 
     @property
     def label(self) -> str:
@@ -164,9 +171,18 @@ class ClusterPoller:
     async def close(self) -> None:
         await self.client.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     async def _on_worker(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
+
+    async def _decode(self, decode: Callable[[], Page]) -> Page:
+        context = contextvars.copy_context()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._decoder, context.run, decode)
+        finally:
+            keep_bad_example(context)  # the walk's report names a bad row's client
 
     async def poll_once(self) -> PollReport:
         """One complete poll; never raises: any failure, a bug of ours too, lands in the report."""
@@ -420,13 +436,13 @@ class ClusterPoller:
         seen = self._watched_seen
         watch = self.pipeline.selection.watch
 
-        async def deliver(records: list[ClientRecord]) -> None:
+        async def deliver(records: Sequence[ClientRecord]) -> None:
             # The walk downloads ahead while the pipeline works, a bounded number of pages.
             if len(pending) >= PAGES_AHEAD:
                 await pending.popleft()
             kept = shard.keep(node, records)
             if seen is not None and watch:
-                seen.update(watch.intersection([r.clientid for r in kept]))
+                seen.update(watch.intersection(field_values(kept, "clientid")))
             pending.append(asyncio.get_running_loop().run_in_executor(
                 self._worker, run.add_page, node, kept))
 
@@ -436,7 +452,7 @@ class ClusterPoller:
 
         try:
             result = await walk(self.client, dialect, node, max_pages=self.settings.max_pages,
-                                deliver=deliver)
+                                deliver=deliver, offload=self._decode)
         except ExporterError as exc:
             await drain()
             await self._on_worker(run.fail, covers)

@@ -8,7 +8,8 @@ records in one C pass, without an intermediate dict per client.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from collections.abc import Sequence
+from contextvars import Context, ContextVar
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, cast
@@ -275,7 +276,7 @@ def v5_unread(version: tuple[int, int, int]) -> frozenset[str]:
 V5_NEVER_LISTED = frozenset({"zone"})
 
 
-def durable_queue(records: list[ClientRecord]) -> None:
+def durable_queue(records: Sequence[ClientRecord]) -> None:
     """A durable session keeps its messages in durable storage, not in a queue: EMQX lists
     `mqueue_len` 0 (and a capacity) whatever waits for it, so it has no queue figure."""
     for record in records:
@@ -284,7 +285,7 @@ def durable_queue(records: list[ClientRecord]) -> None:
             record.mqueue_max = None
 
 
-def live_sessions(records: list[ClientRecord]) -> list[ClientRecord]:
+def live_sessions(records: Sequence[ClientRecord]) -> Sequence[ClientRecord]:
     """Without the expired durable sessions 5.7+ keeps listing until session GC removes them
     (`is_expired: true`, REFERENCE.md §13.3): they are neither sessions nor clients."""
     if any(r.is_expired for r in records):
@@ -331,6 +332,14 @@ def take_bad_example() -> str | None:
     example = _bad_example.get()
     _bad_example.set(None)
     return example
+
+
+def keep_bad_example(context: Context) -> None:
+    """Keep the example noted in `context` (where a page was decoded, on a thread) as if
+    noted here, unless this task holds one already."""
+    example = context.get(_bad_example)
+    if example is not None and _bad_example.get() is None:
+        _bad_example.set(example)
 
 
 @dataclass(slots=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from operator import attrgetter
 from typing import Any
 
 from exporter import contract as c
-from exporter.columns import capacities
+from exporter.columns import Columns, capacities
 from exporter.contract import Family
 from exporter.exposition import (
     NUMBER_FORMAT,
@@ -31,7 +30,7 @@ from exporter.exposition import (
     split_lines,
     template_labels,
 )
-from exporter.records import ERLANG_WORD_BYTES, ClientRecord
+from exporter.records import ERLANG_WORD_BYTES
 from exporter.state import ABSENT
 from exporter.timeparse import TimeParser
 
@@ -55,27 +54,26 @@ class ClientRenderSettings:
     const_labels: ConstLabels = ()
 
 
-def identity_labels(records: Sequence[ClientRecord], settings: ClientRenderSettings) -> list[str]:
-    """Each record's closed label set (see `exposition`): constant labels, clientid, then the
+def identity_labels(clients: Columns, settings: ClientRenderSettings) -> list[str]:
+    """Each client's closed label set (see `exposition`): constant labels, clientid, then the
     configured identity labels."""
-    columns = [record_label_column(records, name) for name in settings.identity_labels]
-    return client_label_sets(settings.const_labels, records, columns)
+    columns = [field_label_column(clients, name) for name in settings.identity_labels]
+    return client_label_sets(settings.const_labels, clients.clientids, columns)
 
 
-def record_label_column(records: Sequence[ClientRecord], name: str) -> list[str]:
-    """`,name="value"` of field `name` per record (`exposition.label_column`)."""
-    return label_column(name, list(map(attrgetter(name), records)), partial(as_label, name))
+def field_label_column(clients: Columns, name: str) -> list[str]:
+    """`,name="value"` of field `name` per client (`exposition.label_column`)."""
+    return label_column(name, clients.values(name), partial(as_label, name))
 
 
-def info_suffixes(records: Sequence[ClientRecord], names: Sequence[str]) -> list[str]:
-    """`,name="value"` of each of these fields per record, joined; a value the version does
+def info_suffixes(clients: Columns, names: Sequence[str]) -> list[str]:
+    """`,name="value"` of each of these fields per client, joined; a value the version does
     not report (`zone` from 5.1 on) is left out, not `zone=""`.
 
-    Clients share a few combinations of node, listener, protocol and so on: the fields are
-    read in one pass and each distinct combination is written once."""
-    combos: list[tuple[Any, ...]] = list(
-        map(attrgetter(*names), records) if len(names) > 1
-        else zip(map(attrgetter(names[0]), records)))
+    Clients share a few combinations of node, listener, protocol and so on: each distinct
+    combination is written once."""
+    combos: list[tuple[Any, ...]] = list(zip(*(clients.values(name) for name in names),
+                                             strict=True))
     made = {combo: "".join(_fragment(name, value) for name, value in zip(names, combo,
                                                                          strict=True))
             for combo in set(combos)}
@@ -100,34 +98,33 @@ def _online_flags(values: list[Any]) -> list[Any]:
     return [0 if v is False else 1 for v in values]
 
 
-Convert = Callable[["ClientRenderer", Sequence[ClientRecord], list[Any]], list[Any]]
+Convert = Callable[["ClientRenderer", Columns, list[Any]], list[Any]]
 
 
-def _times(renderer: ClientRenderer, _: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+def _times(renderer: ClientRenderer, _: Columns, values: list[Any]) -> list[Any]:
     return renderer.parse_time.texts(values)
 
 
-def _disconnected(renderer: ClientRenderer, records: Sequence[ClientRecord],
-                  values: list[Any]) -> list[Any]:
+def _disconnected(renderer: ClientRenderer, clients: Columns, values: list[Any]) -> list[Any]:
     # Only offline sessions have a disconnection time worth showing.
-    return renderer.parse_time.texts([v if r.connected is False else None
-                                      for r, v in zip(records, values, strict=True)])
+    return renderer.parse_time.texts([v if connected is False else None for connected, v in
+                                      zip(clients.values("connected"), values, strict=True)])
 
 
-def _online(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+def _online(_: ClientRenderer, __: Columns, values: list[Any]) -> list[Any]:
     return _online_flags(values)
 
 
 _ABSENT_IS_NONE = {ABSENT: None}
 
 
-def _capacity(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+def _capacity(_: ClientRenderer, __: Columns, values: list[Any]) -> list[Any]:
     # Unlimited (0, "infinity") or unknown: no series (`columns.capacities` says which).
     numbers = capacities(values).tolist()
     return list(map(_ABSENT_IS_NONE.get, numbers, numbers))
 
 
-def _heap_bytes(_: ClientRenderer, __: Sequence[ClientRecord], values: list[Any]) -> list[Any]:
+def _heap_bytes(_: ClientRenderer, __: Columns, values: list[Any]) -> list[Any]:
     return [None if v is None else v * ERLANG_WORD_BYTES for v in values]
 
 
@@ -158,7 +155,7 @@ class ClientRenderer:
         self.settings = settings
         self.parse_time = parse_time
 
-    def render(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> RenderedBatch:
+    def render(self, clients: Columns, labels: Sequence[str]) -> RenderedBatch:
         parts = self.settings.parts
         out: RenderedBatch = {}
         encoded = template_labels(encode_labels(labels))
@@ -169,9 +166,9 @@ class ClientRenderer:
                 continue
             if _SPLIT_FAMILIES.get(family) in parts:
                 continue  # rendered below, split by a label
-            values = list(map(attrgetter(attr), records))
+            values = clients.values(attr)
             if convert is not None:
-                values = convert(self, records, values)
+                values = convert(self, clients, values)
             template = templates.get(value)
             if template is None:
                 template = templates[value] = line_template(encoded, value)
@@ -179,20 +176,20 @@ class ClientRenderer:
             if text:
                 out[family] = text
         if "info" in parts:
-            out[c.CLIENT_INFO] = self._info(records, labels)
+            out[c.CLIENT_INFO] = self._info(clients, labels)
         for part, family, total, split in _SPLITS:
             if part in parts and split.switch in parts:
-                self._split(out, family, records, labels, total, split)
+                self._split(out, family, clients, labels, total, split)
         return out
 
-    def _info(self, records: Sequence[ClientRecord], labels: Sequence[str]) -> bytes:
+    def _info(self, clients: Columns, labels: Sequence[str]) -> bytes:
         # A label already in the identity set must not appear twice in one series.
         names = [n for n in self.settings.info_labels if n not in self.settings.identity_labels]
         # A value the version does not list (`zone` from 5.1 on) is absent, not `zone=""`.
-        return info_lines(c.CLIENT_INFO, labels, [info_suffixes(records, names)] if names else [])
+        return info_lines(c.CLIENT_INFO, labels, [info_suffixes(clients, names)] if names else [])
 
     @staticmethod
-    def _split(out: RenderedBatch, family: Family, records: Sequence[ClientRecord],
+    def _split(out: RenderedBatch, family: Family, clients: Columns,
                labels: Sequence[str], total_attr: str, split: c.Split) -> None:
         """One line per labelled part where the version reports the split, else the total.
 
@@ -200,10 +197,9 @@ class ClientRenderer:
         client always sum to its total.
         """
         remainder = split.remainder
-        totals = map(attrgetter(total_attr), records)
+        totals = clients.values(total_attr)
         # Each client's piece values as a tuple, built in C from one column per piece.
-        pieces = zip(*[list(map(attrgetter(attr), records)) for _, attr in split.pieces],
-                     strict=True)
+        pieces = zip(*[clients.values(attr) for _, attr in split.pieces], strict=True)
 
         def rows() -> Iterator[SplitRow]:
             for total, values in zip(totals, pieces, strict=True):

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import attrgetter, eq
+from itertools import repeat
+from operator import eq
 
+from exporter.columnar import field_values, select_rows
 from exporter.dialects.base import NodeInfo
 from exporter.records import ClientRecord
 
@@ -73,7 +74,8 @@ class ShardPlan:
             return row_node
         return self.anchor
 
-    def keep(self, walk_node: str | None, records: list[ClientRecord]) -> list[ClientRecord]:
+    def keep(self, walk_node: str | None,
+             records: Sequence[ClientRecord]) -> Sequence[ClientRecord]:
         """The rows of one page this replica exports.
 
         `walk_node` is the node a per-node walk asked for, None for a cluster-wide walk. A
@@ -82,21 +84,21 @@ class ShardPlan:
         no running node if it owns the anchor).
         """
         known = self._known
+        if walk_node is None and not self.sharded:
+            return records
+        nodes = field_values(records, "node")
         if walk_node is None:
-            if not self.sharded:
-                return records
             mine, anchor_mine = self._mine, self.anchor in self._mine
-            return [r for r in records
-                    if (r.node in mine and r.node in known)
-                    or (anchor_mine and (r.node is None or r.node not in known))]
-        nodes = list(map(attrgetter("node"), records))
+            return select_rows(records, [(n in mine and n in known)
+                                         or (anchor_mine and (n is None or n not in known))
+                                         for n in nodes])
         if nodes.count(walk_node) == len(nodes):
             return records  # the common case: every row names the node walked
         if walk_node == self.anchor:
-            return [r for r in records
-                    if r.node is None or r.node == walk_node or r.node not in known]
+            return select_rows(records, [n is None or n == walk_node or n not in known
+                                         for n in nodes])
         # Rows without a node in a per-node walk of v3/v4 do not occur (their rows name it).
-        return list(compress(records, map(eq, nodes, repeat(walk_node))))
+        return select_rows(records, list(map(eq, nodes, repeat(walk_node))))
 
     def covered_by(self, walk_node: str) -> list[str]:
         """The nodes whose rows a per-node walk of `walk_node` keeps: its own, and for the

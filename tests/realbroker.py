@@ -103,6 +103,18 @@ class Broker:
     def request(self, method: str, path: str, body: object = None,
                 auth: tuple[str, str] | None = None) -> tuple[int, Any]:
         """`method` `path` (under /api/vN) with the API key; (status, decoded JSON or text)."""
+        status, raw = self.exchange(method, path, body, auth)
+        if status == 0:
+            return 0, raw.decode()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def exchange(self, method: str, path: str, body: object = None,
+                 auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+        """`method` `path` (under /api/vN) with the API key; (status, the body's bytes as
+        EMQX wrote them); status 0 when the broker does not answer (the error's text)."""
         user, password = auth or (self.api_key, self.api_secret)
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         data = None if body is None else json.dumps(body).encode()
@@ -115,11 +127,8 @@ class Broker:
         except urllib.error.HTTPError as error:
             status, raw = error.code, error.read()
         except (urllib.error.URLError, OSError) as error:
-            return 0, str(error)  # not answering (starting, joining a cluster, killed)
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+            return 0, str(error).encode()  # not answering (starting, joining a cluster, killed)
+        return status, raw
 
     def get(self, path: str) -> Any:
         """The JSON of a `GET` that must answer 200."""

@@ -46,7 +46,7 @@ def test_expired_durable_sessions_are_left_out_of_pages_and_lookups() -> None:
     cursor = V5CursorDialect("5.8.9")
     request = cursor.list_request(None)
     page = cursor.parse_list(_answer({"data": [rows[1]], "meta": {"cursor": "c2"}}), request)
-    assert page.records == [] and page.next is not None  # expired rows only: not the end
+    assert not page.records and page.next is not None  # expired rows only: not the end
     lookup = dialect.parse_lookup(_answer(rows[1], "client"))
     assert lookup is None
 

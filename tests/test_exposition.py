@@ -8,7 +8,6 @@ from exporter import contract as c
 from exporter.contract import Family
 from exporter.exposition import (
     TEXT_FORMAT,
-    NamedClient,
     SplitRow,
     client_label_sets,
     client_lines,
@@ -30,11 +29,6 @@ from exporter.exposition import (
     text_header,
 )
 from tests.exposition import by_name, samples_openmetrics, samples_text
-
-
-def clients(ids: list[str]) -> list[NamedClient]:
-    return [NamedClient(cid) for cid in ids]
-
 
 GAUGE = Family("demo_gauge", "gauge", "A gauge.")
 #: Label values that need each escape, and a `%` that a %-template must not read as a format.
@@ -83,11 +77,11 @@ def test_group_lines_parse_back_with_awkward_values() -> None:
 
 def test_client_label_sets_const_first_then_clientid_then_columns() -> None:
     const = (("cluster", "prod"),)
-    assert client_label_sets(const, clients(["a", 'b"'])) == [
+    assert client_label_sets(const, ["a", 'b"']) == [
         '{cluster="prod",clientid="a"} ', '{cluster="prod",clientid="b\\""} ']
-    assert client_label_sets((), clients(["a"])) == ['{clientid="a"} ']
+    assert client_label_sets((), ["a"]) == ['{clientid="a"} ']
     nodes = label_column("node", ["n1", "n2"])
-    assert client_label_sets(const, clients(["a", "b"]), [nodes]) == [
+    assert client_label_sets(const, ["a", "b"], [nodes]) == [
         '{cluster="prod",clientid="a",node="n1"} ', '{cluster="prod",clientid="b",node="n2"} ']
 
 
@@ -112,7 +106,7 @@ def test_label_column_default_text_of_none_and_booleans() -> None:
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-template", "own-template"])
 @pytest.mark.parametrize("gap", [False, True], ids=["every-value", "a-value-missing"])
 def test_family_lines_with_percent_in_label_values(shared: bool, gap: bool) -> None:
-    labels = template_labels(encode_labels(client_label_sets((), clients(AWKWARD))))
+    labels = template_labels(encode_labels(client_label_sets((), AWKWARD)))
     values: list[int | None] = list(range(len(AWKWARD)))
     if gap:  # the template is then made for the clients with a value: escaped all the same
         values[0] = None
@@ -125,7 +119,7 @@ def test_family_lines_with_percent_in_label_values(shared: bool, gap: bool) -> N
 
 
 def test_a_none_value_leaves_its_line_out() -> None:
-    labels = template_labels(encode_labels(client_label_sets((), clients(["a", "b", "c"]))))
+    labels = template_labels(encode_labels(client_label_sets((), ["a", "b", "c"])))
     template = line_template(labels)
     assert family_lines(b"g", labels, [1, None, 2.5], template) == (
         b'g{clientid="a"} 1\ng{clientid="c"} 2.5\n')
@@ -133,7 +127,7 @@ def test_a_none_value_leaves_its_line_out() -> None:
 
 
 def test_values_written_already_are_put_in_as_they_are() -> None:
-    labels = template_labels(encode_labels(client_label_sets((), clients(["a", "b"]))))
+    labels = template_labels(encode_labels(client_label_sets((), ["a", "b"])))
     texts = [b"1733600514.123", None]
     assert family_lines(b"t", labels, texts, line_template(labels, TEXT_FORMAT),
                         TEXT_FORMAT) == b't{clientid="a"} 1733600514.123\n'
@@ -148,7 +142,7 @@ def test_client_lines_for_named_clients() -> None:
 
 
 def test_info_lines_append_the_columns_inside_the_braces() -> None:
-    labels = client_label_sets((), clients(["a", "b"]))
+    labels = client_label_sets((), ["a", "b"])
     columns = [label_column("node", ["n1", "n2"]), label_column("zone", ["z", 'q"'])]
     assert info_lines(c.CLIENT_INFO, labels, columns) == (
         b'emqx_client_info{clientid="a",node="n1",zone="z"} 1\n'
@@ -158,7 +152,7 @@ def test_info_lines_append_the_columns_inside_the_braces() -> None:
 
 
 def test_split_lines_rows_of_pieces_a_single_value_or_nothing() -> None:
-    labels = client_label_sets((), clients(["full", "short", "total", "none"]))
+    labels = client_label_sets((), ["full", "short", "total", "none"])
     rows: list[SplitRow] = [[1, 2, 3], [4, 5], 9, None]
     text = split_lines(GAUGE, labels, "reason", ["a", "b", "rest"], rows)
     assert text == (b'demo_gauge{clientid="full",reason="a"} 1\n'
@@ -185,7 +179,7 @@ def test_openmetrics_header_uses_the_family_name_without_suffix() -> None:
 
 def test_both_formats_parse_a_written_family() -> None:
     counter = Family("demo_sent_total", "counter", "Sent \\ in\nbytes.")
-    labels = encode_labels(client_label_sets((("cluster", "c"),), clients(["a", "b"])))
+    labels = encode_labels(client_label_sets((("cluster", "c"),), ["a", "b"]))
     lines = family_lines(counter.name.encode(), template_labels(labels), [1, 2]).decode()
     expected = {(("clientid", "a"), ("cluster", "c")): 1, (("clientid", "b"), ("cluster", "c")): 2}
     assert by_name(samples_text(text_header(counter) + lines), "demo_sent_total") == expected

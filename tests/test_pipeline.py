@@ -6,9 +6,13 @@ import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
+from exporter import pipeline as pipeline_module
 from exporter.aggregate import AggregateSettings, Classifier
+from exporter.columns import Columns
 from exporter.config import PerClientSettings
-from exporter.pipeline import Pipeline, PipelineResult, series_per_client
+from exporter.pipeline import Pipeline, PipelineResult, PollRun, render_batches, series_per_client
 from exporter.records import ClientRecord, record_type
 from exporter.selection import Pattern, SelectionSettings
 from exporter.snapshot import compose
@@ -146,3 +150,63 @@ def test_a_client_new_in_this_poll_has_no_rate_beside_those_that_do() -> None:
     assert summary is not None
     assert [(m.clientid, m.score("drop_rate")) for m in summary.top["drop_rate"]] == [
         ("a", 5.0), ("b", 2.0)]
+
+
+def _walk_text(pages: list[tuple[str, list[ClientRecord]]], fail: tuple[str, ...] = (),
+               **selection: Any) -> tuple[str, PollRun]:
+    p = pipeline(**selection)
+    run = p.start_walk(1000.0)
+    for node, records in pages:
+        run.add_page(node, records)
+    run.fail(fail)
+    result = run.finish([node for node, _ in pages if node not in fail])
+    return compose([result.rendered], 0.0).text(), run
+
+
+def _pages() -> list[tuple[str, list[ClientRecord]]]:
+    return [(A, [client(f"a{i}", mqueue_len=i) for i in range(3)]),
+            (B, [client(f"b{i}", node=B, mqueue_len=10 * i) for i in range(5)]),
+            (A, [client("a9", mqueue_len=50)])]
+
+
+def test_batches_rendered_during_the_walk_are_what_the_end_would_render(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    at_the_end, _ = _walk_text(_pages())
+    monkeypatch.setattr(pipeline_module, "RENDER_BATCH", 2)
+    text, run = _walk_text(_pages())
+    assert run.nodes[A].rendered_chunks == 1 and run.nodes[B].rendered_chunks == 1
+    assert text == at_the_end  # the same lines in the same order
+    assert len(per_client(samples_text(text), "emqx_client_online")) == 9
+
+
+def test_a_failed_node_takes_the_text_rendered_for_it_during_the_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "RENDER_BATCH", 2)
+    text, run = _walk_text(_pages(), fail=(A,))
+    assert A not in run.nodes
+    assert set(per_client(samples_text(text), "emqx_client_online")) == {
+        f"b{i}" for i in range(5)}
+
+
+def test_when_the_cap_starts_binding_mid_walk_the_default_ranking_chooses_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # No selection configured: clients stream until the cap's room is gone, then all are
+    # ranked by the default ranking; what was rendered early is not exported twice or at all.
+    at_the_end, _ = _walk_text(_pages(), max_series=4 * SERIES)
+    monkeypatch.setattr(pipeline_module, "RENDER_BATCH", 2)
+    text, run = _walk_text(_pages(), max_series=4 * SERIES)
+    assert run.nodes[A].rendered_chunks == 1  # rendered before the cap bound
+    assert text == at_the_end
+    online = per_client(samples_text(text), "emqx_client_online")
+    assert len(online) == 4 and "b4" in online and "a9" in online  # the fullest queues
+
+
+def test_render_batches_join_small_chunks_and_split_large_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "RENDER_BATCH", 4)
+    chunks = [Columns([client(f"{n}{i}") for i in range(size)])
+              for n, size in (("x", 1), ("y", 6), ("z", 2))]
+    batches = list(render_batches(chunks))
+    assert [b.clientids for b in batches] == [["x0", "y0", "y1", "y2"], ["y3", "y4", "y5", "z0"],
+                                              ["z1"]]
+    assert list(render_batches([])) == []

@@ -10,12 +10,13 @@ import pytest
 
 from exporter import contract
 from exporter.aggregate import AggregateSettings, Classifier
+from exporter.columns import Columns
 from exporter.config import PerClientSettings
 from exporter.dialects.v4 import V4Dialect
 from exporter.dialects.v5 import V5PageDialect
 from exporter.pipeline import Pipeline, PipelineResult
 from exporter.records import ClientRecord, record_type
-from exporter.render import info_suffixes, record_label_column
+from exporter.render import field_label_column, info_suffixes
 from exporter.snapshot import compose
 from exporter.timeparse import TimeParser
 from tests.conftest import GOLDEN, compare_golden, fixture_bytes
@@ -40,8 +41,8 @@ def one_poll(pipeline: Pipeline, records: list[ClientRecord],
 def sample_records() -> list[ClientRecord]:
     v5 = V5PageDialect("5.8.9")
     v4 = V4Dialect("4.4.19")
-    records = v5.parse_list(answer(fixture_bytes("v5", "v5-clients.json")),
-                            v5.list_request("n")).records
+    records = list(v5.parse_list(answer(fixture_bytes("v5", "v5-clients.json")),
+                                 v5.list_request("n")).records)
     records += v5.parse_list(answer(fixture_bytes("v5", "v5-clients-offline-session.json")),
                              v5.list_request("n")).records
     records += v4.parse_list(answer(fixture_bytes("v4", "v4.4-clients.json")),
@@ -142,17 +143,17 @@ def test_info_suffixes_write_each_combination_as_its_columns_would() -> None:
     # per label gives, joined: escaping, EMQX's `undefined` username, and a value the version
     # does not report (`zone` None from 5.1 on) left out rather than written empty.
     v5 = record_type("v5")
-    records = [
+    records = Columns([
         v5(clientid="a", node="n1", listener='tcp:"odd"', zone=None, username="undefined",
            proto_ver=5, clean_start=True),
         v5(clientid="b", node="n1", listener="tcp:default", zone="z", username="bob",
            proto_ver=4, clean_start=False),
         v5(clientid="c", node="n1", listener='tcp:"odd"', zone=None, username="undefined",
            proto_ver=5, clean_start=True),
-    ]
+    ])
     for names in (["node"], ["zone"], ["listener", "zone", "username", "proto_ver",
                                          "clean_start"]):
-        columns = [record_label_column(records, n) for n in names]
+        columns = [field_label_column(records, n) for n in names]
         want = ["".join(piece for piece in row if not piece.endswith('=""'))
                 for row in zip(*columns, strict=True)]
         assert info_suffixes(records, names) == want, names

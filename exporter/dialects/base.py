@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -36,7 +37,7 @@ class NodeInfo:
 class Page:
     """One decoded page of a client listing."""
 
-    records: list[ClientRecord]
+    records: Sequence[ClientRecord]
     next: Request | None
     bad_rows: int = 0
     bad_values: int = 0
@@ -99,6 +100,12 @@ class Dialect(Protocol):
     def list_request(self, node: str | None) -> Request: ...
 
     def parse_list(self, response: Response, request: Request) -> Page: ...
+
+    def guess_next(self, response: Response, request: Request) -> Request | None:
+        """The request that will follow this listing page, read cheaply before the page is
+        decoded (so that it downloads meanwhile); None when not known that way. A guess:
+        `parse_list`'s `Page.next` decides."""
+        ...
 
     def lookup_request(self, clientid: str) -> Request: ...
 

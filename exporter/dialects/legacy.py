@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -96,6 +97,9 @@ class LegacyDialect:
         nxt = next_page(request, meta, len(records) + bad_rows, "_page", self.page_size)
         return paged_result(records, meta, nxt, bad_rows, bad_values)
 
+    def guess_next(self, response: Response, request: Request) -> Request | None:
+        return None  # decoded with the interpreter lock held: nothing to overlap
+
     def lookup_request(self, clientid: str) -> Request:
         # One path segment, percent-encoded once by the request funnel: minirest hands the
         # handler the raw segment and the handler decodes it once (REFERENCE.md §12.3; a real
@@ -114,7 +118,7 @@ class LegacyDialect:
         return record
 
 
-def normalize_usernames(records: list[ClientRecord]) -> None:
+def normalize_usernames(records: Sequence[ClientRecord]) -> None:
     """v3/v4 write a client without a username as `"undefined"` (the Erlang atom): make it
     None, so allow/deny, class rules and labels see "no username" (REFERENCE.md §12.10)."""
     for record in records:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import msgspec
 
 from exporter.api import Request, Response
+from exporter.columnar import ArrowDecoder
 from exporter.dialects.base import (
     Dialect,
     Page,
@@ -55,13 +56,43 @@ def page_decoders(record_cls: type[ClientRecord]) -> msgspec.json.Decoder[Any]:
 
 
 _GENERIC = msgspec.json.Decoder(GenericPage)
+_META = msgspec.json.Decoder(Meta)
+_META_KEY = b'"meta":'
+
+
+def peek_meta(body: bytes) -> Meta | None:
+    """A listing's `meta`, read from the end of its body without decoding the rows; None
+    unless it is the document's last key (EMQX writes it after `data`).
+
+    The last `"meta":` whose object is followed by one `}` alone, the end of the document,
+    is the top-level key: one nested in a row would be followed by the row's, the list's and
+    the document's ends. Within a JSON string every quote is escaped, so no value is taken."""
+    at = body.rfind(_META_KEY)
+    if at < 1 or body[at - 1] not in b",{":
+        return None
+    tail = body[at + len(_META_KEY):].rstrip()
+    if not tail.endswith(b"}"):
+        return None
+    try:
+        return _META.decode(tail[:-1])
+    except msgspec.DecodeError:  # a wrong type too (ValidationError is a DecodeError)
+        return None
 
 
 def decode_listing(
     response: Response, decoder: msgspec.json.Decoder[Any], rows: RowDecoder,
-) -> tuple[list[ClientRecord], Meta, int | str | None, str | None, int, int]:
-    """Decode a listing: (records, meta, code, message, bad rows, bad values)."""
+    arrow: ArrowDecoder | None = None,
+) -> tuple[Sequence[ClientRecord], Meta, int | str | None, str | None, int, int]:
+    """Decode a listing: (records, meta, code, message, bad rows, bad values).
+
+    With `arrow`, into columns where Arrow takes the page as the typed decoder would
+    (`exporter.columnar`); the records are then an `ArrowRows`."""
     require_json(response)
+    if arrow is not None:
+        columns = arrow.decode(response.body)
+        if columns is not None:
+            found, meta = columns
+            return found, Meta(**meta), None, None, 0, 0
     try:
         page = decoder.decode(response.body)
         return page.data, page.meta, page.code, page.message, 0, 0
@@ -161,7 +192,7 @@ def next_page(
     return with_param(request, page_key, str(current + 1))
 
 
-def paged_result(records: list[ClientRecord], meta: Meta, nxt: Request | None,
+def paged_result(records: Sequence[ClientRecord], meta: Meta, nxt: Request | None,
                  bad_rows: int, bad_values: int, left_out: int = 0) -> Page:
     return Page(records, nxt, bad_rows, bad_values, total=meta.count, left_out=left_out)
 

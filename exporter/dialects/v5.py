@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 import structlog
 
 from exporter.api import ApiClient, Request, Response
+from exporter.columnar import ArrowDecoder, ArrowRows
 from exporter.dialects.base import (
     BatchLookup,
     ListingKind,
@@ -18,11 +21,13 @@ from exporter.dialects.base import (
 )
 from exporter.dialects.nodes import parse_bare_nodes
 from exporter.dialects.paged import (
+    Meta,
     decode_listing,
     next_page,
     page_decoders,
     paged_result,
     param,
+    peek_meta,
     with_param,
     without_param,
 )
@@ -86,6 +91,7 @@ class V5Base:
             attrs = (attrs or ALL_FIELDS) - unread
         listed = record_type("v5", only=attrs) if attrs else _RECORD
         self._pages = page_decoders(listed)
+        self._arrow = ArrowDecoder(listed)
         self._rows = RowDecoder(listed, "v5")
         self._one = msgspec.json.Decoder(
             record_type("v5", only=ALL_FIELDS - unread) if unread else _RECORD)
@@ -123,6 +129,14 @@ class V5Base:
         # each segment once, REFERENCE.md §12.3).
         return Request("GET", ("api", "v5", "clients", clientid), endpoint="client")
 
+    def guess_next(self, response: Response, request: Request) -> Request | None:
+        meta = peek_meta(response.body)
+        return None if meta is None else self._next(request, meta, listed=True)
+
+    def _next(self, request: Request, meta: Meta, *, listed: bool) -> Request | None:
+        """The page after this one; `listed`: it had rows."""
+        raise NotImplementedError
+
     def parse_lookup(self, response: Response) -> ClientRecord | None:
         record: ClientRecord = decode(response, self._one)
         records = self._normalize([record])
@@ -138,19 +152,23 @@ class V5Base:
         return Request("GET", ("api", "v5", "clients"), tuple(params),
                        endpoint="clients_lookup")
 
-    def parse_page(self, response: Response, request: Request) -> Page:
-        """A page of the page-numbered `/clients` listing."""
+    def parse_page(self, response: Response, request: Request, *,
+                   columnar: bool = False) -> Page:
+        """A page of the page-numbered `/clients` listing; `columnar`: as columns where
+        Arrow can (`exporter.columnar`), for a walk's pipeline."""
         records, meta, _, _, bad_rows, bad_values = decode_listing(
-            response, self._pages, self._rows)
+            response, self._pages, self._rows, self._arrow if columnar else None)
         listed = len(records) + bad_rows  # paging counts every row, expired ones too
         records = self._normalize(records)
         nxt = next_page(request, meta, listed, "page", self.page_size)
         return paged_result(records, meta, nxt, bad_rows, bad_values,
                             left_out=listed - bad_rows - len(records))
 
-    def _normalize(self, records: list[ClientRecord]) -> list[ClientRecord]:
+    def _normalize(self, records: Sequence[ClientRecord]) -> Sequence[ClientRecord]:
         """The rows that are sessions, with figures in the exporter's units: expired durable
         sessions left out, durable ones without a queue figure, expiry in seconds."""
+        if isinstance(records, ArrowRows):
+            return records.sessions(self._expiry_ms)
         records = live_sessions(records)
         durable_queue(records)
         if self._expiry_ms:
@@ -178,7 +196,12 @@ class V5PageDialect(V5Base):
         return Request("GET", ("api", "v5", "clients"), tuple(params), endpoint="clients")
 
     def parse_list(self, response: Response, request: Request) -> Page:
-        return self.parse_page(response, request)
+        return self.parse_page(response, request, columnar=True)
+
+    def _next(self, request: Request, meta: Meta, *, listed: bool) -> Request | None:
+        if meta.hasnext is None:  # the page's length decides (before 5.0.15): not known yet
+            return None
+        return next_page(request, meta, int(listed), "page", self.page_size)
 
 
 class V5CursorDialect(V5Base):
@@ -205,16 +228,18 @@ class V5CursorDialect(V5Base):
 
     def parse_list(self, response: Response, request: Request) -> Page:
         records, meta, _, _, bad_rows, bad_values = decode_listing(
-            response, self._pages, self._rows)
+            response, self._pages, self._rows, self._arrow)
         listed = bool(records or bad_rows)  # a page of expired sessions only is not the end
-        page = Page(self._normalize(records), None, bad_rows, bad_values)
-        cursor = meta.cursor
-        if not cursor or not listed:
-            return page
-        if meta.hasnext is False:  # 5.7.x sends hasnext beside the cursor
-            return page
-        if cursor == param(request, "cursor"):
-            page.notes.append("repeated_cursor")  # a phantom cursor would loop forever
-            return page
-        page.next = with_param(request, "cursor", cursor)
+        page = Page(self._normalize(records), self._next(request, meta, listed=listed),
+                    bad_rows, bad_values)
+        if listed and meta.hasnext is not False and meta.cursor and page.next is None:
+            page.notes.append("repeated_cursor")
         return page
+
+    def _next(self, request: Request, meta: Meta, *, listed: bool) -> Request | None:
+        cursor = meta.cursor
+        if not cursor or not listed or meta.hasnext is False:  # 5.7.x sends hasnext too
+            return None
+        if cursor == param(request, "cursor"):  # a phantom cursor would loop forever
+            return None
+        return with_param(request, "cursor", cursor)
