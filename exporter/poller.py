@@ -274,13 +274,15 @@ class ClusterPoller:
         self.stats.count_error(error.reason)
 
     def _log_bad_rows(self, report: PollReport) -> None:
-        """One line per poll at most for rows and values dropped; the counters have the rest."""
+        """One line per poll at most for rows and values dropped; the counters have the rest.
+        Also counts the pages each decoder decoded."""
         # A cluster-wide (cursor) walk is shared by every node's outcome: count it once.
         walks = {id(o.walk): o.walk for o in report.outcomes
                  if o.walk is not None and o.error is None}
         for walked in walks.values():
             report.bad_rows += walked.bad_rows
             report.bad_values += walked.bad_values
+            self.stats.count_pages(walked.columnar_pages, walked.pages - walked.columnar_pages)
         if report.bad_rows or report.bad_values:
             self.stats.count_error("bad_row", report.bad_rows)
             self.stats.count_error("bad_value", report.bad_values)

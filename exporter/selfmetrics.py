@@ -63,6 +63,8 @@ class ClusterStats:
     api_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     api_durations: Histogram = field(default_factory=_request_latency)
     api_errors: Counter[str] = field(default_factory=Counter)
+    #: Listing pages of completed walks by decoder ("arrow", "msgspec").
+    pages_decoded: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     series: dict[str, int] = field(default_factory=dict)
     #: None after a failed poll: no cap was applied, so how many it leaves out is unknown.
@@ -80,6 +82,11 @@ class ClusterStats:
 
     def count_error(self, reason: str, amount: int = 1) -> None:
         self.api_errors[reason] += amount
+
+    def count_pages(self, columnar: int, typed: int) -> None:
+        for decoder, pages in (("arrow", columnar), ("msgspec", typed)):
+            if pages:
+                self.pages_decoded[decoder] += pages
 
     def record(self, report: PollReport, *, known_nodes: Sequence[str], api: str | None,
                emqx_version: str | None, now: float) -> None:
@@ -194,6 +201,10 @@ class SelfMetrics:
         duplicates = CounterMetricFamily(SELF_PREFIX + "duplicate_clients",
                                          "Client rows listed twice in one poll and dropped.",
                                          labels=base)
+        pages = CounterMetricFamily(
+            SELF_PREFIX + "listing_pages", "Client listing pages of completed walks by decoder: "
+            "arrow (v5 pages into columns, the fast extra) or msgspec (the rest, and pages "
+            "Arrow leaves to it).", labels=[*base, "decoder"])
         latency = HistogramMetricFamily(LATENCY, LATENCY_HELP, labels=[*base, "endpoint"])
         for s in self.clusters:
             interval.add_metric(labels(s), s.interval)
@@ -221,6 +232,8 @@ class SelfMetrics:
             for reason, count in sorted(s.api_errors.items()):
                 errors.add_metric(labels(s, reason), count)
             duplicates.add_metric(labels(s), s.duplicates)
+            for decoder, count in sorted(s.pages_decoded.items()):
+                pages.add_metric(labels(s, decoder), count)
             latency.samples.extend(_latency_samples(s, named))
         age = gauge("snapshot_age_seconds",
                     "Seconds since the served data was rendered by a complete poll; grows "
@@ -230,7 +243,7 @@ class SelfMetrics:
             if s.rendered_at is not None:
                 age.add_metric(labels(s), max(0.0, now - s.rendered_at))
         yield from (up, node_up, listed, unlisted, duration, success, interval, age, series,
-                    dropped, shard_nodes, build, requests, errors, duplicates, latency)
+                    dropped, shard_nodes, build, requests, errors, duplicates, pages, latency)
         yield from self._reload_families()
 
     def _reload_families(self) -> Iterator[Metric]:

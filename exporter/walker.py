@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from exporter.api import ApiClient, Request, Response
+from exporter.columnar import ArrowRows
 from exporter.dialects import Dialect
 from exporter.dialects.base import Page, send_listing
 from exporter.dialects.paged import offline_row_check
@@ -39,6 +40,8 @@ class NodeWalk:
     soft_errors: list[ExporterError] = field(default_factory=list)
     #: Rows that arrived, undecodable ones and those we filter ourselves included.
     received: int = 0
+    #: Pages Arrow decoded into columns (`exporter.columnar`); msgspec decoded the rest.
+    columnar_pages: int = 0
     #: The rows EMQX said the listing holds (the last page's `meta.count`); None when a page
     #: gave no total (cursor listing, filters, a fuzzy filter): nothing to compare with.
     reported: int | None = None
@@ -76,6 +79,7 @@ async def walk(client: ApiClient, dialect: Dialect, node: str | None, *, max_pag
                 page.records = [r for r in page.records if r.connected is not False
                                 or offline_check(r)]
             result.pages += 1
+            result.columnar_pages += isinstance(page.records, ArrowRows)
             result.rows += len(page.records)
             result.bad_rows += page.bad_rows
             result.bad_values += page.bad_values

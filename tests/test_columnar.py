@@ -28,7 +28,7 @@ from exporter.dialects.base import ListingKind, Page
 from exporter.dialects.paged import Meta, page_decoders, peek_meta
 from exporter.records import ALL_FIELDS, NUMBER_MAX, ClientRecord, record_type
 from exporter.state import COUNTER_FIELDS
-from tests.harness import sim_api
+from tests.harness import per_client, rig, sim_api, value
 
 pytestmark = pytest.mark.skipif(not columnar.available, reason="pyarrow (the fast extra)")
 
@@ -245,3 +245,26 @@ def test_without_pyarrow_every_page_takes_the_typed_decoder() -> None:
     assert ArrowDecoder(RECORD).decode(body) is None
     assert columnar.enable(True) is True
     assert ArrowDecoder(RECORD).decode(body) is not None
+
+
+async def test_the_exporter_counts_the_pages_each_decoder_took() -> None:
+    # One 5.8.9 page with a wrong-typed value goes to msgspec (which drops that value and
+    # counts it); the other pages Arrow decodes; a v4 cluster's pages are msgspec's.
+    sim = SimSettings(version="5.8.9", nodes=1, clients=100)
+    async with rig(sim, page_size=25) as r:
+        target = sorted(r.cluster.rows(r.cluster.node_names[0]), key=str)[0]
+        clientid = str(target["clientid"])
+        r.cluster.faults.add("bad_field", endpoint="GET /api/v5/clients_v2", clientid=clientid,
+                             field="recv_oct", value="12x")
+        await r.poll()
+        samples = await r.scrape()
+    pages = {dict(labels)["decoder"]: v for n, labels, v in samples
+             if n == "emqx_client_exporter_listing_pages_total"}
+    assert pages == {"arrow": 4.0, "msgspec": 1.0}  # 4 pages of 25, then 5.8.x's empty one
+    assert value(samples, "emqx_client_exporter_api_errors_total", reason="bad_value") == 1
+    assert clientid not in per_client(samples, "emqx_client_received_bytes_total")
+    async with rig(SimSettings(api="v4", nodes=1, clients=60), page_size=25) as r:
+        await r.poll()
+        samples = await r.scrape()
+    assert {dict(labels)["decoder"]: v for n, labels, v in samples
+            if n == "emqx_client_exporter_listing_pages_total"} == {"msgspec": 3.0}

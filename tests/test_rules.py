@@ -97,6 +97,7 @@ CONTRACT_METRICS: frozenset[str] = frozenset(
         "emqx_client_exporter_clients_listed",
         "emqx_client_exporter_clients_unlisted",
         "emqx_client_exporter_duplicate_clients_total",
+        "emqx_client_exporter_listing_pages_total",
         "emqx_client_exporter_series",
         "emqx_client_exporter_series_dropped",
         "emqx_client_exporter_build_info",
