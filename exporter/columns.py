@@ -186,7 +186,6 @@ class ArrowColumns(Columns):
         self.size = len(rows)
         self.clientids = rows.values("clientid")
         self._numbers = {}
-        self._values = {}
         self._offline = None
 
     def values(self, field: str) -> list[Any]:
@@ -219,8 +218,9 @@ def concat(parts: Sequence[Columns]) -> Columns:
     """The rows of these columns, in order, as one (Arrow's arrays where they all are)."""
     if len(parts) == 1:
         return parts[0]
-    if all(isinstance(part, ArrowColumns) for part in parts):
-        rows = ArrowRows.concat([part.rows for part in parts])  # type: ignore[attr-defined]
+    arrow = [part.rows for part in parts if isinstance(part, ArrowColumns)]
+    if len(arrow) == len(parts):
+        rows = ArrowRows.concat(arrow)
         if rows is not None:
             return ArrowColumns(rows)
     return Columns([record for part in parts for record in part.take(np.arange(part.size))])
