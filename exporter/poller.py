@@ -226,7 +226,7 @@ class ClusterPoller:
             await self._walk_all(dialect, mine, report.shard, report, run)
             if seen is not None and self.pipeline.selection.watch:
                 await self._place_unseen(dialect, report.shard, run, seen, _sessions(mine))
-        self._log_bad_rows(report)
+        self._tally_walks(report)
         if not report.ok:
             # Every node failed and was counted already; the poll fails with the first cause.
             failed = [o.error for o in report.outcomes if o.error is not None]
@@ -273,9 +273,9 @@ class ClusterPoller:
     def _count(self, error: ExporterError) -> None:
         self.stats.count_error(error.reason)
 
-    def _log_bad_rows(self, report: PollReport) -> None:
-        """One line per poll at most for rows and values dropped; the counters have the rest.
-        Also counts the pages each decoder decoded."""
+    def _tally_walks(self, report: PollReport) -> None:
+        """Count the completed walks' pages by decoder, and their rows and values dropped:
+        one log line per poll at most for those, the counters have the rest."""
         # A cluster-wide (cursor) walk is shared by every node's outcome: count it once.
         walks = {id(o.walk): o.walk for o in report.outcomes
                  if o.walk is not None and o.error is None}
